@@ -1,0 +1,15 @@
+"""Recurrent layers written from the equations, exact drop-ins for ``torch.nn``.
+
+    >>> from rnnlab.nn import LSTM
+    >>> lstm = LSTM(64, 128, num_layers=2, batch_first=True)   # same arguments as torch.nn.LSTM
+
+``impl="fast"`` (default; ``rnnlab.kernels`` when available, else fused), ``"fused"`` or
+``"reference"`` (the equations one gate at a time). ``LSTM.from_torch(m)`` and
+``.to_torch()`` move weights between rnnlab and torch.nn.
+"""
+
+from . import functional
+from .cell import GRUCell, LSTMCell, RNNCell, RNNCellBase
+from .rnn import GRU, IMPLS, LSTM, RNN, RNNBase
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase", "IMPLS", "functional"]

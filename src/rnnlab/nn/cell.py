@@ -1,0 +1,233 @@
+r"""``RNNCell``, ``LSTMCell`` and ``GRUCell``: one step, drop-ins for the ``torch.nn`` cells.
+
+Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``),
+gate order and initialisation as torch.nn; the step is computed by
+``rnnlab.nn.functional`` (``impl="reference"``: one gate at a time; otherwise the fused
+gate block). Input ``(N, H_in)`` or unbatched ``(H_in,)``; state ``(N, H)`` or ``(H,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import functional
+from .rnn import _check_impl, _check_size
+
+__all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
+
+
+class RNNCellBase(nn.Module):
+    """Shared constructor and checks of the cells."""
+
+    mode: str
+    _torch_class: type[nn.RNNCellBase]
+
+    def __init__(
+        self, mode: str, input_size: int, hidden_size: int, bias: bool, device: Any = None, dtype: Optional[torch.dtype] = None, *, impl: str = "fast"
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        _check_size(name, "input_size", input_size)
+        _check_size(name, "hidden_size", hidden_size)
+        if not isinstance(bias, bool):
+            raise TypeError(f"{name}: bias should be of type bool, got: {type(bias).__name__}")
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.impl = _check_impl(name, impl)
+        factory = {"device": device, "dtype": dtype}
+        gates = functional.GATES[mode] * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((gates, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gates, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gates, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every parameter from U(-1/sqrt(H), 1/sqrt(H)), in torch.nn's order."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"  # type: ignore[attr-defined]
+        if self.impl != "fast":
+            s += f", impl={self.impl!r}"
+        return s
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"nonlinearity": self.nonlinearity} if self.mode.startswith("rnn_") else {}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNCellBase, *, impl: str = "fast") -> "RNNCellBase":
+        """A copy of a ``torch.nn`` cell (same configuration, weights, device, dtype)."""
+        if not isinstance(module, cls._torch_class):
+            raise TypeError(f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
+        extra = {"nonlinearity": module.nonlinearity} if cls is RNNCell else {}
+        w = module.weight_ih
+        new = cls(module.input_size, module.hidden_size, module.bias, device=w.device, dtype=w.dtype, impl=impl, **extra)
+        new.load_state_dict(module.state_dict(), strict=True)
+        return new
+
+    def to_torch(self) -> nn.RNNCellBase:
+        """The equivalent ``torch.nn`` cell, with a copy of these weights."""
+        w = self.weight_ih
+        module = self._torch_class(self.input_size, self.hidden_size, self.bias, device=w.device, dtype=w.dtype, **self._kwargs())
+        module.load_state_dict(self.state_dict(), strict=True)
+        return module
+
+    def _prepare(self, input: Tensor, states: tuple[Optional[Tensor], ...], labels: tuple[str, ...]) -> tuple[Tensor, list[Tensor], bool]:
+        """Check shapes/dtypes/devices, add the batch dimension, fill omitted states with zeros."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        for s, label in zip(states, labels):
+            if s is not None and s.dim() not in (1, 2):
+                raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
+        batched = input.dim() == 2
+        for s, label in zip(states, labels):
+            if s is not None and s.dim() != input.dim():
+                raise RuntimeError(f"{name}: {label} must have the same number of dimensions as input ({input.dim()}D), got {s.dim()}D")
+        if not batched:
+            input = input.unsqueeze(0)
+        w = self.weight_ih
+        if input.dtype != w.dtype:
+            raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w.dtype})")
+        if input.device != w.device:
+            raise RuntimeError(f"{name}: input is on {input.device} but the parameters are on {w.device}")
+        if input.shape[1] != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.shape[1]} expected {self.input_size}")
+        batch = input.shape[0]
+        out = []
+        for s, label in zip(states, labels):
+            if s is None:
+                out.append(input.new_zeros(batch, self.hidden_size))
+                continue
+            s = s if batched else s.unsqueeze(0)
+            if s.shape[0] != batch:
+                raise RuntimeError(f"{name}: Input batch size {batch} doesn't match {label} batch size {s.shape[0]}")
+            if s.shape[1] != self.hidden_size:
+                raise RuntimeError(f"{name}: {label} has inconsistent hidden_size: got {s.shape[1]}, expected {self.hidden_size}")
+            if s.dtype != input.dtype:
+                raise RuntimeError(f"{name}: {label} dtype ({s.dtype}) does not match input dtype ({input.dtype})")
+            if s.device != input.device:
+                raise RuntimeError(f"{name}: {label} is on {s.device} but input is on {input.device}")
+            out.append(s)
+        return input, out, batched
+
+
+class RNNCell(RNNCellBase):
+    r"""Elman RNN cell, a drop-in for ``torch.nn.RNNCell``:
+    :math:`h' = \phi(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, ``phi`` tanh or ReLU.
+
+    x (N, H_in) or (H_in,), h (N, H) or (H,) (zeros if omitted) -> h' like h.
+
+    Example::
+
+        >>> cell = RNNCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))   # (3, 20)
+    """
+
+    _torch_class = nn.RNNCell
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device: Any = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        impl: str = "fast",
+    ) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype, impl=impl)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h,), batched = self._prepare(input, (hx,), ("hidden",))
+        if self.impl == "reference":
+            h = functional.rnn_cell_reference(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+        else:
+            h, _ = functional.cell_fused(self.mode, x, h, None, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if batched else h.squeeze(0)
+
+
+class LSTMCell(RNNCellBase):
+    r"""LSTM cell, a drop-in for ``torch.nn.LSTMCell`` (gates i, f, g, o)::
+
+        i, f, o = sigmoid(x W_i*^T + b_i* + h W_h*^T + b_h*);  g = tanh(...)
+        c' = f * c + i * g;  h' = o * tanh(c')
+
+    x (N, H_in) or (H_in,), hx = (h, c) each (N, H) or (H,) (zeros if omitted) -> (h', c').
+
+    Example::
+
+        >>> cell = LSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))   # (3, 20) each
+    """
+
+    _torch_class = nn.LSTMCell
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Optional[torch.dtype] = None, *, impl: str = "fast"
+    ) -> None:
+        super().__init__("lstm", input_size, hidden_size, bias, device, dtype, impl=impl)
+
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors, got {type(hx).__name__}")
+        states = (None, None) if hx is None else tuple(hx)
+        x, (h, c), batched = self._prepare(input, states, ("hx[0]", "hx[1]"))
+        if self.impl == "reference":
+            h, c = functional.lstm_cell_reference(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            h, c = functional.cell_fused("lstm", x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)  # type: ignore[assignment]
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(RNNCellBase):
+    r"""GRU cell, a drop-in for ``torch.nn.GRUCell`` (gates r, z, n, torch's reset placement)::
+
+        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr);  z = sigmoid(...)
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn));  h' = (1 - z) * n + z * h
+
+    x (N, H_in) or (H_in,), h (N, H) or (H,) (zeros if omitted) -> h' like h.
+
+    Example::
+
+        >>> cell = GRUCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))   # (3, 20)
+    """
+
+    _torch_class = nn.GRUCell
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Optional[torch.dtype] = None, *, impl: str = "fast"
+    ) -> None:
+        super().__init__("gru", input_size, hidden_size, bias, device, dtype, impl=impl)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h,), batched = self._prepare(input, (hx,), ("hidden",))
+        if self.impl == "reference":
+            h = functional.gru_cell_reference(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            h, _ = functional.cell_fused("gru", x, h, None, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if batched else h.squeeze(0)
