@@ -1,0 +1,185 @@
+"""The recurrent text classifier: embedding -> recurrent encoder -> masked pooling -> MLP head.
+
+Shapes: N batch, L padded length, E embedding_dim, H hidden_size, D = 2 if bidirectional
+else 1, C classes. ``ids (N, L)`` are right-padded with 0 and ``lengths (N,)`` >= 1 are the
+true lengths; no pooling ever reads a padded step, so padding never changes a prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+POOLINGS = ("last", "mean", "max", "meanmax")
+_CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+#: Config ``impl`` -> the ``impl`` keyword of rnnlab.nn's layers.
+_RNNLAB_IMPLS = {"rnnlab": "fast", "reference": "reference"}
+
+
+def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(N,)`` lengths -> ``(L, N)`` bool mask, True at real steps ``t < lengths[n]``."""
+    steps = torch.arange(max_len, device=lengths.device)
+    return steps[:, None] < lengths[None, :]
+
+
+def masked_pool(out: torch.Tensor, lengths: torch.Tensor, pooling: str, num_directions: int = 1) -> torch.Tensor:
+    """Pool time-major encoder outputs over each sequence's real steps only.
+
+    out: ``(L, N, D*H)``; lengths: ``(N,)`` on ``out``'s device. Returns ``(N, D*H)``, or
+    ``(N, 2*D*H)`` for ``meanmax``:
+
+    - ``last``: the forward direction at step ``lengths[n] - 1``; with D = 2 the backward
+      direction at step 0 (where it ends), i.e. both directions' final states;
+    - ``mean``: ``sum_{t < len} out_t / len``;
+    - ``max``: ``max_{t < len} out_t`` (padded steps set to -inf first);
+    - ``meanmax``: ``[mean ; max]``.
+    """
+    L, N, width = out.shape
+    if pooling == "last":
+        idx = (lengths - 1).clamp(min=0).view(1, N, 1).expand(1, N, width)
+        last = out.gather(0, idx).squeeze(0)  # (N, D*H)
+        if num_directions == 2:
+            h = width // 2
+            last = torch.cat([last[:, :h], out[0, :, h:]], dim=1)
+        return last
+    mask = lengths_mask(lengths, L).unsqueeze(-1)  # (L, N, 1)
+    if pooling in ("mean", "meanmax"):
+        mean = out.masked_fill(~mask, 0.0).sum(0) / lengths.to(out.dtype).unsqueeze(1)  # (N, D*H)
+        if pooling == "mean":
+            return mean
+    if pooling in ("max", "meanmax"):
+        mx = out.masked_fill(~mask, float("-inf")).amax(0)  # (N, D*H)
+        if pooling == "max":
+            return mx
+        return torch.cat([mean, mx], dim=1)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+
+
+def make_encoder(cell: str, impl: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, nonlinearity: str = "tanh") -> nn.Module:
+    """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``)."""
+    if cell not in _CELLS:
+        raise ValueError(f"cell must be one of {', '.join(_CELLS)}; got {cell!r}")
+    kwargs: dict[str, Any] = {}
+    if num_layers != 1:
+        kwargs["num_layers"] = num_layers
+    if bidirectional:
+        kwargs["bidirectional"] = True
+    if dropout:
+        kwargs["dropout"] = dropout
+    if cell == "rnn" and nonlinearity != "tanh":
+        kwargs["nonlinearity"] = nonlinearity
+    if impl == "torch":
+        return getattr(nn, _CELLS[cell])(input_size, hidden_size, **kwargs)
+    if impl not in _RNNLAB_IMPLS:
+        raise ValueError(f"impl must be one of rnnlab, reference, torch; got {impl!r}")
+    try:
+        import rnnlab.nn as rnn_modules
+
+        layer_cls = getattr(rnn_modules, _CELLS[cell])
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"impl={impl!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); "
+                           "use impl='torch'") from err
+    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs)
+
+
+class RNNClassifier(nn.Module):
+    """``ids (N, L), lengths (N,) -> logits (N, C)`` (log-probabilities when ``log_softmax``).
+
+    embedding ``(L, N, E)`` -> encoder ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with
+    P = D*H (2*D*H for meanmax) -> linear1 ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
+
+    The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
+    default model prints exactly as the original experiment's ``ImdbNet``; optional
+    dropouts and non-default pooling appear in the printout only when used.
+
+    Padding: rnnlab encoders receive ``lengths=`` and behave as if each sequence ran
+    alone; a unidirectional torch.nn encoder runs over the padded batch (outputs at real
+    steps do not depend on later padding); a bidirectional one runs on a packed sequence.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, *, cell: str = "lstm", impl: str = "rnnlab",
+                 embedding_dim: int = 64, hidden_size: int = 64, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, embedding_dropout: float = 0.0,
+                 head_dropout: float = 0.0, nonlinearity: str = "tanh", pooling: str = "last",
+                 log_softmax: bool = False) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        if vocab_size < 2 or num_classes < 2:
+            raise ValueError(f"need vocab_size >= 2 and num_classes >= 2; got {vocab_size} and {num_classes}")
+        self.cell, self.impl, self.pooling = cell, impl, pooling
+        self.num_directions = 2 if bidirectional else 1
+        self.log_softmax = log_softmax
+        enc_width = hidden_size * self.num_directions
+        pooled = 2 * enc_width if pooling == "meanmax" else enc_width
+
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        if embedding_dropout:
+            self.embedding_dropout = nn.Dropout(embedding_dropout)
+        setattr(self, cell, make_encoder(cell, impl, embedding_dim, hidden_size, num_layers=num_layers,
+                                         bidirectional=bidirectional, dropout=dropout, nonlinearity=nonlinearity))
+        self.linear1 = nn.Linear(pooled, enc_width)
+        self.act1 = nn.ReLU()
+        if head_dropout:
+            self.head_dropout = nn.Dropout(head_dropout)
+        self.linear2 = nn.Linear(enc_width, num_classes)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return getattr(self, self.cell)
+
+    def _get_name(self) -> str:
+        return "ImdbNet"  # the original experiment's printed name
+
+    def extra_repr(self) -> str:
+        parts = []
+        if self.pooling != "last":
+            parts.append(f"pooling={self.pooling}")
+        if self.log_softmax:
+            parts.append("log_softmax=True")
+        return ", ".join(parts)
+
+    def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``ids (N, L), lengths (N,) -> pooled features (N, P)``."""
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be (N, L), got shape {tuple(ids.shape)}")
+        if lengths.shape != ids.shape[:1]:
+            raise ValueError(f"lengths must be (N,) = ({ids.shape[0]},), got {tuple(lengths.shape)}")
+        x = self.embedding(ids.t())  # (L, N, E)
+        if hasattr(self, "embedding_dropout"):
+            x = self.embedding_dropout(x)
+        lengths_dev = lengths.to(x.device)
+        if self.impl == "torch":
+            if self.num_directions == 2:
+                packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+                out, _ = pad_packed_sequence(self.encoder(packed)[0], total_length=x.shape[0])  # (L, N, 2H)
+            else:
+                out, _ = self.encoder(x)  # (L, N, H)
+        else:
+            out, _ = self.encoder(x, lengths=lengths_dev)  # (L, N, D*H)
+        return masked_pool(out, lengths_dev, self.pooling, self.num_directions)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.linear1(self.encode(ids, lengths)))  # (N, D*H)
+        if hasattr(self, "head_dropout"):
+            h = self.head_dropout(h)
+        logits = self.linear2(h)  # (N, C)
+        return F.log_softmax(logits, dim=-1) if self.log_softmax else logits
+
+
+def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier:
+    """The classifier described by a ``rnnlab.train.Config`` (or any object with its fields)."""
+    return RNNClassifier(
+        vocab_size, num_classes, cell=config.cell, impl=config.impl, embedding_dim=config.embedding_dim,
+        hidden_size=config.hidden_size, num_layers=config.num_layers, bidirectional=config.bidirectional,
+        dropout=config.dropout, embedding_dropout=config.embedding_dropout, head_dropout=config.head_dropout,
+        nonlinearity=config.nonlinearity, pooling=config.pooling, log_softmax=config.loss == "nll")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,360 @@
+"""Experiment configuration: one flat dataclass of defaults, TOML presets, ``key=value`` overrides.
+
+Resolution order (later wins): the defaults below, the preset file (``configs/NAME.toml``),
+the ``--config FILE``, then each ``--set key=value``. Every value is type-checked and
+validated; the resolved config is written into the run directory as ``config.toml``.
+
+A preset file holds flat Config keys, or is a *suite*: a top-level ``experiments = [...]``
+list of preset names plus an optional ``[set]`` table of overrides shared by all of them
+(``load_suite``; ``rnnlab compare`` runs suites, ``rnnlab train`` runs one experiment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Presets live at the repository root, next to ``src/``.
+CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad preset, config file, key or value; the message says what was expected and what was found."""
+
+
+#: Allowed values of the enumerated fields.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "cell": ("rnn", "lstm", "gru"),
+    "impl": ("rnnlab", "reference", "torch"),
+    "nonlinearity": ("tanh", "relu"),
+    "pooling": ("last", "mean", "max", "meanmax"),
+    "loss": ("cross_entropy", "nll"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "lr_schedule": ("none", "cosine", "linear", "step"),
+    "truncate": ("head", "tail"),
+    "val_split": ("group", "random"),
+}
+
+
+@dataclass
+class Config:
+    """Every setting of one experiment (see the field table in docs/ARCHITECTURE.md).
+
+    The defaults reproduce the original experiment: a one-layer LSTM (embedding 64,
+    hidden 64) over the first 200 tokens, the last real step pooled, Linear-ReLU-Linear,
+    cross-entropy, Adam lr 1e-3, batch 64, 5 epochs.
+    """
+
+    name: str = "experiment"
+    cell: str = "lstm"
+    impl: str = "rnnlab"
+    embedding_dim: int = 64
+    hidden_size: int = 64
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    head_dropout: float = 0.0
+    nonlinearity: str = "tanh"
+    pooling: str = "last"
+    loss: str = "cross_entropy"
+    optimizer: str = "adam"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    lr_schedule: str = "none"
+    warmup_steps: int = 0
+    epochs: int = 5
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0
+    max_words: int = 20000
+    min_freq: int = 1
+    max_len: int = 200
+    truncate: str = "head"
+    bucket: bool = False
+    val_fraction: float = 0.0
+    val_split: str = "group"
+    early_stopping: int = 0
+    data: str = ""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> Config:
+        """Strict construction: unknown keys and wrong types raise ConfigError naming ``source``."""
+        return cls(**_checked(values, source))
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **_checked(changes, "replace()"))
+
+    def to_toml(self) -> str:
+        """The config as a flat TOML document (all fields, in table order)."""
+        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
+
+
+FIELD_TYPES: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else eval(f.type) for f in fields(Config)}  # noqa: S307
+_TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    return ConfigError(f"{source}: unknown config key {key!r}{hint}; valid keys: {', '.join(FIELD_TYPES)}")
+
+
+def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Type-check already-typed values (from TOML or Python): an int is accepted for a float."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in FIELD_TYPES:
+            raise _unknown_key(key, source)
+        want = FIELD_TYPES[key]
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(
+                f"{source}: {key!r} expects {_TYPE_WORDS[want]}, got {type(value).__name__} {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_value(key: str, text: str, source: str = "--set") -> Any:
+    """Parse the string of a ``key=value`` override into the field's type."""
+    if key not in FIELD_TYPES:
+        raise _unknown_key(key, source)
+    want = FIELD_TYPES[key]
+    raw = text.strip()
+    try:
+        if want is bool:
+            lowered = raw.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if want is int:
+            return int(raw, 10)
+        if want is float:
+            value = float(raw)
+            return value
+    except ValueError:
+        raise ConfigError(f"{source} {key}={text}: {key!r} expects {_TYPE_WORDS[want]}, got {text!r}") from None
+    return text
+
+
+def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``["lr=5e-3", "cell=gru"]`` (or a mapping of typed or string values) -> typed dict."""
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            items.append((key.strip(), value))
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if isinstance(value, str) and (key not in FIELD_TYPES or FIELD_TYPES[key] is not str):
+            value = parse_value(key, value)
+        out.update(_checked({key: value}, "--set"))
+    return out
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError for an out-of-range or unknown value (types are checked on input)."""
+    for key, choices in CHOICES.items():
+        value = getattr(config, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key!r} must be one of {', '.join(choices)}; got {value!r}{hint}")
+    positive = ("embedding_dim", "hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size",
+                "min_freq", "max_len")
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key!r} must be >= 1, got {getattr(config, key)}")
+    for key in ("num_threads", "warmup_steps", "early_stopping", "seed"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key!r} must be >= 0, got {getattr(config, key)}")
+    if config.max_words < 2:
+        raise ConfigError(f"'max_words' must be >= 2 (<unk> and at least one word), got {config.max_words}")
+    for key in ("dropout", "embedding_dropout", "head_dropout", "val_fraction"):
+        value = getattr(config, key)
+        if not (0.0 <= value < 1.0):
+            raise ConfigError(f"{key!r} must be in [0, 1), got {value}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ConfigError(f"'lr' must be a finite number > 0, got {config.lr}")
+    for key in ("weight_decay", "grad_clip"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key!r} must be a finite number >= 0, got {value}")
+    if config.early_stopping and config.val_fraction == 0:
+        raise ConfigError("'early_stopping' watches validation accuracy: it needs val_fraction > 0 "
+                          f"(got early_stopping={config.early_stopping}, val_fraction=0)")
+    if config.device != "auto":
+        import torch
+
+        try:
+            torch.device(config.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"'device' must be 'auto' or a torch device such as cpu, cuda, cuda:1, mps; "
+                              f"got {config.device!r}") from None
+    if not config.name.strip():
+        raise ConfigError("'name' must not be empty")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def available_presets() -> list[str]:
+    if not CONFIGS_DIR.is_dir():
+        return []
+    return sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS_DIR.rglob("*.toml"))
+
+
+def resolve_preset(name: str | Path) -> Path:
+    """A preset name (``seed/lstm`` -> ``configs/seed/lstm.toml``) or a path to a TOML file."""
+    text = str(name)
+    as_path = Path(text).expanduser()
+    if as_path.is_file():
+        return as_path
+    candidate = CONFIGS_DIR / f"{text.removesuffix('.toml')}.toml"
+    if candidate.is_file():
+        return candidate
+    names = available_presets()
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    listing = ", ".join(names) if names else "(none)"
+    raise ConfigError(f"unknown preset {text!r}: no file {candidate} or {as_path}{hint} Available presets: {listing}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
+def _is_suite(values: Mapping[str, Any]) -> bool:
+    return "experiments" in values
+
+
+def _experiment_values(path: Path, *, default_name: str | None) -> dict[str, Any]:
+    values = read_toml(path)
+    if _is_suite(values):
+        exps = values.get("experiments")
+        shown = ", ".join(map(str, exps)) if isinstance(exps, list) else repr(exps)
+        raise ConfigError(
+            f"{path} is a suite of experiments ({shown}), not one experiment: train one of them "
+            f"(--preset NAME with NAME one of those), or run the whole suite with `rnnlab compare --preset ...`")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: tables are not allowed in an experiment preset, found [{key}]; "
+                              "use flat keys such as hidden_size = 128")
+    checked = _checked(values, str(path))
+    if default_name and "name" not in checked:
+        checked["name"] = default_name
+    return checked
+
+
+def load_config(preset: str | Path | None = None, config_file: str | Path | None = None,
+                overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+    """Defaults <- preset <- config file <- overrides; returns one validated Config.
+
+    A preset that names no ``name`` is named after its file (``seed/lstm`` -> ``lstm``).
+    A suite preset is an error here (see ``load_suite``).
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        path = resolve_preset(preset)
+        values.update(_experiment_values(path, default_name=path.stem))
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values.update(_experiment_values(path, default_name=path.stem if preset is None else None))
+    values.update(parse_overrides(overrides))
+    return Config(**values)
+
+
+def load_suite(name: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> list[Config]:
+    """The experiments of a suite preset, each: its preset <- the suite's ``[set]`` <- overrides.
+
+    A preset that is a single experiment gives a one-element list. Experiment names resolve
+    against ``configs/`` first, then against the suite file's own folder.
+    """
+    path = resolve_preset(name)
+    values = read_toml(path)
+    if not _is_suite(values):
+        return [load_config(preset=path, overrides=overrides)]
+    unknown = set(values) - {"experiments", "set"}
+    if unknown:
+        raise ConfigError(f"{path}: a suite holds only 'experiments' and a [set] table; found {sorted(unknown)}")
+    experiments = values["experiments"]
+    if not isinstance(experiments, list) or not experiments or not all(isinstance(e, str) for e in experiments):
+        raise ConfigError(f"{path}: 'experiments' must be a non-empty list of preset names, got {experiments!r}")
+    shared = values.get("set", {})
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: 'set' must be a table of config keys, got {shared!r}")
+    shared = _checked(shared, f"{path} [set]")
+    extra = parse_overrides(overrides)
+    configs = []
+    for exp in experiments:
+        local = path.parent / f"{exp}.toml"
+        try:
+            exp_path = resolve_preset(exp)
+        except ConfigError:
+            if not local.is_file():
+                raise ConfigError(f"{path}: experiment {exp!r} not found "
+                                  f"(looked for {CONFIGS_DIR / (exp + '.toml')} and {local})") from None
+            exp_path = local
+        exp_values = _experiment_values(exp_path, default_name=exp_path.stem)
+        configs.append(Config(**{**exp_values, **shared, **extra}))
+    names = [c.name for c in configs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: experiment names must be unique, repeated: {', '.join(dupes)}")
+    return configs
+
+
+def config_from_toml(path: Path) -> Config:
+    """Read a run directory's resolved ``config.toml`` (strict)."""
+    return Config.from_dict(read_toml(path), source=str(path))

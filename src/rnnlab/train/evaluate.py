@@ -1,0 +1,226 @@
+"""Use a trained run directory: ``evaluate_run`` (metrics on a labelled split) and ``predict`` (raw text).
+
+Everything comes from the run directory alone: the config (model and encoding settings),
+``vocab.json`` and ``tokenizer.json`` (so text maps to ids exactly as in training) and a
+checkpoint. ``checkpoint="auto"`` takes ``best.pt`` when the run had a validation split (it
+was chosen on validation) and ``last.pt`` otherwise (choosing on test would flatter it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlab.models import RNNClassifier, build_model
+from rnnlab.train.config import Config, config_from_toml
+from rnnlab.train.runner import (RunDirError, _load_checkpoint, load_data, load_model_state, read_json,
+                                 read_run_info, run_eval, select_device)
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    model: RNNClassifier
+    tokenizer: Any
+    vocab: Any
+    label_names: list[str]
+    checkpoint: Path
+    epoch: int
+    device: torch.device
+
+
+def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "auto", device: str | None = None) -> LoadedRun:
+    """Rebuild the trained model, tokenizer and vocabulary of a run directory (in eval mode)."""
+    from rnnlab.data import Tokenizer, Vocabulary
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory not found: {run_dir}")
+    info = read_run_info(run_dir)
+    config = config_from_toml(run_dir / "config.toml")
+    if checkpoint not in ("auto", "best", "last"):
+        raise ValueError(f"checkpoint must be auto, best or last; got {checkpoint!r}")
+    if checkpoint == "auto":
+        checkpoint = "best" if info.get("best_metric") == "val_acc" else "last"
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        raise RunDirError(f"{path} not found: the run has no completed epoch yet (status {info.get('status')!r})")
+    ckpt = _load_checkpoint(path)
+    for name in ("vocab.json", "tokenizer.json"):
+        if not (run_dir / name).exists():
+            raise RunDirError(f"{run_dir / name} not found: the run directory is incomplete")
+    vocab = Vocabulary.load(run_dir / "vocab.json")
+    tokenizer = Tokenizer.from_dict(read_json(run_dir / "tokenizer.json"))
+    label_names = list(ckpt.get("label_names") or info.get("label_names") or [])
+    if len(vocab) != ckpt.get("vocab_size"):
+        raise RunDirError(f"{run_dir / 'vocab.json'} has {len(vocab)} ids but {path} was trained with "
+                          f"{ckpt.get('vocab_size')}")
+    # Inference keeps the architecture but may use any implementation: the weights are interchangeable.
+    dev = select_device(device or config.device)
+    model = build_model(config, len(vocab), len(label_names))
+    load_model_state(model, ckpt["model"], path)
+    model.to(dev).eval()
+    return LoadedRun(run_dir, config, model, tokenizer, vocab, label_names, path, int(ckpt["epoch"]), dev)
+
+
+def encode_texts(texts: Sequence[str], tokenizer: Any, vocab: Any, config: Config, *,
+                 empty: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> ``ids (N, L)`` right-padded with 0 and ``lengths (N,)``, as in training.
+
+    Keeps the first (``truncate="head"``) or last (``"tail"``) ``max_len`` tokens. A text
+    without any token is an error (``empty="error"``) or a single ``<unk>`` (``"unk"``).
+    """
+    seqs = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i + 1} must be a string, got {type(text).__name__}")
+        ids = vocab.encode(tokenizer.tokenize(text))
+        if not ids:
+            if empty == "error":
+                shown = text if len(text) <= 40 else text[:37] + "..."
+                raise ValueError(f"text {i + 1} ({shown!r}) is empty: it has no words to classify")
+            ids = [vocab.unk_id]
+        ids = ids[: config.max_len] if config.truncate == "head" else ids[-config.max_len:]
+        seqs.append(ids)
+    if not seqs:
+        raise ValueError("no texts given")
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    out = torch.full((len(seqs), int(lengths.max())), vocab.pad_id, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
+    return out, lengths
+
+
+@torch.no_grad()
+def predict(run_dir: str | os.PathLike | LoadedRun, texts: Sequence[str], *, checkpoint: str = "auto",
+            batch_size: int = 256) -> list[dict[str, Any]]:
+    """Classify raw texts with a trained run: one dict per text.
+
+    Each dict: ``text``, ``label`` (name), ``label_id``, ``probability`` (of that label) and
+    ``probabilities`` (name -> probability). An empty text raises ValueError.
+    """
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir, checkpoint=checkpoint)
+    texts = list(texts)
+    ids, lengths = encode_texts(texts, run.tokenizer, run.vocab, run.config)
+    results = []
+    for start in range(0, len(texts), batch_size):
+        b_ids, b_len = ids[start:start + batch_size], lengths[start:start + batch_size]
+        b_ids = b_ids[:, : int(b_len.max())].to(run.device)
+        out = run.model(b_ids, b_len)
+        probs = (out.exp() if run.config.loss == "nll" else out.softmax(-1)).double().cpu()
+        for j, p in enumerate(probs):
+            k = int(p.argmax())
+            results.append({"text": texts[start + j], "label": run.label_names[k], "label_id": k,
+                            "probability": float(p[k]),
+                            "probabilities": {name: float(p[c]) for c, name in enumerate(run.label_names)}})
+    return results
+
+
+def classification_report(labels: torch.Tensor, preds: torch.Tensor, label_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support, and the confusion matrix ``[true][predicted]``.
+
+    precision_c = TP / (TP + FP), recall_c = TP / (TP + FN), F1 = 2PR / (P + R) (0 when undefined).
+    """
+    c = len(label_names)
+    cm = torch.zeros(c, c, dtype=torch.int64)
+    cm.index_put_((labels.long(), preds.long()), torch.ones_like(labels, dtype=torch.int64), accumulate=True)
+    per_class = {}
+    for k, name in enumerate(label_names):
+        tp = int(cm[k, k])
+        fp = int(cm[:, k].sum()) - tp
+        fn = int(cm[k, :].sum()) - tp
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    return {"per_class": per_class, "confusion_matrix": cm.tolist()}
+
+
+def evaluate_run(run_dir: str | os.PathLike, data: Any = None, *, checkpoint: str = "auto",
+                 data_path: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate a run's model on the test split.
+
+    data: an encoded dataset whose vocabulary equals the run's, or None: the test texts of
+    ``data_path`` (default: the run's ``config.data`` / ``$RNNLAB_DATA``) are encoded with
+    the run's own tokenizer and vocabulary. Returns ``loss``, ``accuracy``, ``n``, ``epoch``,
+    ``checkpoint``, ``label_names``, ``per_class`` {name: precision, recall, f1, support} and
+    ``confusion_matrix`` (rows: true label, columns: predicted).
+    """
+    run = load_run(run_dir, checkpoint=checkpoint)
+    config = run.config
+    if data is not None:
+        if len(data.vocab) != len(run.vocab) or data.vocab != run.vocab:
+            raise RunDirError(f"the given data's vocabulary ({len(data.vocab)} ids) is not the run's vocab.json "
+                              f"({len(run.vocab)} ids); pass data=None to encode the test texts with the run's")
+        split = data.test
+    else:
+        split = _encode_test_split(config, run, data_path, progress)
+    result = run_eval(run.model, split, config, run.device)
+    report = classification_report(result["labels"], result["preds"], run.label_names)
+    return {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "epoch": run.epoch,
+            "loss": result["loss"], "accuracy": result["acc"], "n": result["n"], "label_names": run.label_names,
+            **report}
+
+
+class _Split(torch.utils.data.Dataset):
+    """A minimal encoded split (ids, lengths, labels) for ``make_loader``."""
+
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
+        self.ids, self.lengths, self.labels = ids, lengths, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ids[i, : self.lengths[i]], self.labels[i]
+
+
+def _encode_test_split(config: Config, run: LoadedRun, data_path: str | None, progress: bool) -> Any:
+    from rnnlab.data import load_imdb, load_text_dataset
+
+    from rnnlab.train.runner import data_source
+
+    source = data_path or data_source(config)
+    if source and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        dataset = load_text_dataset(source)
+    else:
+        dataset = load_imdb(source, progress=progress)
+    if list(dataset.label_names) != run.label_names:
+        raise RunDirError(f"the data's labels {list(dataset.label_names)} are not the run's {run.label_names}")
+    ids, lengths = encode_texts(dataset.test.texts, run.tokenizer, run.vocab, config, empty="unk")
+    labels = torch.as_tensor(dataset.test.labels, dtype=torch.int64)
+    try:
+        from rnnlab.data import EncodedSplit
+
+        return EncodedSplit(ids, lengths, labels)
+    except (ImportError, TypeError):
+        return _Split(ids, lengths, labels)
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """Human-readable evaluation: loss, accuracy, per-class P/R/F1, confusion matrix."""
+    names = result["label_names"]
+    width = max(9, *(len(n) for n in names))
+    lines = [f"Run: {result['run_dir']} (checkpoint {Path(result['checkpoint']).name}, epoch {result['epoch']})",
+             f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['accuracy']:.4f} "
+             f"({result['n']} examples)", "",
+             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for name in names:
+        m = result["per_class"][name]
+        lines.append(f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>9d}")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):",
+              " " * width + " " + " ".join(f"{n:>9}" for n in names)]
+    for name, row in zip(names, result["confusion_matrix"]):
+        lines.append(f"{name:<{width}} " + " ".join(f"{v:>9d}" for v in row))
+    return "\n".join(lines)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)
