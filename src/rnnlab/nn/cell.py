@@ -107,7 +107,7 @@ class RNNCellBase(nn.Module):
             input = input.unsqueeze(0)
         w = self.weight_ih
         if input.dtype != w.dtype:
-            raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w.dtype})")
+            raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w.dtype})")
         if input.device != w.device:
             raise RuntimeError(f"{name}: input is on {input.device} but the parameters are on {w.device}")
         if input.shape[1] != self.input_size:
