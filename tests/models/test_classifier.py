@@ -1,0 +1,106 @@
+"""The classifier: printed structure, parameter count, masked pooling, padding invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnlab.models import RNNClassifier, build_model, count_parameters, masked_pool
+from rnnlab.train import Config
+
+ORIGINAL_LSTM = """ImdbNet(
+  (embedding): Embedding(20001, 64)
+  (lstm): LSTM(64, 64)
+  (linear1): Linear(in_features=64, out_features=64, bias=True)
+  (act1): ReLU()
+  (linear2): Linear(in_features=64, out_features=2, bias=True)
+)"""
+
+
+@pytest.mark.parametrize("impl", ["torch", "rnnlab"])
+def test_default_model_prints_as_the_original(impl):
+    model = build_model(Config(impl=impl), 20001, 2)
+    assert str(model) == ORIGINAL_LSTM
+    # 20001*64 + 4*64*(64+64) + 8*64 + (64*64+64) + (64*2+2)
+    assert count_parameters(model) == 1_317_634
+
+
+def test_gru_and_rnn_use_their_cell_name():
+    assert "(gru): GRU(64, 64)" in str(build_model(Config(cell="gru", impl="torch"), 50, 2))
+    for impl in ("torch", "rnnlab"):
+        model = build_model(Config(cell="rnn", impl=impl, nonlinearity="relu"), 50, 2)
+        assert "(rnn): RNN(64, 64" in str(model) and model.rnn.nonlinearity == "relu"
+
+
+def test_masked_pool_values():
+    # out: L=3, N=2, H=1; sequence 0 has length 3, sequence 1 length 2 (step 2 is padding = 100).
+    out = torch.tensor([[[1.0], [4.0]], [[3.0], [-2.0]], [[2.0], [100.0]]])
+    lengths = torch.tensor([3, 2])
+    assert masked_pool(out, lengths, "last").tolist() == [[2.0], [-2.0]]
+    assert masked_pool(out, lengths, "mean").tolist() == [[2.0], [1.0]]
+    assert masked_pool(out, lengths, "max").tolist() == [[3.0], [4.0]]
+    assert masked_pool(out, lengths, "meanmax").tolist() == [[2.0, 3.0], [1.0, 4.0]]
+    # bidirectional "last": forward half at the last real step, backward half at step 0.
+    bi = torch.cat([out, 10 * out], dim=2)  # (3, 2, 2)
+    assert masked_pool(bi, lengths, "last", num_directions=2).tolist() == [[2.0, 10.0], [-2.0, 40.0]]
+
+
+CASES = [(cell, impl, bi, pooling)
+         for cell, impl in [("lstm", "torch"), ("lstm", "rnnlab"), ("gru", "rnnlab"), ("rnn", "torch"),
+                            ("gru", "reference")]
+         for bi in (False, True) for pooling in ("last", "mean", "max", "meanmax")]
+
+
+@pytest.mark.parametrize("cell,impl,bi,pooling", CASES)
+def test_padding_never_changes_the_result(cell, impl, bi, pooling):
+    """Each sequence alone (no padding) == in a padded batch with garbage ids after its end."""
+    torch.manual_seed(0)
+    config = Config(cell=cell, impl=impl, bidirectional=bi, pooling=pooling, embedding_dim=8, hidden_size=6,
+                    num_layers=2)
+    model = build_model(config, 30, 3).double().eval()
+    lengths = torch.tensor([7, 2, 5, 1])
+    ids = torch.randint(1, 30, (4, 11))  # padded region filled with real (non-zero) ids on purpose
+    with torch.no_grad():
+        batched = model(ids, lengths)
+        alone = torch.cat([model(ids[i:i + 1, :n], lengths[i:i + 1]) for i, n in enumerate(lengths.tolist())])
+        zero_pad = ids.clone()
+        zero_pad[torch.arange(11)[None, :] >= lengths[:, None]] = 0
+        batched_zero = model(zero_pad[:, :7], lengths)
+    torch.testing.assert_close(batched, alone, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(batched_zero, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_impls_share_weights_and_outputs():
+    torch.manual_seed(1)
+    ids, lengths = torch.randint(1, 40, (5, 9)), torch.tensor([9, 4, 1, 6, 2])
+    ref = build_model(Config(impl="torch", bidirectional=True, pooling="meanmax", hidden_size=8,
+                             embedding_dim=8), 40, 2).double()
+    for impl in ("rnnlab", "reference"):
+        other = build_model(Config(impl=impl, bidirectional=True, pooling="meanmax", hidden_size=8,
+                                   embedding_dim=8), 40, 2).double()
+        other.load_state_dict(ref.state_dict())
+        torch.testing.assert_close(other(ids, lengths), ref(ids, lengths), rtol=1e-10, atol=1e-12)
+
+
+def test_nll_model_outputs_log_probabilities():
+    model = build_model(Config(loss="nll", impl="torch", hidden_size=4, embedding_dim=4), 10, 3)
+    out = model(torch.randint(1, 10, (2, 5)), torch.tensor([5, 3]))
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(2))
+    assert "log_softmax=True" in str(model)
+
+
+def test_meanmax_widths_and_optional_dropouts():
+    model = build_model(Config(impl="torch", bidirectional=True, pooling="meanmax", hidden_size=5,
+                               embedding_dropout=0.1, head_dropout=0.2), 10, 2)
+    assert (model.linear1.in_features, model.linear1.out_features) == (20, 10)
+    assert model.embedding_dropout.p == 0.1 and model.head_dropout.p == 0.2
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="pooling must be one of last, mean, max, meanmax; got 'sum'"):
+        RNNClassifier(10, 2, pooling="sum")
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        RNNClassifier(10, 1)
+    model = RNNClassifier(10, 2, impl="torch")
+    with pytest.raises(ValueError, match=r"lengths must be \(N,\) = \(2,\), got \(3,\)"):
+        model(torch.ones(2, 4, dtype=torch.long), torch.ones(3, dtype=torch.long))
