@@ -116,7 +116,7 @@ _TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a numb
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, FIELD_TYPES, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=3, cutoff=0.75)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
     return ConfigError(f"{source}: unknown config key {key!r}{hint}; valid keys: {', '.join(FIELD_TYPES)}")
 

@@ -1,0 +1,100 @@
+"""Config: defaults, presets, suites, --set parsing and every bad input's message."""
+
+from __future__ import annotations
+
+import pytest
+
+from rnnlab.train import Config, ConfigError, load_config, load_suite, parse_overrides, resolve_preset
+from rnnlab.train.config import CONFIGS_DIR, config_from_toml
+
+
+def test_defaults_are_the_original_experiment():
+    c = Config()
+    assert (c.cell, c.impl, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == \
+        ("lstm", "rnnlab", 64, 64, 1, "last", "cross_entropy")
+    assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.max_words, c.max_len, c.seed) == \
+        ("adam", 0.001, 64, 5, 20000, 200, 0)
+
+
+def test_overrides_are_typed():
+    c = load_config(overrides=["lr=5e-3", "batch_size=128", "bidirectional=true", "cell=gru", "dropout=0"])
+    assert (c.lr, c.batch_size, c.bidirectional, c.cell, c.dropout) == (0.005, 128, True, "gru", 0.0)
+    assert isinstance(c.dropout, float)
+    assert parse_overrides({"lr": 1, "bucket": "no"}) == {"lr": 1.0, "bucket": False}
+
+
+def test_toml_round_trip(tmp_path):
+    c = Config(name='odd "name"', lr=3e-4, bidirectional=True, data="/x/y.csv")
+    (tmp_path / "c.toml").write_text(c.to_toml())
+    assert config_from_toml(tmp_path / "c.toml") == c
+
+
+def test_preset_and_config_file(tmp_path):
+    assert resolve_preset("seed/lstm") == CONFIGS_DIR / "seed" / "lstm.toml"
+    c = load_config(preset="seed/handwritten_lstm_b128_lr5e-3", overrides=["epochs=1"])
+    assert (c.name, c.impl, c.batch_size, c.lr, c.epochs) == ("handwritten_lstm_b128_lr5e-3", "rnnlab", 128, 5e-3, 1)
+    f = tmp_path / "mine.toml"
+    f.write_text('cell = "gru"\nhidden_size = 32\n')
+    c = load_config(config_file=f, overrides=["hidden_size=48"])
+    assert (c.name, c.cell, c.hidden_size) == ("mine", "gru", 48)
+    assert load_config(preset=f).hidden_size == 32  # a preset may also be a file path
+
+
+def test_suite():
+    configs = load_suite("seed", overrides=["epochs=1"])
+    assert [c.name for c in configs] == ["lstm", "rnn", "gru", "handwritten_lstm", "handwritten_lstm_128",
+                                         "handwritten_lstm_nll", "handwritten_lstm_b128_lr5e-3"]
+    assert all(c.epochs == 1 for c in configs) and configs[4].hidden_size == 128 and configs[5].loss == "nll"
+    with pytest.raises(ConfigError, match=r"seed.toml is a suite of experiments \(seed/lstm, seed/rnn, .*\), not one "
+                                          r"experiment: .*`rnnlab compare --preset"):
+        load_config(preset="seed")
+
+
+def test_suite_with_shared_set_table(tmp_path):
+    (tmp_path / "a.toml").write_text('cell = "gru"\n')
+    (tmp_path / "b.toml").write_text('cell = "rnn"\nlr = 0.01\n')
+    (tmp_path / "suite.toml").write_text('experiments = ["a", "b"]\n[set]\nlr = 0.002\n')
+    configs = load_suite(tmp_path / "suite.toml")
+    assert [(c.name, c.cell, c.lr) for c in configs] == [("a", "gru", 0.002), ("b", "rnn", 0.002)]
+    (tmp_path / "bad.toml").write_text('experiments = ["a", "zz"]\n')
+    with pytest.raises(ConfigError, match="experiment 'zz' not found"):
+        load_suite(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(preset="seed/lstmm"), r"unknown preset 'seed/lstmm'.*did you mean seed/lstm"),
+    (dict(overrides=["hiden_size=3"]), r"unknown config key 'hiden_size' \(did you mean 'hidden_size'\?\)"),
+    (dict(overrides=["epochs=five"]), r"--set epochs=five: 'epochs' expects an integer, got 'five'"),
+    (dict(overrides=["epochs=2.5"]), r"'epochs' expects an integer, got '2.5'"),
+    (dict(overrides=["lr=fast"]), r"'lr' expects a number, got 'fast'"),
+    (dict(overrides=["bidirectional=maybe"]), r"'bidirectional' expects a boolean \(true/false\), got 'maybe'"),
+    (dict(overrides=["lr"]), r"--set expects key=value, got 'lr'"),
+    (dict(overrides=["cell=lstn"]), r"'cell' must be one of rnn, lstm, gru; got 'lstn' \(did you mean 'lstm'\?\)"),
+    (dict(overrides=["pooling=sum"]), r"'pooling' must be one of last, mean, max, meanmax; got 'sum'"),
+    (dict(overrides=["lr=-1"]), r"'lr' must be a finite number > 0, got -1.0"),
+    (dict(overrides=["dropout=1.5"]), r"'dropout' must be in \[0, 1\), got 1.5"),
+    (dict(overrides=["hidden_size=0"]), r"'hidden_size' must be >= 1, got 0"),
+    (dict(overrides=["early_stopping=2"]), r"'early_stopping' watches validation accuracy: it needs val_fraction > 0"),
+    (dict(overrides=["device=tpu9"]), r"'device' must be 'auto' or a torch device"),
+])
+def test_bad_input_messages(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(**kwargs)
+
+
+def test_bad_files(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('hidden_size = "big"\n')
+    with pytest.raises(ConfigError, match=r"c.toml: 'hidden_size' expects an integer, got str 'big'"):
+        load_config(config_file=f)
+    f.write_text("epochs = true\n")
+    with pytest.raises(ConfigError, match=r"'epochs' expects an integer, got bool True"):
+        load_config(config_file=f)
+    f.write_text("lerning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"c.toml: unknown config key 'lerning_rate'"):
+        load_config(config_file=f)
+    f.write_text("epochs = \n")
+    with pytest.raises(ConfigError, match=r"c.toml: not valid TOML"):
+        load_config(config_file=f)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(config_file=tmp_path / "missing.toml")
