@@ -54,27 +54,33 @@ def _check_mode(mode: str) -> None:
 
 
 def _scan(
-    step: Callable[[int, Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]],
-    steps: int,
+    step: Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]],
+    inputs: Tensor,
     h0: Tensor,
     c0: Optional[Tensor],
     reverse: bool,
     lengths: Optional[Tensor],
 ) -> LayerResult:
-    """Run ``step(t, h, c) -> (h_new, c_new)`` over time, masking padded steps by ``lengths``."""
+    """Run ``step(inputs[t], h, c) -> (h_new, c_new)`` over time, masking padded steps by ``lengths``.
+
+    ``inputs`` (L, N, *) is split once with ``unbind`` (its backward is one ``stack``; indexing
+    ``inputs[t]`` per step would make each step's backward write a full-size zero tensor).
+    """
+    xs = inputs.unbind(0)
+    steps = len(xs)
     order = range(steps - 1, -1, -1) if reverse else range(steps)
     outs: list[Optional[Tensor]] = [None] * steps
     h, c = h0, c0
     if lengths is None:
         for t in order:
-            h, c = step(t, h, c)
+            h, c = step(xs[t], h, c)
             outs[t] = h
     else:
         # valid[t, k]: step t is a real step of sequence k.
         valid = torch.arange(steps, device=h0.device).unsqueeze(1) < lengths.to(h0.device).unsqueeze(0)  # (L, N)
         valid = valid.unsqueeze(2)  # (L, N, 1)
         for t in order:
-            h_new, c_new = step(t, h, c)
+            h_new, c_new = step(xs[t], h, c)
             m = valid[t]  # (N, 1)
             h = torch.where(m, h_new, h)
             if c is not None:
@@ -187,21 +193,21 @@ def reference_layer(
     _check_mode(mode)
     if mode == "lstm":
 
-        def step(t: int, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-            return lstm_cell_reference(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)  # type: ignore[arg-type]
+        def step(x_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+            return lstm_cell_reference(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)  # type: ignore[arg-type]
 
     elif mode == "gru":
 
-        def step(t: int, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-            return gru_cell_reference(x[t], h, w_ih, w_hh, b_ih, b_hh), None
+        def step(x_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+            return gru_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh), None
 
     else:
         nonlinearity = mode[4:]
 
-        def step(t: int, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-            return rnn_cell_reference(x[t], h, w_ih, w_hh, b_ih, b_hh, nonlinearity), None
+        def step(x_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+            return rnn_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, nonlinearity), None
 
-    return _scan(step, x.shape[0], h0, c0 if mode == "lstm" else None, reverse, lengths)
+    return _scan(step, x, h0, c0 if mode == "lstm" else None, reverse, lengths)
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,7 +298,7 @@ def fused_layer(
         bias, step_bias = b_hh, None
     gi = F.linear(x.reshape(steps * batch, x.shape[2]), w_ih, bias).view(steps, batch, -1)  # (L, N, G*H)
 
-    def step(t: int, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-        return _fused_step(mode, gi[t], h, c, w_hh, step_bias, w_hr)
+    def step(gi_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        return _fused_step(mode, gi_t, h, c, w_hh, step_bias, w_hr)
 
-    return _scan(step, steps, h0, c0 if mode == "lstm" else None, reverse, lengths)
+    return _scan(step, gi, h0, c0 if mode == "lstm" else None, reverse, lengths)
