@@ -1,0 +1,311 @@
+"""Tokenise, build the vocabulary and encode a :class:`TextDataset` into padded id tensors, cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rnnlab.data._cache import key_digest, read_entry, resolve_cache_dir, write_entry
+from rnnlab.data.datasets import TextDataset, TextSplit
+from rnnlab.data.tokenizer import Tokenizer
+from rnnlab.data.vocab import Vocabulary
+
+#: Bump when the encoding itself changes (invalidates cached encodings).
+ENCODING_VERSION = 1
+
+
+class EncodedSplit(Dataset):
+    """One encoded split, right-padded with ``<pad>`` (0).
+
+    Attributes (N examples, ``L = max_len``, or the longest sequence when ``max_len`` is None):
+
+    - ``ids``: ``(N, L)`` int64; row i holds ``lengths[i]`` ids then zeros;
+    - ``lengths``: ``(N,)`` int64, ``1 <= lengths[i] <= L`` (a text without any token is encoded
+      as a single ``<unk>``);
+    - ``labels``: ``(N,)`` int64;
+    - ``num_tokens``: ``(N,)`` int64, tokens before truncation (0 for a text without tokens).
+
+    Item i is ``(ids[i, :lengths[i]], labels[i])``; :func:`collate` pads a list of items back.
+    """
+
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                 num_tokens: torch.Tensor | None = None) -> None:
+        n = ids.shape[0]
+        if ids.dim() != 2 or lengths.shape != (n,) or labels.shape != (n,):
+            raise ValueError(f"EncodedSplit: expected ids (N, L), lengths (N,), labels (N,); got "
+                             f"{tuple(ids.shape)}, {tuple(lengths.shape)}, {tuple(labels.shape)}")
+        self.ids, self.lengths, self.labels = ids, lengths, labels
+        self.num_tokens = num_tokens if num_tokens is not None else lengths.clone()
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ids[i, : int(self.lengths[i])], self.labels[i]
+
+    def __repr__(self) -> str:
+        return f"EncodedSplit(N={len(self)}, max_len={self.ids.shape[1]})"
+
+
+def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad ``(ids_i (L_i,), label_i)`` items into ``(ids (N, max L_i), lengths (N,), labels (N,))``."""
+    lengths = torch.tensor([len(x) for x, _ in items], dtype=torch.int64)
+    ids = torch.zeros(len(items), int(lengths.max()) if len(items) else 0, dtype=torch.int64)
+    for row, (x, _) in enumerate(items):
+        ids[row, : len(x)] = x
+    labels = torch.stack([torch.as_tensor(y, dtype=torch.int64) for _, y in items]) if items else \
+        torch.zeros(0, dtype=torch.int64)
+    return ids, lengths, labels
+
+
+@dataclass
+class EncodedData:
+    """The encoded splits with the vocabulary and tokenizer that produced them."""
+
+    train: EncodedSplit
+    test: EncodedSplit
+    val: EncodedSplit | None
+    vocab: Vocabulary
+    tokenizer: Tokenizer
+    label_names: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    def splits(self) -> dict[str, EncodedSplit]:
+        out = {"train": self.train}
+        if self.val is not None:
+            out["val"] = self.val
+        out["test"] = self.test
+        return out
+
+
+def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, vocab: Vocabulary, *, max_len: int | None = 200,
+                 truncate: str = "head") -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode raw texts (e.g. for ``predict``): ``(ids (N, L), lengths (N,))`` as in :func:`encode_dataset`."""
+    tokens = _Tokens.from_lists(list(map(tokenizer.tokenize, texts)), max_len, truncate)
+    ids, lengths, _ = tokens.encode(vocab, max_len)
+    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(lengths.astype(np.int64))
+
+
+@dataclass
+class _Tokens:
+    """The kept (truncated) tokens of a split, flat, with per-text kept and total token counts."""
+
+    flat: Any  # iterable over the kept tokens of text 0, then text 1, ...
+    kept: np.ndarray  # (N,) int64 tokens kept per text
+    total: np.ndarray  # (N,) int64 tokens per text before truncation
+
+    @classmethod
+    def from_lists(cls, token_lists: list[list[str]], max_len: int | None, truncate: str) -> "_Tokens":
+        total = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
+        if max_len is None:
+            kept_lists = token_lists
+        elif truncate == "head":
+            kept_lists = [t[:max_len] if len(t) > max_len else t for t in token_lists]
+        else:
+            kept_lists = [t[-max_len:] if len(t) > max_len else t for t in token_lists]
+        kept = total if max_len is None else np.minimum(total, max_len)
+        return cls(chain.from_iterable(kept_lists), kept, total)
+
+    def encode(self, vocab: Vocabulary, max_len: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids (N, L) uint16|int32, lengths (N,) int32, num_tokens (N,) int32)``."""
+        dtype = np.uint16 if len(vocab) <= 1 << 16 else np.int32
+        flat = np.fromiter(map(vocab.stoi.__getitem__, self.flat), dtype, int(self.kept.sum()))
+        lengths = self.kept
+        empty = np.flatnonzero(lengths == 0)
+        if len(empty):  # a text without tokens becomes one <unk>, so every length is >= 1
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            flat = np.insert(flat, starts[empty], vocab.unk_id).astype(dtype)
+            lengths = np.maximum(lengths, 1)
+        width = int(max_len) if max_len is not None else int(lengths.max(initial=1))
+        ids = np.zeros((len(lengths), width), dtype)
+        ids[np.arange(width) < lengths[:, None]] = flat  # row-major fill: row i gets its lengths[i] ids
+        return ids, lengths.astype(np.int32), self.total.astype(np.int32)
+
+
+# Fork-based parallel tokenisation: the workers inherit the texts (no pickling of inputs) and
+# send back, per chunk, the word counts (train only) and the kept tokens as one space-joined
+# string, which the parent splits in C. Used for large datasets when 2+ cores and fork exist.
+_SHARED: dict[str, Any] = {}
+_PARALLEL_MIN_TEXTS = 20000
+
+
+def _work(task: tuple[str, int, int, bool]) -> tuple[dict[str, int] | None, str, np.ndarray]:
+    name, start, stop, count = task
+    tokenizer: Tokenizer = _SHARED["tokenizer"]
+    max_len, truncate = _SHARED["max_len"], _SHARED["truncate"]
+    counter: Counter | None = Counter() if count else None
+    parts: list[str] = []
+    totals = np.zeros(stop - start, np.int64)
+    for j, text in enumerate(_SHARED["texts"][name][start:stop]):
+        toks = tokenizer.tokenize(text)
+        totals[j] = len(toks)
+        if counter is not None:
+            counter.update(toks)
+        if max_len is not None and len(toks) > max_len:
+            toks = toks[:max_len] if truncate == "head" else toks[-max_len:]
+        parts.append(" ".join(toks))
+    return (dict(counter) if counter is not None else None), " ".join(parts), totals
+
+
+def _tokenize_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_len: int | None, truncate: str,
+                       workers: int) -> tuple[Counter, dict[str, _Tokens]]:
+    import multiprocessing as mp
+
+    tasks = []
+    for name, split in splits.items():
+        n = len(split)
+        bounds = np.linspace(0, n, 2 * workers + 1).astype(int)  # 2 chunks per worker balances load
+        tasks += [(name, int(a), int(b), name == "train") for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    _SHARED.update(texts={k: v.texts for k, v in splits.items()}, tokenizer=tokenizer, max_len=max_len,
+                   truncate=truncate)
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_work, tasks, chunksize=1)
+    finally:
+        _SHARED.clear()
+    counter: Counter = Counter()
+    out: dict[str, _Tokens] = {}
+    joined: dict[str, list[str]] = {k: [] for k in splits}
+    totals: dict[str, list[np.ndarray]] = {k: [] for k in splits}
+    for (name, *_), (counts, text, tot) in zip(tasks, results):
+        if counts is not None:
+            counter.update(counts)
+        joined[name].append(text)
+        totals[name].append(tot)
+    for name in splits:
+        total = np.concatenate(totals[name])
+        kept = total if max_len is None else np.minimum(total, max_len)
+        out[name] = _Tokens(" ".join(joined[name]).split(), kept, total)
+    return counter, out
+
+
+def _use_parallel(splits: dict[str, TextSplit], workers: int | None) -> int:
+    if workers is not None:
+        return workers if workers > 1 else 0
+    import multiprocessing as mp
+
+    if sum(map(len, splits.values())) < _PARALLEL_MIN_TEXTS or "fork" not in mp.get_all_start_methods():
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cpus >= 2 else 0
+
+
+def _content_fingerprint(dataset: TextDataset) -> str:
+    h = hashlib.sha256()
+    for name, split in dataset.splits().items():
+        h.update(f"{name}\0{len(split)}\0".encode())
+        for t in split.texts:
+            b = t.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        h.update(np.asarray(split.labels, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _labels_crc(dataset: TextDataset) -> int:
+    return zlib.crc32(b"".join(np.asarray(s.labels, np.int64).tobytes() for s in dataset.splits().values()))
+
+
+def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, max_words: int | None = 20000,
+                   min_freq: int = 1, max_len: int | None = 200, truncate: str = "head",
+                   cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                   use_cache: bool = True, workers: int | None = None) -> EncodedData:
+    """Tokenise every split, build the vocabulary from the training split only, encode to ids.
+
+    Each text keeps its first ``max_len`` tokens (``truncate="head"``) or its last
+    (``"tail"``); ``max_len=None`` keeps all and pads to the longest. See :class:`Vocabulary`
+    for ``max_words`` / ``min_freq`` (default: 20,001 ids, as in the original experiment).
+
+    The result is cached in ``<cache_dir>/encoded/<key>/`` (default cache dir ``$RNNLAB_CACHE``
+    or ``~/.cache/rnnlab``), keyed by the dataset's fingerprint, the split sizes and labels, the
+    tokenizer (settings and version) and the settings above; a stale or corrupt entry is
+    rebuilt, never used.
+
+    ``workers``: processes for tokenising (None: 2 when the data has >= 20,000 texts and the
+    machine has 2+ cores and ``fork``; 0 or 1: in this process). The result does not depend on it.
+    """
+    t0 = time.perf_counter()
+    tokenizer = tokenizer or Tokenizer()
+    if truncate not in ("head", "tail"):
+        raise ValueError(f"encode_dataset: truncate must be 'head' or 'tail', got {truncate!r}")
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"encode_dataset: max_len must be an int >= 1 or None, got {max_len!r}")
+    splits = dataset.splits()
+    settings = {"max_words": max_words, "min_freq": min_freq, "max_len": max_len, "truncate": truncate}
+    key = {"kind": "encoded", "version": ENCODING_VERSION,
+           "fingerprint": dataset.fingerprint or _content_fingerprint(dataset),
+           "tokenizer": tokenizer.to_dict(), **settings,
+           "sizes": {k: len(v) for k, v in splits.items()}, "labels_crc32": _labels_crc(dataset),
+           "label_names": list(dataset.label_names)}
+    cache = resolve_cache_dir(cache_dir)
+    entry = cache / "encoded" / key_digest(key)
+    if use_cache:
+        hit = read_entry(entry, key)
+        if hit is not None:
+            arrays, blobs, _ = hit
+            try:
+                vocab = Vocabulary.from_dict(json.loads(blobs["vocab.json"]))
+                out = {name: _split_from_arrays(arrays, name) for name in splits}
+            except (KeyError, ValueError):
+                out = None
+            if out is not None:
+                return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer,
+                                   list(dataset.label_names), settings, True, time.perf_counter() - t0)
+    workers = _use_parallel(splits, workers)
+    if workers:
+        counter, tokens = _tokenize_parallel(splits, tokenizer, max_len, truncate, workers)
+    else:
+        counter = Counter()
+        tokens = {}
+        for name, split in splits.items():
+            lists = _tokenize(split, tokenizer, name, progress)
+            if name == "train":
+                for t in lists:
+                    counter.update(t)
+            tokens[name] = _Tokens.from_lists(lists, max_len, truncate)
+    vocab = Vocabulary.from_counter(counter, max_words=max_words, min_freq=min_freq)
+    arrays: dict[str, np.ndarray] = {}
+    for name, toks in tokens.items():
+        ids, lengths, ntok = toks.encode(vocab, max_len)
+        arrays.update({f"{name}_ids": ids, f"{name}_lengths": lengths, f"{name}_num_tokens": ntok,
+                       f"{name}_labels": np.asarray(splits[name].labels, np.int32)})
+    del tokens
+    if use_cache:
+        try:
+            blob = json.dumps(vocab.to_dict(), ensure_ascii=False).encode("utf-8")
+            write_entry(entry, key, arrays, {"vocab.json": blob}, {"source": dataset.source})
+        except OSError:
+            pass  # an unwritable cache only costs speed
+    out = {name: _split_from_arrays(arrays, name) for name in splits}
+    return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer, list(dataset.label_names),
+                       settings, False, time.perf_counter() - t0)
+
+
+def _tokenize(split: TextSplit, tokenizer: Tokenizer, name: str, progress: bool) -> list[list[str]]:
+    texts: Any = split.texts
+    if progress:
+        from tqdm.auto import tqdm
+
+        texts = tqdm(texts, desc=f"tokenizing {name}", unit=" texts", leave=False, mininterval=0.5)
+    return list(map(tokenizer.tokenize, texts))
+
+
+def _split_from_arrays(arrays: dict[str, np.ndarray], name: str) -> EncodedSplit:
+    def t(k: str) -> torch.Tensor:
+        return torch.from_numpy(arrays[f"{name}_{k}"].astype(np.int64))
+
+    return EncodedSplit(t("ids"), t("lengths"), t("labels"), t("num_tokens"))
