@@ -216,3 +216,16 @@ def test_cell_state_dict_round_trip() -> None:
 def test_repr_matches_torch() -> None:
     assert repr(rnn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True)) == repr(nn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True))
     assert repr(rnn.GRU(3, 4, impl="reference")) == "GRU(3, 4, impl='reference')"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_empty_batch_like_torch(kind: str) -> None:
+    """N = 0 is legal in torch.nn: empty outputs and states of the right shapes."""
+    ref, ours = make_pair(kind, H_IN, H, torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(L, 0, H_IN, dtype=torch.float64)
+    for impl in IMPLS:
+        ours.impl = impl
+        (out, hidden), (ref_out, ref_hidden) = ours(x), ref(x)
+        assert out.shape == ref_out.shape
+        for a, b in zip(hidden if kind.startswith("lstm") else (hidden,), ref_hidden if kind.startswith("lstm") else (ref_hidden,)):
+            assert a.shape == b.shape

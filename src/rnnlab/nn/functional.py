@@ -296,7 +296,7 @@ def fused_layer(
         bias, step_bias = b_ih + b_hh, None
     elif mode != "gru" and b_ih is None and b_hh is not None:
         bias, step_bias = b_hh, None
-    gi = F.linear(x.reshape(steps * batch, x.shape[2]), w_ih, bias).view(steps, batch, -1)  # (L, N, G*H)
+    gi = F.linear(x.reshape(steps * batch, x.shape[2]), w_ih, bias).view(steps, batch, w_ih.shape[0])  # (L, N, G*H)
 
     def step(gi_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         return _fused_step(mode, gi_t, h, c, w_hh, step_bias, w_hr)
