@@ -240,6 +240,12 @@ class RNNBase(nn.Module):
     # -- forward -----------------------------------------------------------------------------
 
     def _layer_function(self, x: Tensor, has_lengths: bool, needs_grad: bool) -> LayerFn:
+        """The per-(layer, direction) function for ``self.impl``.
+
+        ``"fast"`` asks ``rnnlab.kernels.layer_function`` with ``training=needs_grad`` (grad
+        mode on and some input, state or parameter requires grad: a backward may follow) and
+        falls back to the fused form when it answers ``None``.
+        """
         if self.impl == "reference":
             return functional.reference_layer
         if self.impl == "fast":
