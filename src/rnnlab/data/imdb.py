@@ -47,14 +47,20 @@ _REVIEW = re.compile(r"(\d+)_(\d+)\.txt")
 class _Stream:
     """Read-exact over a (gzip-compressed or plain) file, decompressing in 1 MiB steps."""
 
-    def __init__(self, f: BinaryIO, gz: bool) -> None:
-        self.f, self.gz = f, gz
+    def __init__(self, f: BinaryIO, gz: bool, path: Path) -> None:
+        self.f, self.gz, self.path = f, gz, path
         self.d = zlib.decompressobj(31) if gz else None
         self.buf = b""
         self.pos = 0
         self.consumed = 0  # bytes returned by read() so far
 
     def _more(self) -> bytes:
+        try:
+            return self._decompress()
+        except zlib.error as err:
+            raise DataError(f"{self.path}: corrupt gzip data ({err})") from None
+
+    def _decompress(self) -> bytes:
         while True:
             raw = self.f.read(1 << 20)
             if not self.gz:
@@ -63,7 +69,7 @@ class _Stream:
             if not raw:
                 out = self.d.flush()
                 if not out and not self.d.eof:
-                    raise EOFError("compressed data ends early")
+                    raise DataError(f"{self.path}: archive is truncated (compressed data ends early)")
                 return out
             out = self.d.decompress(raw)
             if self.d.eof and self.d.unused_data:  # concatenated gzip members
@@ -101,15 +107,12 @@ def iter_tar(path: Path) -> Iterator[tuple[str, bytes | None, "_Stream", int]]:
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
         f.seek(0)
-        s = _Stream(f, gz)
+        s = _Stream(f, gz, path)
         long_name: str | None = None
         pax: dict[str, str] = {}
         first = True
         while True:
-            try:
-                hdr = s.read(512)
-            except (zlib.error, EOFError) as err:
-                raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from None
+            hdr = s.read(512)
             if len(hdr) < 512:
                 if first:
                     raise DataError(f"{path}: not a tar or tar.gz archive (too short)")
