@@ -53,7 +53,7 @@ class Config:
     """Every setting of one experiment (see the field table in docs/ARCHITECTURE.md).
 
     The defaults reproduce the original experiment: a one-layer LSTM (embedding 64,
-    hidden 64) over the first 200 tokens, the last real step pooled, Linear-ReLU-Linear,
+    hidden 64) over the last 200 tokens of each review, the last real step pooled, Linear-ReLU-Linear,
     cross-entropy, Adam lr 1e-3, batch 64, 5 epochs.
     """
 
@@ -85,7 +85,7 @@ class Config:
     max_words: int = 20000
     min_freq: int = 1
     max_len: int = 200
-    truncate: str = "head"
+    truncate: str = "tail"
     bucket: bool = False
     val_fraction: float = 0.0
     val_split: str = "group"
