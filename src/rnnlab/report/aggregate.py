@@ -1,0 +1,116 @@
+"""Group runs by experiment name and aggregate them over seeds.
+
+For an experiment with complete runs r = 1..N (one per seed):
+
+    final_acc_r = test_acc at the last epoch of run r
+    best_acc_r  = max over epochs of test_acc in run r
+    mean = (1/N) sum_r x_r,    std = sqrt( sum_r (x_r - mean)^2 / (N - 1) )   (None when N = 1)
+
+Seconds per epoch is the median of ``epoch_seconds`` over every epoch of every complete run.
+Incomplete runs never enter these numbers: they are listed separately.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from rnnlab.report.original import ORIGINAL_RESULTS, OriginalResult
+from rnnlab.report.runs import RunRecord
+
+#: Config keys that may differ between the seeds of one experiment without making it a different
+#: experiment.
+_IGNORED_CONFIG_KEYS = {"seed", "device", "num_threads", "data"}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof = 1) of one quantity over seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        if not values:
+            raise ValueError("Stat.of needs at least one value")
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+@dataclass
+class ExperimentSummary:
+    """One experiment (all runs sharing a config name), aggregated over its complete runs."""
+
+    name: str
+    kind: str
+    runs: list[RunRecord]
+    incomplete: list[RunRecord]
+    final_acc: Stat | None = None
+    best_acc: Stat | None = None
+    best_epochs: list[int] = field(default_factory=list)
+    final_loss: Stat | None = None
+    num_params: int | None = None
+    epoch_seconds: float | None = None
+    epochs: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def original(self) -> OriginalResult | None:
+        return ORIGINAL_RESULTS.get(self.name)
+
+    @property
+    def has_results(self) -> bool:
+        return bool(self.runs)
+
+
+def _config_signature(run: RunRecord) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in _IGNORED_CONFIG_KEYS))
+
+
+def summarize(runs: list[RunRecord], order: list[str] | None = None) -> list[ExperimentSummary]:
+    """Aggregate runs per experiment name.
+
+    Order: the names in ``order`` first (default: the seven original experiments in suite order),
+    then the other recurrent experiments by name, then baselines.
+    """
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(run.name, []).append(run)
+    order = list(ORIGINAL_RESULTS) if order is None else list(order)
+
+    def sort_key(name: str) -> tuple:
+        kind_rank = 1 if any(r.kind == "baseline" for r in groups[name]) else 0
+        return (kind_rank, order.index(name) if name in order else len(order), name)
+
+    summaries = []
+    for name in sorted(groups, key=sort_key):
+        members = sorted(groups[name], key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
+        complete = [r for r in members if r.complete]
+        s = ExperimentSummary(name=name, kind=members[0].kind, runs=complete,
+                              incomplete=[r for r in members if not r.complete])
+        if complete:
+            s.final_acc = Stat.of([r.rows[-1]["test_acc"] for r in complete])
+            best = [max(r.rows, key=lambda row: row["test_acc"]) for r in complete]
+            s.best_acc = Stat.of([row["test_acc"] for row in best])
+            s.best_epochs = [int(row["epoch"]) for row in best]
+            s.final_loss = Stat.of([r.rows[-1]["test_loss"] for r in complete])
+            params = sorted({r.num_params for r in complete if r.num_params is not None})
+            s.num_params = params[0] if params else None
+            if len(params) > 1:
+                s.notes.append(f"parameter counts differ between runs: {params}")
+            seconds = [x for r in complete for x in r.column("epoch_seconds")]
+            s.epoch_seconds = statistics.median(seconds) if seconds else None
+            epochs = sorted({len(r.rows) for r in complete})
+            s.epochs = epochs[-1]
+            if len({_config_signature(r) for r in complete}) > 1:
+                s.notes.append("the runs' configs differ in more than the seed")
+            seeds = [r.seed for r in complete]
+            if len(set(seeds)) < len(seeds):
+                s.notes.append(f"several runs share a seed: {seeds}")
+        summaries.append(s)
+    return summaries

@@ -1,0 +1,96 @@
+"""``rnnlab report``: run directories in, ``results.md``, ``results.csv`` and plots out."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rnnlab import __version__
+from rnnlab.report._io import write_text
+from rnnlab.report.aggregate import ExperimentSummary, summarize
+from rnnlab.report.plots import PLOTS, write_plots
+from rnnlab.report.runs import ReportError, discover_runs, read_run
+from rnnlab.report.tables import csv_table, markdown_table
+
+#: Config fields shown in the settings table, in order.
+SETTINGS = ("cell", "impl", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "pooling",
+            "loss", "optimizer", "lr", "batch_size", "epochs", "max_len", "max_words")
+
+
+@dataclass
+class Report:
+    summaries: list[ExperimentSummary]
+    files: list[Path]
+    markdown: str
+
+
+def _settings_table(summaries: list[ExperimentSummary]) -> str:
+    rows = []
+    for s in summaries:
+        runs = s.runs or s.incomplete
+        if s.kind == "baseline" or not runs or not runs[0].config:
+            continue
+        cfg = runs[0].config
+        rows.append("| " + " | ".join([f"`{s.name}`"] + [str(cfg.get(k, "")) for k in SETTINGS]) + " |")
+    if not rows:
+        return ""
+    head = "| experiment | " + " | ".join(SETTINGS) + " |\n|---|" + "---|" * len(SETTINGS) + "\n"
+    return head + "\n".join(rows) + "\n"
+
+
+def _baseline_lines(summaries: list[ExperimentSummary]) -> list[str]:
+    lines = []
+    for s in summaries:
+        if s.kind == "baseline" and s.runs:
+            desc = s.runs[0].info.get("description")
+            if desc:
+                lines.append(f"- `{s.name}`: {desc}")
+    return lines
+
+
+def render_markdown(summaries: list[ExperimentSummary], sources: list[str], title: str = "rnnlab comparison") -> str:
+    n_runs = sum(len(s.runs) + len(s.incomplete) for s in summaries)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"# {title}\n",
+        f"{n_runs} runs of {len(summaries)} experiments from {', '.join(f'`{p}`' for p in sources)}; "
+        f"written by rnnlab {__version__} on {stamp}.\n",
+        markdown_table(summaries),
+        "*final*: test accuracy after the last epoch; *best*: the highest test accuracy over the epochs "
+        "(the epoch of each seed in parentheses). The best epoch is picked on the test set, so *best* is an "
+        "optimistic figure, shown because the original reported it. Values are mean ± sample standard "
+        "deviation (ddof = 1) over seeds. *original*: the single-seed result of the original assignment; "
+        "*Δ final*: mean final accuracy minus the original's, in percentage points. *s/epoch*: median "
+        "wall-clock seconds per epoch (training and test evaluation).\n",
+    ]
+    baselines = _baseline_lines(summaries)
+    if baselines:
+        parts.append("Baselines:\n\n" + "\n".join(baselines) + "\n")
+    settings = _settings_table(summaries)
+    if settings:
+        parts.append("## Settings\n\n" + settings)
+    parts.append("## Plots\n\n" + "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in PLOTS) + "\n")
+    return "\n".join(parts)
+
+
+def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
+                 order: list[str] | None = None, title: str = "rnnlab comparison") -> Report:
+    """Discover the run directories under ``paths``, aggregate them and write the report into ``out_dir``.
+
+    Writes ``results.md``, ``results.csv`` and the PNG files of :data:`rnnlab.report.plots.PLOTS`
+    (each atomically); other files in ``out_dir`` are left alone.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; expected a folder for results.md, results.csv and the plots")
+    runs = [read_run(p) for p in discover_runs(list(paths))]
+    summaries = summarize(runs, order=order)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(summaries, [str(p) for p in paths], title=title)
+    write_text(out / "results.csv", csv_table(summaries))
+    files = [out / "results.csv"] + write_plots(summaries, out)
+    write_text(out / "results.md", markdown)  # last: its presence means the report is whole
+    files.append(out / "results.md")
+    return Report(summaries, files, markdown)

@@ -1,0 +1,343 @@
+"""``rnnlab compare``: run a suite of experiments x seeds into one folder, then report on it.
+
+Layout of a comparison folder ``DIR``::
+
+    DIR/compare.json            manifest: marks DIR as a comparison, lists the suite's experiments
+    DIR/<name>/seed<k>/         one run directory per experiment and seed (seed = config.seed + k)
+    DIR/nbsvm_bigram/           the bag-of-words baseline, as a one-epoch run directory
+    DIR/results.md, results.csv, *.png
+
+Running the same command again skips complete runs and resumes incomplete ones, so an
+interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TextIO
+
+from rnnlab import __version__
+from rnnlab.report._io import write_json
+from rnnlab.report.baseline import BASELINE_NAME, nbsvm, write_baseline_run
+from rnnlab.report.build import Report, write_report
+from rnnlab.report.runs import ReportError, read_metrics_rows
+from rnnlab.train import Config, load_suite, train_and_evaluate
+from rnnlab.train.config import config_from_toml
+from rnnlab.train.runner import RESUME_MUTABLE, data_source
+
+MANIFEST = "compare.json"
+MANIFEST_KIND = "rnnlab-compare"
+
+#: Config keys that may differ between a finished run and the planned one for it to be reused.
+_REUSE_IGNORES = set(RESUME_MUTABLE) - {"epochs", "name"}
+
+
+@dataclass
+class PlannedRun:
+    config: Config
+    run_dir: Path
+    k: int
+    state: str  # "new" | "resume" | "complete"
+    done_epochs: int = 0
+
+
+@dataclass
+class ComparisonResult:
+    out_dir: Path
+    runs: list[PlannedRun]
+    trained: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    baseline: Path | None = None
+    report: Report | None = None
+    seconds: float = 0.0
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+# ----------------------------------------------------------------------------- the folder
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of an existing comparison, None for a missing or empty folder; refuses anything else."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; expected a folder for the comparison")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    path = out / MANIFEST
+    if not path.is_file():
+        raise ReportError(f"--out {out} is not empty and is not an rnnlab comparison (no {MANIFEST}); "
+                          "refusing to write into it: choose a new or empty folder")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path} is not readable JSON ({err}); refusing to write into {out}") from None
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    if kind != MANIFEST_KIND:
+        raise ReportError(f"{path} is not an rnnlab comparison manifest (kind {kind!r}, expected "
+                          f"{MANIFEST_KIND!r}); refusing to write into {out}")
+    return manifest
+
+
+def _plan_run(config: Config, run_dir: Path, k: int) -> PlannedRun:
+    """Decide whether a run is new, to resume, or complete (and reusable with this config)."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return PlannedRun(config, run_dir, k, "new")
+    if not (run_dir / "run.json").is_file() or not (run_dir / "config.toml").is_file():
+        raise ReportError(f"{run_dir} exists but is not a run directory (no run.json/config.toml); "
+                          "move it away or choose another --out")
+    try:
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        old = config_from_toml(run_dir / "config.toml")
+    except Exception as err:  # noqa: BLE001 - any unreadable run is the same user-facing error
+        raise ReportError(f"{run_dir}: unreadable run ({type(err).__name__}: {err}); "
+                          "move it away or choose another --out") from None
+    diffs = [f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}" for f in old.to_dict()
+             if f not in _REUSE_IGNORES and getattr(old, f) != getattr(config, f)]
+    rows, _ = read_metrics_rows(run_dir / "metrics.jsonl")
+    if len(rows) > config.epochs:
+        raise ReportError(f"{run_dir} has {len(rows)} epochs done, more than the {config.epochs} asked for; "
+                          "use another --out for fewer epochs")
+    if info.get("status") == "complete" and not diffs:
+        return PlannedRun(config, run_dir, k, "complete", len(rows))
+    if any(not d.startswith("epochs:") for d in diffs):  # more epochs than before: resume extends the run
+        raise ReportError(f"{run_dir} was run with another config ({'; '.join(diffs)}); a comparison keeps "
+                          "its settings: use another --out to compare new settings")
+    return PlannedRun(config, run_dir, k, "resume", len(rows))
+
+
+def plan_comparison(configs: list[Config], out: Path, seeds: int) -> list[PlannedRun]:
+    """Every (experiment, seed) run and its state; raises before anything runs if one is unusable."""
+    return [_plan_run(c.replace(seed=c.seed + k), out / c.name / f"seed{k}", k)
+            for c in configs for k in range(seeds)]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _data_keys(config: Config) -> tuple[tuple, tuple]:
+    """(what loading depends on, what encoding adds): runs sharing both share one encoded dataset."""
+    load_key = (data_source(config), config.val_fraction, config.val_split)
+    return load_key, (config.max_words, config.min_freq, config.max_len, config.truncate)
+
+
+class _DataProvider:
+    """Loads each distinct dataset once and encodes each distinct setting once (the last one is kept)."""
+
+    def __init__(self, data: Any, *, cache_dir: str | os.PathLike | None, progress: bool) -> None:
+        from rnnlab.data import EncodedData
+
+        self.given = data
+        self.given_encoded = isinstance(data, EncodedData)
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self._texts: dict[tuple, Any] = {}
+        self._encoded: tuple[tuple, Any] | None = None
+
+    def texts(self, config: Config) -> Any:
+        """The TextDataset for this config (None when an encoded dataset was given)."""
+        if self.given is not None:
+            return None if self.given_encoded else self.given
+        from rnnlab.data import load_dataset
+
+        key, _ = _data_keys(config)
+        if key not in self._texts:
+            self._texts.clear()  # one raw dataset in memory at a time
+            self._texts[key] = load_dataset(key[0], val_fraction=config.val_fraction, val_split=config.val_split,
+                                            seed=0, progress=self.progress)
+        return self._texts[key]
+
+    def encoded(self, config: Config) -> Any:
+        if self.given_encoded:
+            return self.given
+        from rnnlab.data import encode_dataset
+
+        key = _data_keys(config) if self.given is None else (None, _data_keys(config)[1])
+        if self._encoded is None or self._encoded[0] != key:
+            dataset = self.texts(config)
+            enc = encode_dataset(dataset, max_words=config.max_words, min_freq=config.min_freq,
+                                 max_len=config.max_len, truncate=config.truncate, cache_dir=self.cache_dir,
+                                 progress=self.progress)
+            self._encoded = (key, enc)
+        return self._encoded[1]
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class _Eta:
+    """Estimates the time left from measured epoch times.
+
+    An experiment's remaining epochs are costed at its own median measured seconds per epoch;
+    an experiment not measured yet at the mean of the measured experiments' medians (so the
+    estimate is rough until every experiment has run one epoch).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {}
+
+    def add(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        vals = [float(r["epoch_seconds"]) for r in rows if isinstance(r.get("epoch_seconds"), (int, float))]
+        if vals:
+            self.seconds[name] = vals
+
+    def estimate(self, pending: list[tuple[str, int]]) -> tuple[float | None, str]:
+        """Seconds left for ``pending`` (experiment name, epochs to run), and how it was estimated."""
+        if not pending:
+            return 0.0, "nothing left"
+        if not self.seconds:
+            return None, "no epoch measured yet"
+        medians = {n: statistics.median(v) for n, v in self.seconds.items()}
+        fallback = statistics.fmean(medians.values())
+        guessed = {n for n, _ in pending if n not in medians}
+        total = sum(e * medians.get(n, fallback) for n, e in pending)
+        n_epochs = sum(len(v) for v in self.seconds.values())
+        how = f"from {n_epochs} measured epochs"
+        if guessed:
+            how += f"; {len(guessed)} experiment(s) not measured yet, assumed at the average speed"
+        return total, how
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, seeds: int = 1,
+                   only: list[str] | None = None, overrides: Iterable[str] | Mapping[str, Any] = (),
+                   data: Any = None, data_path: str | None = None, baseline: bool = True,
+                   progress: bool = True, cache_dir: str | os.PathLike | None = None,
+                   stream: TextIO | None = None) -> ComparisonResult:
+    """Run every experiment of the suite ``preset`` for ``seeds`` seeds into ``out_dir``, then report.
+
+    Args:
+        preset: a suite preset (``"seed"``) or a TOML file; see ``rnnlab.train.load_suite``.
+        seeds: runs per experiment, with seeds ``config.seed + k`` for k = 0..seeds-1.
+        only: experiment names to run (default: all); the report covers every run in ``out_dir``.
+        overrides: ``key=value`` strings (or a mapping) applied to every experiment.
+        data: a ``TextDataset`` (encoded here once per distinct vocabulary/length setting) or an
+            ``EncodedData`` (used as is; no baseline then), instead of loading ``data_path``.
+        data_path: dataset path for every experiment (same as the override ``data=PATH``).
+        baseline: also fit the bag-of-words baseline (once per comparison folder).
+    Raises ReportError (bad folder, unknown name in ``only``, a run made with other settings)
+    before anything is written.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    log = (lambda line: print(line, file=stream or sys.stdout, flush=True)) if progress else (lambda line: None)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ReportError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+    if data_path:
+        overrides = ({**overrides, "data": str(data_path)} if isinstance(overrides, dict)
+                     else [*overrides, f"data={data_path}"])
+    configs = load_suite(preset, overrides)
+    names = [c.name for c in configs]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ReportError(f"unknown experiment(s) in --only: {', '.join(unknown)}; "
+                              f"the suite {preset} has: {', '.join(names)}")
+        configs = [c for c in configs if c.name in only]
+    manifest = _read_manifest(out)
+    plan = plan_comparison(configs, out, seeds)
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if manifest is None:
+        manifest = {"kind": MANIFEST_KIND, "format": 1, "rnnlab_version": __version__, "preset": str(preset),
+                    "experiments": names, "created": now, "invocations": []}
+    else:  # keep the order of earlier invocations, add new names at the end
+        manifest["experiments"] = list(dict.fromkeys([*manifest.get("experiments", []), *names]))
+    manifest["invocations"] = [*manifest.get("invocations", []), {
+        "started": now, "preset": str(preset), "seeds": seeds, "only": list(only or []),
+        "overrides": overrides if isinstance(overrides, dict) else list(overrides), "baseline": baseline}]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MANIFEST, manifest)
+
+    result = ComparisonResult(out, plan)
+    provider = _DataProvider(data, cache_dir=cache_dir, progress=progress)
+    eta = _Eta()
+    pending = []
+    for run in plan:
+        if run.state == "complete":
+            result.skipped.append(run.run_dir)
+            eta.add(run.config.name, read_metrics_rows(run.run_dir / "metrics.jsonl")[0])
+        else:
+            pending.append(run)
+    n_done = len(result.skipped)
+    log(f"compare: {len(plan)} runs ({len(configs)} experiments x {seeds} seed(s)) into {out}; "
+        f"{n_done} complete already, {len(pending)} to run")
+
+    for i, run in enumerate(pending):
+        left = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending[i:]]
+        secs, how = eta.estimate(left)
+        elapsed = time.perf_counter() - start
+        eta_text = f"~{_fmt_duration(secs)} left ({how})" if secs is not None else f"time left: unknown ({how})"
+        c = run.config
+        log(f"\n[{n_done + i + 1}/{len(plan)}] {c.name} seed {c.seed} ({c.cell}, impl {c.impl}, "
+            f"{c.epochs} epochs{', resuming after epoch ' + str(run.done_epochs) if run.state == 'resume' else ''})"
+            f" -> {run.run_dir}   elapsed {_fmt_duration(elapsed)}, {eta_text}")
+        try:
+            rows = train_and_evaluate(c, run.run_dir, data=provider.encoded(c), resume=run.state == "resume",
+                                      progress=progress)
+        except KeyboardInterrupt:
+            log(f"\ncompare: interrupted; run the same command again to resume ({run.run_dir})")
+            raise
+        except Exception as err:  # noqa: BLE001 - one failed run must not stop the comparison
+            from rnnlab.train import TrainingError
+
+            if not isinstance(err, TrainingError):
+                raise
+            result.failed.append((run.run_dir, str(err)))
+            log(f"compare: {c.name} seed {c.seed} failed: {err} (reported as incomplete; continuing)")
+            continue
+        result.trained.append(run.run_dir)
+        eta.add(c.name, rows)
+
+    if baseline and configs:
+        result.baseline = _run_baseline(configs[0], provider, out, log)
+
+    manifest["invocations"][-1]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(out / MANIFEST, manifest)
+    result.report = write_report([out], out, order=manifest["experiments"])
+    result.seconds = time.perf_counter() - start
+    log(f"\ncompare: done in {_fmt_duration(result.seconds)} ({len(result.trained)} runs trained, "
+        f"{len(result.skipped)} already complete, {len(result.failed)} failed); "
+        f"report: {out / 'results.md'}")
+    return result
+
+
+def _run_baseline(config: Config, provider: _DataProvider, out: Path, log) -> Path | None:
+    """Fit the NBSVM baseline on the first experiment's texts, unless DIR already holds it."""
+    run_dir = out / BASELINE_NAME
+    if (run_dir / "run.json").is_file():
+        try:
+            if json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("status") == "complete":
+                log(f"\nbaseline: {BASELINE_NAME} complete already ({run_dir})")
+                return run_dir
+        except (OSError, ValueError):
+            pass
+    dataset = provider.texts(config)
+    if dataset is None:
+        log("\nbaseline: skipped (an encoded dataset was given, the baseline needs the texts)")
+        return None
+    from rnnlab.data import Tokenizer
+
+    log(f"\nbaseline: {BASELINE_NAME} (NB-scaled logistic regression on uni+bigrams), "
+        f"{len(dataset.train):,} train / {len(dataset.test):,} test texts ...")
+    res = nbsvm(dataset.train.texts, dataset.train.labels, dataset.test.texts, dataset.test.labels,
+                tokenize=Tokenizer().tokenize, seed=config.seed)
+    write_baseline_run(res, run_dir, num_train=len(dataset.train), num_test=len(dataset.test),
+                       data=str(data_source(config) or dataset.source))
+    log(f"baseline: test accuracy {res.test_acc:.4f} ({res.num_features:,} features, {res.seconds:.1f} s)")
+    return run_dir

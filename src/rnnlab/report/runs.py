@@ -1,0 +1,172 @@
+"""Find and read run directories (the layout written by ``rnnlab.train``, see ARCHITECTURE.md).
+
+A run directory is a folder holding ``run.json``; its per-epoch metrics are in
+``metrics.jsonl`` and its resolved config in ``config.toml``. Reading never modifies anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ReportError(ValueError):
+    """Bad input to ``report``/``compare`` (a missing path, no runs, a foreign output folder...)."""
+
+
+#: Keys every metrics row must hold, as finite numbers, for the run to count as a result.
+REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+#: Folders inside a run directory that never hold other runs.
+_SKIP_DIRS = {"checkpoints", "__pycache__", ".git"}
+
+
+@dataclass
+class RunRecord:
+    """One run directory, read as far as it could be.
+
+    ``rows`` are the metrics rows sorted by epoch (a row re-written by a resume replaces the
+    earlier one). ``problem`` is ``None`` for a complete run, else why it is not a result.
+    """
+
+    path: Path
+    name: str
+    seed: int | None
+    status: str
+    epochs: int | None
+    num_params: int | None
+    rows: list[dict[str, Any]]
+    info: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None
+
+    @property
+    def kind(self) -> str:
+        """``"baseline"`` for the bag-of-words baseline, else ``"rnn"``."""
+        return str(self.info.get("kind", "rnn"))
+
+    def column(self, key: str) -> list[float]:
+        """The values of one metric over epochs (rows lacking it are skipped)."""
+        return [float(r[key]) for r in self.rows if _is_number(r.get(key))]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "run.json").is_file()
+
+
+def discover_runs(paths: list[str | os.PathLike[str]]) -> list[Path]:
+    """Every run directory at or below each path, in sorted order, without duplicates.
+
+    Raises ReportError for a path that does not exist, and when nothing is found.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for p in paths:
+        root = Path(p)
+        if not root.exists():
+            raise ReportError(f"{root}: no such file or directory (expected a run directory or a folder of runs)")
+        if not root.is_dir():
+            raise ReportError(f"{root}: is a file; expected a run directory (holding run.json) or a folder of runs")
+        for dirpath, dirnames, _ in os.walk(root):
+            here = Path(dirpath)
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+            if is_run_dir(here):
+                key = here.resolve()
+                if key not in seen:
+                    seen.add(key)
+                    found.append(here)
+                dirnames[:] = []  # a run directory does not nest other runs
+    if not found:
+        raise ReportError(
+            "no run directories found under " + ", ".join(str(p) for p in paths)
+            + " (a run directory holds run.json and metrics.jsonl, as written by `rnnlab train`)"
+        )
+    return found
+
+
+def read_metrics_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of ``metrics.jsonl`` by epoch, and a problem string if some line is unreadable.
+
+    A resumed run may repeat an epoch; the last row for an epoch wins.
+    """
+    if not path.is_file():
+        return [], "metrics.jsonl is missing"
+    by_epoch: dict[int, dict[str, Any]] = {}
+    problem = None
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                problem = f"metrics.jsonl line {lineno} is not valid JSON (a write was interrupted?)"
+                break
+            if not isinstance(row, dict) or not _is_number(row.get("epoch")):
+                problem = f"metrics.jsonl line {lineno} has no numeric 'epoch'"
+                break
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[e] for e in sorted(by_epoch)], problem
+
+
+def read_run(path: Path) -> RunRecord:
+    """Read one run directory; never raises for a damaged run (it becomes an incomplete record)."""
+    path = Path(path)
+    problem: str | None = None
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        info, problem = {}, f"run.json is unreadable ({err})"
+    config: dict[str, Any] = {}
+    if (path / "config.toml").is_file():
+        try:
+            config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            config = {}
+    name = str(info.get("name") or config.get("name") or path.name)
+    seed = info.get("seed", config.get("seed"))
+    seed = int(seed) if _is_number(seed) else None
+    status = str(info.get("status", "unknown"))
+    epochs = info.get("epochs", config.get("epochs"))
+    epochs = int(epochs) if _is_number(epochs) else None
+    num_params = info.get("num_params")
+    num_params = int(num_params) if _is_number(num_params) else None
+
+    rows, rows_problem = read_metrics_rows(path / "metrics.jsonl")
+    if problem is None and rows_problem is not None:
+        problem = rows_problem
+    if problem is None and status != "complete":
+        problem = f"status {status!r}, {len(rows)} of {epochs if epochs is not None else '?'} epochs done"
+    if problem is None:
+        done = info.get("epochs_completed")
+        # A run stopped early on purpose is complete with fewer epochs than planned.
+        early_stopped = bool(config.get("early_stopping")) and _is_number(done)
+        needed = int(done) if early_stopped else epochs
+        if needed is None:
+            problem = "run.json does not say how many epochs the run has"
+        elif len(rows) < needed:
+            problem = f"{len(rows)} of {needed} epochs in metrics.jsonl"
+    if problem is None:
+        for row in rows:
+            missing = [k for k in REQUIRED_METRICS if not _is_number(row.get(k))]
+            if missing:
+                problem = f"epoch {row['epoch']}: no finite {', '.join(missing)} in metrics.jsonl"
+                break
+    if problem is not None and status == "complete":
+        status = "damaged"
+    return RunRecord(path, name, seed, status, epochs, num_params, rows, info, config, problem)
