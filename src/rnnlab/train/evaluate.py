@@ -70,32 +70,24 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "auto", device: st
     return LoadedRun(run_dir, config, model, tokenizer, vocab, label_names, path, int(ckpt["epoch"]), dev)
 
 
-def encode_texts(texts: Sequence[str], tokenizer: Any, vocab: Any, config: Config, *,
-                 empty: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> ``ids (N, L)`` right-padded with 0 and ``lengths (N,)``, as in training.
+def encode_texts(texts: Sequence[str], tokenizer: Any, vocab: Any, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> ``ids (N, L)`` right-padded with 0 and ``lengths (N,)``, exactly as in training.
 
     Keeps the first (``truncate="head"``) or last (``"tail"``) ``max_len`` tokens. A text
-    without any token is an error (``empty="error"``) or a single ``<unk>`` (``"unk"``).
+    without any word raises ValueError (there is nothing to classify).
     """
-    seqs = []
+    from rnnlab.data import encode_texts as encode
+
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts given")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"text {i + 1} must be a string, got {type(text).__name__}")
-        ids = vocab.encode(tokenizer.tokenize(text))
-        if not ids:
-            if empty == "error":
-                shown = text if len(text) <= 40 else text[:37] + "..."
-                raise ValueError(f"text {i + 1} ({shown!r}) is empty: it has no words to classify")
-            ids = [vocab.unk_id]
-        ids = ids[: config.max_len] if config.truncate == "head" else ids[-config.max_len:]
-        seqs.append(ids)
-    if not seqs:
-        raise ValueError("no texts given")
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-    out = torch.full((len(seqs), int(lengths.max())), vocab.pad_id, dtype=torch.int64)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
-    return out, lengths
+        if not tokenizer.tokenize(text):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise ValueError(f"text {i + 1} ({shown!r}) is empty: it has no words to classify")
+    return encode(texts, tokenizer, vocab, max_len=config.max_len, truncate=config.truncate)
 
 
 @torch.no_grad()
@@ -169,39 +161,18 @@ def evaluate_run(run_dir: str | os.PathLike, data: Any = None, *, checkpoint: st
             **report}
 
 
-class _Split(torch.utils.data.Dataset):
-    """A minimal encoded split (ids, lengths, labels) for ``make_loader``."""
-
-    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
-        self.ids, self.lengths, self.labels = ids, lengths, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ids[i, : self.lengths[i]], self.labels[i]
-
-
 def _encode_test_split(config: Config, run: LoadedRun, data_path: str | None, progress: bool) -> Any:
-    from rnnlab.data import load_imdb, load_text_dataset
+    """The test texts of ``data_path`` (or the run's data), encoded with the run's tokenizer and vocabulary."""
+    from rnnlab.data import EncodedSplit, encode_texts, load_dataset
 
     from rnnlab.train.runner import data_source
 
-    source = data_path or data_source(config)
-    if source and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
-        dataset = load_text_dataset(source)
-    else:
-        dataset = load_imdb(source, progress=progress)
+    dataset = load_dataset(data_path or data_source(config), progress=progress)
     if list(dataset.label_names) != run.label_names:
         raise RunDirError(f"the data's labels {list(dataset.label_names)} are not the run's {run.label_names}")
-    ids, lengths = encode_texts(dataset.test.texts, run.tokenizer, run.vocab, config, empty="unk")
-    labels = torch.as_tensor(dataset.test.labels, dtype=torch.int64)
-    try:
-        from rnnlab.data import EncodedSplit
-
-        return EncodedSplit(ids, lengths, labels)
-    except (ImportError, TypeError):
-        return _Split(ids, lengths, labels)
+    ids, lengths = encode_texts(dataset.test.texts, run.tokenizer, run.vocab, max_len=config.max_len,
+                                truncate=config.truncate)
+    return EncodedSplit(ids, lengths, torch.as_tensor(dataset.test.labels, dtype=torch.int64))
 
 
 def format_evaluation(result: dict[str, Any]) -> str:

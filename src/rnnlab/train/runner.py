@@ -214,22 +214,19 @@ def data_source(config: Config) -> str | None:
 def load_data(config: Config, *, progress: bool = True) -> Any:
     """``config.data`` (or ``$RNNLAB_DATA``, or the download) encoded with the config's settings.
 
-    IMDB archives and folders go through ``load_imdb``; ``.csv``/``.tsv``/``.jsonl`` files
-    through ``load_text_dataset``. The validation split always uses seed 0, so runs that
+    ``rnnlab.data.load_dataset`` reads IMDB (archive, folder, download) or the user's own
+    files (CSV/TSV/JSONL, one folder per label). The validation split always uses seed 0, so runs that
     differ only in ``seed`` see the same split (and share one encoding). Kept in-process.
     """
-    from rnnlab.data import encode_dataset, load_imdb, load_text_dataset
+    from rnnlab.data import encode_dataset, load_dataset
 
     source = data_source(config)
     key = (source, config.val_fraction, config.val_split, config.max_words, config.min_freq, config.max_len,
            config.truncate)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    if source and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
-        dataset = load_text_dataset(source, val_fraction=config.val_fraction, seed=0)
-    else:
-        dataset = load_imdb(source, val_fraction=config.val_fraction, val_split=config.val_split, seed=0,
-                            progress=progress)
+    dataset = load_dataset(source, val_fraction=config.val_fraction, val_split=config.val_split, seed=0,
+                           progress=progress)
     data = encode_dataset(dataset, max_words=config.max_words, min_freq=config.min_freq, max_len=config.max_len,
                           truncate=config.truncate, progress=progress)
     _DATA_CACHE.clear()  # one dataset in memory at a time
@@ -256,7 +253,8 @@ def run_eval(model: nn.Module, split: Any, config: Config, device: torch.device)
     criterion = _criterion(config)
     loss_sum, n = 0.0, 0
     preds, labels_all, probs = [], [], []
-    loader = make_loader(split, config.eval_batch_size, shuffle=False, seed=config.seed, bucket=False)
+    # Sorted by length (bucket): least padding; the order does not change any prediction.
+    loader = make_loader(split, config.eval_batch_size, shuffle=False, seed=config.seed, bucket=True)
     for ids, lengths, labels in loader:
         ids, labels = ids.to(device), labels.to(device)
         out = model(ids, lengths)
