@@ -98,3 +98,9 @@ def test_bad_files(tmp_path):
         load_config(config_file=f)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(config_file=tmp_path / "missing.toml")
+
+
+def test_default_preset_lists_every_field_at_its_default():
+    assert load_config(preset="default") == Config()
+    text = (CONFIGS_DIR / "default.toml").read_text()
+    assert all(f"\n{key} = " in text for key in Config().to_dict())

@@ -64,6 +64,10 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     except _data_errors() as err:
         raise CLIError(str(err)) from None
+    except KeyboardInterrupt:
+        print(f"rnnlab: training interrupted; the completed epochs are kept in {args.out}: continue with "
+              f"the same command plus --resume", file=sys.stderr)
+        raise
     if rows:
         last = rows[-1]
         print(f"Done: {len(rows)} epochs, final test accuracy {last['test_acc']:.4f}; run directory {args.out}")
