@@ -111,7 +111,7 @@ def test_empty_text_and_missing_label_rows(tmp_path: Path) -> None:
 def test_one_class_empty_dataset_and_unknown_type(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"the train split has 1 class\(es\); expected at least 2 labels"):
         load_text_dataset(_csv(tmp_path / "one.csv", [(f"t{i}", "pos") for i in range(10)]))
-    with pytest.raises(DataError, match=r"empty.csv: test fraction 0.2 of 0 examples leaves an empty split"):
+    with pytest.raises(DataError, match=r"empty.csv: no rows; expected a header and at least one row with .text."):
         load_text_dataset(_csv(tmp_path / "empty.csv", []))
     (tmp_path / "d.xlsx").write_bytes(b"PK")
     with pytest.raises(DataError, match=r"d.xlsx: unknown file type '.xlsx'; expected .csv, .tsv, .jsonl"):
@@ -132,3 +132,9 @@ def test_non_utf8_bytes_warn_and_replace(tmp_path: Path) -> None:
         (tmp_path / "f" / label / name).write_bytes(b"\xff\xfe bad" if label == "a" else b"good")
     with pytest.warns(UnicodeWarning, match=r"1 files held bytes that are not UTF-8.*f/a/0.txt"):
         load_text_dataset(tmp_path / "f", tmp_path / "f")
+
+
+def test_fraction_leaving_an_empty_split(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.csv", [("a", "x"), ("b", "y"), ("c", "x"), ("d", "y")])
+    with pytest.raises(DataError, match=r"d.csv: test fraction 0.1 of 4 examples leaves an empty split"):
+        load_text_dataset(path, test_fraction=0.1)

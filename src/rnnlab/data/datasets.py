@@ -219,6 +219,9 @@ def _read_table(path: Path, text_column: str, label_column: str, group_column: s
             raise DataError(f"{path}: no column(s) {missing}; expected columns {needed}, found {header}")
         for row in reader:
             rows.append((f"{path}:{reader.line_num}", row))
+    if not rows:
+        raise DataError(f"{path}: no rows; expected a header and at least one row with {text_column!r} and "
+                        f"{label_column!r}" if fmt != "jsonl" else f"{path}: no rows; expected one JSON object per line")
     for where, row in rows:
         t, y = row.get(text_column), row.get(label_column)
         if not isinstance(t, str) or not t.strip():

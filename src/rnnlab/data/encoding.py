@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 import zlib
 from collections import Counter
@@ -140,6 +141,7 @@ class _Tokens:
 # send back, per chunk, the word counts (train only) and the kept tokens as one space-joined
 # string, which the parent splits in C. Used for large datasets when 2+ cores and fork exist.
 _SHARED: dict[str, Any] = {}
+_SHARED_LOCK = threading.Lock()
 _PARALLEL_MIN_TEXTS = 20000
 
 
@@ -161,8 +163,16 @@ def _work(task: tuple[str, int, int, bool]) -> tuple[dict[str, int] | None, str,
     return (dict(counter) if counter is not None else None), " ".join(parts), totals
 
 
+def _progress(it: Any, enabled: bool, total: int) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc="tokenizing", unit=" chunks", leave=False)
+
+
 def _tokenize_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_len: int | None, truncate: str,
-                       workers: int) -> tuple[Counter, dict[str, _Tokens]]:
+                       workers: int, progress: bool) -> tuple[Counter, dict[str, _Tokens]]:
     import multiprocessing as mp
 
     tasks = []
@@ -170,13 +180,14 @@ def _tokenize_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_l
         n = len(split)
         bounds = np.linspace(0, n, 2 * workers + 1).astype(int)  # 2 chunks per worker balances load
         tasks += [(name, int(a), int(b), name == "train") for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    _SHARED.update(texts={k: v.texts for k, v in splits.items()}, tokenizer=tokenizer, max_len=max_len,
-                   truncate=truncate)
-    try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_work, tasks, chunksize=1)
-    finally:
-        _SHARED.clear()
+    with _SHARED_LOCK:  # the workers read _SHARED as it is when the pool forks
+        _SHARED.update(texts={k: v.texts for k, v in splits.items()}, tokenizer=tokenizer, max_len=max_len,
+                       truncate=truncate)
+        try:
+            with mp.get_context("fork").Pool(workers) as pool:
+                results = list(_progress(pool.imap(_work, tasks, chunksize=1), progress, len(tasks)))
+        finally:
+            _SHARED.clear()
     counter: Counter = Counter()
     out: dict[str, _Tokens] = {}
     joined: dict[str, list[str]] = {k: [] for k in splits}
@@ -193,7 +204,9 @@ def _tokenize_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_l
     return counter, out
 
 
-def _use_parallel(splits: dict[str, TextSplit], workers: int | None) -> int:
+def _use_parallel(splits: dict[str, TextSplit], workers: int | None, tokenizer: Tokenizer) -> int:
+    if type(tokenizer) is not Tokenizer:  # the workers join tokens with spaces: only ours is known to allow it
+        return 0
     if workers is not None:
         return workers if workers > 1 else 0
     import multiprocessing as mp
@@ -265,9 +278,9 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
             if out is not None:
                 return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer,
                                    list(dataset.label_names), settings, True, time.perf_counter() - t0)
-    workers = _use_parallel(splits, workers)
+    workers = _use_parallel(splits, workers, tokenizer)
     if workers:
-        counter, tokens = _tokenize_parallel(splits, tokenizer, max_len, truncate, workers)
+        counter, tokens = _tokenize_parallel(splits, tokenizer, max_len, truncate, workers, progress)
     else:
         counter = Counter()
         tokens = {}

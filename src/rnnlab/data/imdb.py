@@ -39,9 +39,10 @@ _REVIEW = re.compile(r"(\d+)_(\d+)\.txt")
 
 
 # ----------------------------------------------------------------------------------------------
-# Streaming tar reader: about 20x less Python work per member than ``tarfile`` (which builds a
-# TarInfo per member); it understands ustar, GNU long names and pax path/size records, which is
-# all that aclImdb archives (and the tar files of common tools) use.
+# Streaming tar reader: it walks the 28 MB labeled archive (50,010 members) in about 0.8 s of CPU,
+# mostly gzip, where ``tarfile`` (a TarInfo and a file object per member) takes about 2.4 s. It
+# understands ustar, GNU long names and pax path/size records: what aclImdb archives (and the
+# tar files of common tools) use.
 
 
 class _Stream:
@@ -99,8 +100,8 @@ def _octal(field: bytes) -> int:
     return int(s, 8) if s else 0
 
 
-def iter_tar(path: Path) -> Iterator[tuple[str, bytes | None, "_Stream", int]]:
-    """Yield ``(name, None, stream, size)`` per regular file; the caller reads or skips ``size`` bytes.
+def iter_tar(path: Path) -> Iterator[tuple[str, "_Stream", int]]:
+    """Yield ``(name, stream, size)`` per regular file; the caller may read up to ``size`` bytes.
 
     Raises :class:`DataError` naming the archive when it is not a (gzip-compressed) tar file.
     """
@@ -150,7 +151,7 @@ def iter_tar(path: Path) -> Iterator[tuple[str, bytes | None, "_Stream", int]]:
                 continue
             if kind in (b"0", b"\0", b"7"):
                 start = s.consumed
-                yield name, None, s, size
+                yield name, s, size
                 consumed = s.consumed - start
                 rest = padded - consumed
             else:
@@ -260,7 +261,7 @@ class _Collector:
 
 def _read_archive(path: Path) -> dict[str, dict[str, object]]:
     col = _Collector(path)
-    for name, _, stream, size in iter_tar(path):
+    for name, stream, size in iter_tar(path):
         cls = col.classify(name)
         if cls is None:
             continue  # README, imdb.vocab, *.feat, train/unsup/*, urls_unsup.txt
