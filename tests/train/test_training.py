@@ -71,7 +71,7 @@ def test_same_seed_same_metrics_and_weights(tmp_path, tiny_data):
 @pytest.mark.parametrize("cell,impl", [("lstm", "rnnlab"), ("gru", "torch")])
 def test_resume_equals_uninterrupted(tmp_path, tiny_data, cell, impl):
     config = tiny_config(cell=cell, impl=impl, embedding_dropout=0.2, lr_schedule="cosine", warmup_steps=3,
-                         optimizer="adamw", weight_decay=0.01, grad_clip=1.0)
+                         optimizer="adamw", weight_decay=0.01, grad_clip=1.0, bucket=True)
     full = train_and_evaluate(config, tmp_path / "full", data=tiny_data, progress=False)
     # The run is killed during epoch 2, at its 3rd step.
     original = runner._train_epoch

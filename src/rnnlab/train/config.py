@@ -111,7 +111,10 @@ class Config:
         return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
 
 
-FIELD_TYPES: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else eval(f.type) for f in fields(Config)}  # noqa: S307
+_BUILTINS = {"str": str, "int": int, "float": float, "bool": bool}
+#: Field name -> its Python type (annotations are strings under ``from __future__ import annotations``).
+FIELD_TYPES: dict[str, type] = {f.name: _BUILTINS[f.type] if isinstance(f.type, str) else f.type
+                                for f in fields(Config)}
 _TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
 
 
