@@ -3,13 +3,39 @@
 ``layer_function(mode, device, dtype, *, has_lengths, has_proj, training)`` returns a callable
 with the layer signature documented in ``docs/ARCHITECTURE.md`` when a fast path supports the
 case, else ``None`` (the caller then uses the fused autograd form).
+
+The fast path is :func:`rnnlab.kernels.bptt.layer`: input projections of all steps as one GEMM,
+one in-place ``addmm_`` plus in-place activations per step, and a hand-written backward
+(backpropagation through time) with the weight gradients as one GEMM each. It supports every
+mode, both directions, ``lengths``, bias on/off, float32 and float64 on any device; LSTM
+projections (``proj_size > 0``) and other dtypes fall back to the fused form.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
+from .bptt import MODES, layer
 
-def layer_function(mode: str, device: torch.device, dtype: torch.dtype, *, has_lengths: bool, has_proj: bool, training: bool):
-    """No fast kernel is registered yet: the caller uses ``rnnlab.nn.functional``'s fused form."""
-    return None
+__all__ = ["layer_function", "layer", "SUPPORTED_DTYPES"]
+
+#: dtypes the fast path is verified for (parity tests at 1e-5 / 1e-10 and gradcheck).
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def layer_function(
+    mode: str, device: torch.device, dtype: torch.dtype, *, has_lengths: bool, has_proj: bool, training: bool
+) -> Optional[Callable]:
+    """The fast layer function for this case, or ``None`` where it has none.
+
+    ``training`` needs no separate kernel: the returned function runs the hand-written
+    autograd ``Function`` when grad is enabled and an input requires it, and a forward that
+    saves nothing otherwise. ``has_lengths`` is supported (sorted-prefix masking).
+    """
+    if mode not in MODES:
+        raise ValueError(f"rnnlab.kernels: mode must be one of {MODES}, got {mode!r}")
+    if has_proj or dtype not in SUPPORTED_DTYPES:
+        return None
+    return layer

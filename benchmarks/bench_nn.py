@@ -1,0 +1,195 @@
+"""Speed and memory of rnnlab.nn (impl "fast" and "fused") against torch.nn, in one process.
+
+    python benchmarks/bench_nn.py [--device cpu|cuda] [--repeats N] [--modes lstm,gru,rnn]
+                                  [--shapes 200x64x64,200x128x128,500x64x64] [--threads 2]
+
+For every mode and shape ``LxNxH`` (sequence length, batch, input size = hidden size) it prints
+the median time of a forward pass under ``torch.no_grad()`` and of a training step (forward +
+backward of ``out.sum() + h_n.sum()`` with respect to the input and every parameter), for
+torch.nn and each rnnlab impl, and the ratios rnnlab / torch (<= 1.0: rnnlab is as fast).
+The implementations are timed round-robin within each repeat, so that a slow period of a shared
+machine hits all of them alike; the median over repeats is reported.
+
+Peak memory of one training step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before the step; on CPU the allocation timeline of ``torch.profiler`` (every tensor
+storage the step creates and frees, in order; the peak of the running sum of live bytes). The
+inputs and parameters exist before the step and are not counted. Memory that a library
+allocates outside PyTorch's allocator (e.g. oneDNN's own scratchpad) is not seen by either
+method; RSS deltas were not used because glibc keeps freed memory mapped, which makes them
+depend on what ran before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import rnnlab.nn as rnn  # noqa: E402
+
+MODES = {"lstm": ("LSTM", {}), "gru": ("GRU", {}), "rnn": ("RNN", {"nonlinearity": "tanh"})}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(mode: str, size: int, device: torch.device, impls: list[str]) -> dict[str, torch.nn.Module]:
+    cls_name, kwargs = MODES[mode]
+    reference = getattr(torch.nn, cls_name)(size, size, **kwargs).to(device)
+    models: dict[str, torch.nn.Module] = {"torch": reference}
+    for impl in impls:
+        model = getattr(rnn, cls_name)(size, size, impl=impl, **kwargs).to(device)
+        model.load_state_dict(reference.state_dict(), strict=True)
+        models[impl] = model
+    return models
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def _train_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        x.grad = None
+        for p in model.parameters():
+            p.grad = None
+        out, h = model(x)
+        h_n = h[0] if isinstance(h, tuple) else h
+        (out.sum() + h_n.sum()).backward()
+
+    return run
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _medians(fns: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():  # round-robin: noise hits every implementation alike
+            times[k].append(_timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _peak_memory(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated by one call of ``fn`` above what was allocated before it."""
+    fn()  # warm (lazy initialisation, oneDNN primitive cache)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, (key, _version), size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        if key.device.type != "cpu":
+            continue
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for item in text.split(","):
+        parts = item.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise SystemExit(f"--shapes: expected LxNxH items such as 200x64x64, got {item!r}")
+        shapes.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--modes", default="lstm,gru,rnn")
+    parser.add_argument("--shapes", default="200x64x64,200x128x128,500x64x64", help="LxNxH,... (H_in = H)")
+    parser.add_argument("--impls", default="fast,fused", help="rnnlab impls to time (fast, fused, reference)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"--modes: expected names from {sorted(MODES)}, got {m!r}")
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    shapes = _parse_shapes(args.shapes)
+    torch.manual_seed(args.seed)
+
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"repeats {args.repeats} (median), float32; times in ms; ratio = rnnlab / torch")
+    header = f"{'mode':5} {'L x N x H':>12} {'pass':9} {'torch':>9}"
+    for impl in impls:
+        header += f" {impl:>9} {'ratio':>6}"
+    print(header)
+    mem_rows = []
+    for mode in modes:
+        for steps, batch, size in shapes:
+            models = _build(mode, size, device, impls)
+            x = torch.randn(steps, batch, size, device=device)
+            xg = x.clone().requires_grad_(True)
+            shape = f"{steps}x{batch}x{size}"
+            fwd = _medians({k: _forward(m, x) for k, m in models.items()}, args.repeats, args.warmup, device)
+            trn = _medians({k: _train_step(m, xg) for k, m in models.items()}, args.repeats, args.warmup, device)
+            for label, res in (("forward", fwd), ("fwd+bwd", trn)):
+                line = f"{mode:5} {shape:>12} {label:9} {res['torch'] * 1e3:9.2f}"
+                for impl in impls:
+                    line += f" {res[impl] * 1e3:9.2f} {res[impl] / res['torch']:6.2f}"
+                print(line, flush=True)
+            if not args.no_memory:
+                mem = {k: _peak_memory(_train_step(m, xg), device) for k, m in models.items()}
+                mem_rows.append((mode, shape, mem))
+    if mem_rows:
+        print("\npeak memory of one training step (MiB above inputs and parameters); ratio = rnnlab / torch")
+        header = f"{'mode':5} {'L x N x H':>12} {'torch':>9}"
+        for impl in impls:
+            header += f" {impl:>9} {'ratio':>6}"
+        print(header)
+        for mode, shape, mem in mem_rows:
+            line = f"{mode:5} {shape:>12} {mem['torch'] / 2**20:9.1f}"
+            for impl in impls:
+                line += f" {mem[impl] / 2**20:9.1f} {mem[impl] / mem['torch']:6.2f}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

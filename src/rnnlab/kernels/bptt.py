@@ -1,0 +1,665 @@
+"""Recurrent layers with hand-written backpropagation through time (any device, tuned on CPU).
+
+One layer, one direction, the signature of ``docs/ARCHITECTURE.md``::
+
+    layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths) -> (out, h_n, c_n)
+
+How the time goes where it should (L steps, batch N, hidden H, G gates):
+
+* forward: the input projections of all steps are one GEMM, ``X W_ih^T + b`` -> ``(L, N, G*H)``,
+  written into the buffer that then holds the gates; per step, one ``addmm_`` adds
+  ``h_{t-1} W_hh^T`` in place and the activations run in place on slices of that buffer;
+* backward (a ``torch.autograd.Function``): every factor that does not depend on the
+  recurrence (``o * (1 - tanh(c)^2)``, ``i * (1 - g^2)``...) is computed for all steps at once
+  before the loop; per step there remain one GEMM for ``dh_{t-1}`` and two to four pointwise
+  ops into a preallocated ``(L, N, G*H)`` gate-gradient buffer ``dA``; after the loop
+  ``dW_ih = dA^T X``, ``dW_hh = dA^T H_prev``, ``db = sum(dA)`` and ``dX = dA W_ih`` are one
+  GEMM (or sum) each;
+* no grad: the same forward loop, saving nothing for backward.
+
+``lengths``: the batch is sorted by decreasing length outside the autograd functions, so that
+the sequences still running at step ``t`` are a prefix ``[:b_t]`` of the batch (as in a
+``PackedSequence``); each step only computes that prefix, finished sequences keep their state,
+padded outputs stay zero, and the reverse direction starts each sequence at its last real step.
+
+LSTM gates are kept in the order ``(o, i, f, g)`` internally (weights rolled by H rows once per
+call): one ``sigmoid_`` covers ``o, i, f`` and the three gates multiplied by ``dc`` in backward
+are contiguous. Gradients are rolled back to torch's ``(i, f, g, o)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["layer", "MODES"]
+
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+
+
+# --------------------------------------------------------------------------------------------
+# Length schedule
+# --------------------------------------------------------------------------------------------
+
+
+class _Schedule:
+    """Sequence lengths sorted in decreasing order, as the per-step batch sizes need them.
+
+    ``lens[k]``: length of the k-th (sorted) sequence; ``bs[t]``: number of sequences with
+    ``length > t`` (the rows ``[:bs[t]]`` run at step ``t``); ``short``: rows with length < L.
+    """
+
+    def __init__(self, lens: list[int], steps: int, device: torch.device) -> None:
+        self.lens = lens
+        self.steps = steps
+        lens_t = torch.tensor(lens, dtype=torch.int64)
+        self.bs: list[int] = (lens_t[None, :] > torch.arange(steps)[:, None]).sum(1).tolist()
+        short = lens_t < steps
+        self.short_rows = torch.nonzero(short).flatten().to(device)  # rows that end before L
+        self.short_lens = lens_t[short].to(device)
+        self.lens_dev = lens_t.to(device)
+
+    def pad_mask(self, dtype: torch.dtype) -> Tensor:
+        """``(L, N, 1)``: 1 at real steps, 0 at padding."""
+        t = torch.arange(self.steps, device=self.lens_dev.device)
+        return (t[:, None] < self.lens_dev[None, :]).to(dtype).unsqueeze(-1)
+
+
+def _views(buf: Tensor, sched: Optional[_Schedule]) -> list[Tensor]:
+    """Per-step views of a ``(L, N, ...)`` buffer, cut to the rows running at each step."""
+    steps = buf.unbind(0)
+    if sched is None:
+        return list(steps)
+    n = buf.shape[1]
+    return [v if b == n else v[:b] for v, b in zip(steps, sched.bs)]
+
+
+def _prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+    """``(L, N, H)``: the state each step started from (``s0`` at each sequence's first step).
+
+    ``out[t]`` is the state after step t; forward: prev[t] = out[t-1], prev[0] = s0; reverse:
+    prev[t] = out[t+1], prev[L-1] = s0, and with lengths prev[len_k - 1, k] = s0[k].
+    """
+    prev = torch.empty_like(out)
+    if reverse:
+        prev[:-1] = out[1:]
+        prev[-1] = s0
+        if sched is not None and sched.short_rows.numel():
+            prev[sched.short_lens - 1, sched.short_rows] = s0[sched.short_rows]
+    else:
+        prev[1:] = out[:-1]
+        prev[0] = s0
+    return prev
+
+
+def _start_state(prev_out: Optional[Tensor], s0: Tensor, b_prev: int, b: int) -> Tensor:
+    """State rows for a step: the running rows from the previous step, new rows from ``s0``."""
+    if prev_out is None:
+        return s0[:b] if b < s0.shape[0] else s0
+    if b == b_prev:
+        return prev_out
+    if b < b_prev:  # forward direction with lengths: sequences that ended drop out
+        return prev_out[:b]
+    return torch.cat((prev_out, s0[b_prev:b]))  # reverse direction with lengths: rows starting here
+
+
+def _final_state(out: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+    """``(N, H)``: each sequence's last state (out[len_k - 1, k] forward, out[0] reverse)."""
+    if reverse:
+        return out[0]
+    if sched is None:
+        return out[-1]
+    return out[sched.lens_dev - 1, torch.arange(out.shape[1], device=out.device)]
+
+
+def _order(steps: int, reverse: bool) -> range:
+    return range(steps - 1, -1, -1) if reverse else range(steps)
+
+
+def _seed_grad_out(grad_out: Tensor, grad_hn: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+    """``(L, N, H)``: dLoss/dh_t from the outputs (zero at padding) plus dLoss/dh_n at each last step.
+
+    The backward loop then adds the recurrent part ``dA_t W_hh`` in place.
+    """
+    if sched is None:
+        dh = grad_out.clone(memory_format=torch.contiguous_format)
+        if reverse:
+            dh[0] += grad_hn
+        else:
+            dh[-1] += grad_hn
+        return dh
+    dh = grad_out * sched.pad_mask(grad_out.dtype)
+    if reverse:
+        dh[0] += grad_hn
+    else:
+        n = dh.shape[1]
+        dh[sched.lens_dev - 1, torch.arange(n, device=dh.device)] += grad_hn
+    return dh
+
+
+def _backward_loop_targets(dh: Tensor, dh0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> list[Tensor]:
+    """Per step t, the tensor that receives dLoss/dh_{prev}: dh at the previous step, or dh0."""
+    steps = dh.shape[0]
+    rows = _views(dh, sched)
+    b = sched.bs if sched is not None else [dh.shape[1]] * steps
+    n = dh.shape[1]
+    if reverse:
+        nxt = [dh[t + 1] for t in range(steps - 1)] + [dh0]
+    else:
+        nxt = [dh0] + rows[:-1]
+    return [v if v.shape[0] == b[t] else v[: b[t]] for t, v in enumerate(nxt)] if sched is not None else nxt
+
+
+def _finish_dh0(dh: Tensor, dh0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+    """Reverse with lengths: a sequence ending before L sent its dh0 into the padded slot dh[len_k]."""
+    if reverse and sched is not None and sched.short_rows.numel():
+        dh0[sched.short_rows] = dh[sched.short_lens, sched.short_rows]
+    return dh0
+
+
+def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``(L, N, G*H) = X W_ih^T + b`` as one GEMM over all steps."""
+    steps, n, h_in = x.shape
+    x2 = x.reshape(steps * n, h_in)  # (L*N, H_in)
+    if bias is None:
+        out = torch.mm(x2, w_ih.t())
+    else:
+        out = torch.addmm(bias, x2, w_ih.t())
+    return out.view(steps, n, w_ih.shape[0])
+
+
+def _weight_grads(
+    dA: Tensor, x: Tensor, prev: Tensor, w_ih: Tensor, needs: tuple[bool, bool, bool, bool]
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once)."""
+    steps, n, gh = dA.shape
+    a2 = dA.view(steps * n, gh)  # (L*N, G*H)
+    need_x, need_wih, need_whh, need_b = needs
+    dx = torch.mm(a2, w_ih).view(steps, n, w_ih.shape[1]) if need_x else None
+    dw_ih = torch.mm(a2.t(), x.reshape(steps * n, -1)) if need_wih else None
+    dw_hh = torch.mm(a2.t(), prev.reshape(steps * n, -1)) if need_whh else None
+    db = a2.sum(0) if need_b else None
+    return dx, dw_ih, dw_hh, db
+
+
+class _Consts:
+    """(N, H) constants for ``lerp``: tanh(a) = lerp(-1, 1, sigmoid(2a)) (= 2 sigmoid(2a) - 1).
+
+    ``torch.tanh`` costs about 4x ``torch.sigmoid`` on CPU; every tanh of the time loop is
+    therefore computed from a sigmoid of a doubled argument (the doubling is folded into the
+    weights, once per call: exact, a power of two) and one ``lerp``. Error: a few ulp of 1.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self.n = like.shape[0]
+        one = torch.ones_like(like)
+        self.m1, self.p1, self.m2, self.p2 = -one, one, -2.0 * one, 2.0 * one
+
+    def rows(self, b: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if b == self.n:
+            return self.m1, self.p1, self.m2, self.p2
+        return self.m1[:b], self.p1[:b], self.m2[:b], self.p2[:b]
+
+
+def _doubled(w: Optional[Tensor], start: int, stop: Optional[int] = None) -> Optional[Tensor]:
+    """A copy of ``w`` with rows ``[start:stop]`` multiplied by 2 (exact)."""
+    if w is None:
+        return None
+    w = w.clone()
+    w[start:stop] *= 2.0
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# Vanilla RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+# --------------------------------------------------------------------------------------------
+
+
+def _rnn_forward(x, h0, w_ih, w_hh, bias, relu, reverse, sched):
+    """Returns out (L, N, H): the pre-activation buffer activated in place (it is the output)."""
+    if not relu:  # tanh(a) = lerp(-1, 1, sigmoid(2a)): double the weights once
+        w_ih, w_hh, bias = _doubled(w_ih, 0), _doubled(w_hh, 0), _doubled(bias, 0)
+    out = _input_projection(x, w_ih, bias)  # (L, N, H) pre-activations
+    steps, n, _ = out.shape
+    rows = _views(out, sched)
+    w_t = w_hh.t()  # (H, H)
+    consts = _Consts(h0)
+    prev: Optional[Tensor] = None
+    b_prev = n
+    for t in _order(steps, reverse):
+        a = rows[t]  # (b, H)
+        b = a.shape[0]
+        h = _start_state(prev, h0, b_prev, b)
+        a.addmm_(h, w_t)
+        if relu:
+            a.relu_()
+        else:
+            m1, p1, _, _ = consts.rows(b)
+            a.sigmoid_()
+            torch.lerp(m1, p1, a, out=a)
+        prev, b_prev = a, b
+    if sched is not None:
+        out.mul_(sched.pad_mask(out.dtype))  # padded steps never ran: zero them
+    return out
+
+
+class _RNNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, sched):
+        out = _rnn_forward(x, h0, w_ih, w_hh, _sum_bias(b_ih, b_hh), relu, reverse, sched)
+        h_n = _final_state(out, reverse, sched)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
+        ctx.relu, ctx.reverse, ctx.sched = relu, reverse, sched
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        return out, h_n.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        x, h0, w_ih, w_hh, out = ctx.saved_tensors
+        reverse, sched = ctx.reverse, ctx.sched
+        steps = out.shape[0]
+        dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
+        fac = (out > 0).to(out.dtype) if ctx.relu else 1.0 - out * out  # d act / d pre, (L, N, H)
+        dA = torch.zeros_like(out) if sched is not None else torch.empty_like(out)  # (L, N, H)
+        dh0 = torch.zeros_like(h0)
+        dh_rows, fac_rows, dA_rows = _views(dh, sched), _views(fac, sched), _views(dA, sched)
+        tgt = _backward_loop_targets(dh, dh0, reverse, sched)
+        for t in _order(steps, not reverse):
+            torch.mul(dh_rows[t], fac_rows[t], out=dA_rows[t])
+            tgt[t].addmm_(dA_rows[t], w_hh)
+        dh0 = _finish_dh0(dh, dh0, reverse, sched)
+        del fac
+        prev = _prev_states(out, h0, reverse, sched)
+        nb = ctx.needs_input_grad
+        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, prev, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]))
+        db_ih = db if ctx.has_b[0] and nb[4] else None
+        db_hh = db if ctx.has_b[1] and nb[5] else None
+        return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM (internal gate order o, i, f, g)
+# --------------------------------------------------------------------------------------------
+
+
+def _lstm_weights(w_ih, w_hh, bias, hid):
+    """Rows rolled to (o, i, f, g), the g rows doubled (g = tanh(a) = lerp(-1, 1, sigmoid(2a)))."""
+    return tuple(_doubled(_roll_gates(w, hid), 3 * hid) for w in (w_ih, w_hh, bias))
+
+
+def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, reverse, sched, save):
+    """The LSTM time loop on weights from ``_lstm_weights``.
+
+    Returns out (L, N, H); gates (L, N, 4H) holding o, i, f, 2g; the doubled cell state 2c
+    (L, N, H) when ``save`` (else 2 c_n, (N, H)); tanh(c) (L, N, H) when ``save`` (else None).
+    The state is kept doubled (exact) so that tanh(c) = lerp(-1, 1, sigmoid(2c)) needs no
+    extra multiply: 2c_t = f 2c_{t-1} + i 2g.
+    """
+    gates = _input_projection(x, w_ih, bias)  # (L, N, 4H) pre-activations o, i, f, 2a_g
+    steps, n, g4 = gates.shape
+    hid = g4 // 4
+    new = torch.zeros if sched is not None else torch.empty
+    out = new((steps, n, hid), dtype=x.dtype, device=x.device)  # (L, N, H)
+    a_rows, out_rows = _views(gates, sched), _views(out, sched)
+    o_rows, i_rows, f_rows, g_rows = (_views(v, sched) for v in gates.view(steps, n, 4, hid).unbind(2))
+    w_t = w_hh.t()  # (H, 4H)
+    consts = _Consts(h0)
+    c0_2 = 2.0 * c0  # (N, H)
+    if save:
+        c_all = new((steps, n, hid), dtype=x.dtype, device=x.device)  # 2 c_t, (L, N, H)
+        tc_all = torch.empty_like(c_all)  # tanh(c_t), (L, N, H)
+        c_rows, tc_rows = _views(c_all, sched), _views(tc_all, sched)
+    else:
+        c_state = c0_2  # (N, H), rows updated in place: finished rows keep their state
+        tmp = torch.empty_like(c0)
+    prev_h: Optional[Tensor] = None
+    prev_c: Optional[Tensor] = None
+    b_prev = n
+    for t in _order(steps, reverse):
+        a = a_rows[t]  # (b, 4H)
+        b = a.shape[0]
+        m1, p1, m2, p2 = consts.rows(b)
+        h = _start_state(prev_h, h0, b_prev, b)
+        a.addmm_(h, w_t)
+        a.sigmoid_()  # o, i, f, sigmoid(2 a_g)
+        g2 = g_rows[t]
+        torch.lerp(m2, p2, g2, out=g2)  # 2g = 2 tanh(a_g)
+        if save:
+            c_prev = _start_state(prev_c, c0_2, b_prev, b)
+            c, tc = c_rows[t], tc_rows[t]
+            torch.mul(f_rows[t], c_prev, out=c)
+            prev_c = c
+        else:
+            c = c_state[:b] if b < n else c_state
+            tc = tmp[:b] if b < n else tmp
+            c.mul_(f_rows[t])
+        c.addcmul_(i_rows[t], g2)  # 2c
+        torch.sigmoid(c, out=tc)
+        torch.lerp(m1, p1, tc, out=tc)  # tanh(c)
+        h_new = out_rows[t]
+        torch.mul(o_rows[t], tc, out=h_new)
+        prev_h, b_prev = h_new, b
+    if save:
+        return out, gates, c_all, tc_all
+    return out, gates, c_state, None
+
+
+def _roll_gates(w: Optional[Tensor], hid: int) -> Optional[Tensor]:
+    """torch's (i, f, g, o) rows -> (o, i, f, g)."""
+    return None if w is None else torch.roll(w, hid, 0)
+
+
+def _unroll_gates(w: Optional[Tensor], hid: int) -> Optional[Tensor]:
+    """(o, i, f, g) rows -> torch's (i, f, g, o)."""
+    return None if w is None else torch.roll(w, -hid, 0)
+
+
+class _LSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, sched):
+        hid = h0.shape[1]
+        w_ih_p, w_hh_p, bias_p = _lstm_weights(w_ih, w_hh, _sum_bias(b_ih, b_hh), hid)
+        out, gates, c_all, tc_all = _lstm_forward(x, h0, c0, w_ih_p, w_hh_p, bias_p, reverse, sched, True)
+        h_n = _final_state(out, reverse, sched)
+        c_n = _final_state(c_all, reverse, sched) * 0.5
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, out, gates, c_all, tc_all)
+        ctx.reverse, ctx.sched = reverse, sched
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        return out, h_n.clone(), c_n
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_cn):
+        x, h0, c0, w_ih, w_hh, out, gates, c_all, tc_all = ctx.saved_tensors
+        reverse, sched = ctx.reverse, ctx.sched
+        steps, n, hid = out.shape
+        w_ih_p, w_hh_p = _roll_gates(w_ih, hid), _roll_gates(w_hh, hid)  # rows o, i, f, g
+        o, i, f, g2 = gates.view(steps, n, 4, hid).unbind(2)  # each (L, N, H); g2 = 2g
+        g = 0.5 * g2
+        c_prev = _prev_states(c_all, 2.0 * c0, reverse, sched).mul_(0.5)  # c_{t-1}, (L, N, H)
+        # Factors independent of the recurrence, for all steps at once:
+        #   dA_o = dh * tanh(c) o (1 - o)           dc = dc_next + dh * o (1 - tanh(c)^2)
+        #   dA_i = dc * g i (1 - i)   dA_f = dc * c_prev f (1 - f)   dA_g = dc * i (1 - g^2)
+        #   dc_prev = dc * f
+        fac = torch.empty_like(gates).view(steps, n, 4, hid)  # (L, N, 4, H)
+        torch.mul(tc_all, o * (1.0 - o), out=fac[:, :, 0])
+        torch.mul(g, i * (1.0 - i), out=fac[:, :, 1])
+        torch.mul(c_prev, f * (1.0 - f), out=fac[:, :, 2])
+        torch.mul(i, 1.0 - g * g, out=fac[:, :, 3])
+        del c_prev, g
+        dc_from_h = o * (1.0 - tc_all * tc_all)  # (L, N, H)
+        dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
+        dc = grad_cn.clone()  # (N, H), running dLoss/dc
+        dh0 = torch.zeros_like(h0)
+        dA = torch.zeros_like(gates) if sched is not None else torch.empty_like(gates)  # (L, N, 4H)
+        dA4 = dA.view(steps, n, 4, hid)
+        dA_o, dA_ifg = _views(dA4[:, :, 0], sched), _views(dA4[:, :, 1:], sched)
+        fac_o, fac_ifg = _views(fac[:, :, 0], sched), _views(fac[:, :, 1:], sched)
+        dA_rows, dh_rows = _views(dA, sched), _views(dh, sched)
+        dcf_rows, f_rows = _views(dc_from_h, sched), _views(f, sched)
+        tgt = _backward_loop_targets(dh, dh0, reverse, sched)
+        dc_u = dc.unsqueeze(1)  # (N, 1, H) view of the running dc
+        for t in _order(steps, not reverse):
+            d = dh_rows[t]
+            b = d.shape[0]
+            dcb, dcb_u = (dc, dc_u) if b == n else (dc[:b], dc_u[:b])
+            torch.mul(d, fac_o[t], out=dA_o[t])
+            dcb.addcmul_(d, dcf_rows[t])
+            torch.mul(fac_ifg[t], dcb_u, out=dA_ifg[t])
+            dcb.mul_(f_rows[t])
+            tgt[t].addmm_(dA_rows[t], w_hh_p)
+        dh0 = _finish_dh0(dh, dh0, reverse, sched)
+        del fac, dc_from_h
+        prev = _prev_states(out, h0, reverse, sched)
+        nb = ctx.needs_input_grad
+        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, prev, w_ih_p, (nb[0], nb[3], nb[4], nb[5] or nb[6]))
+        db = _unroll_gates(db, hid)
+        return (
+            dx,
+            dh0 if nb[1] else None,
+            dc if nb[2] else None,
+            _unroll_gates(dw_ih, hid),
+            _unroll_gates(dw_hh, hid),
+            db if ctx.has_b[0] and nb[5] else None,
+            db if ctx.has_b[1] and nb[6] else None,
+            None,
+            None,
+        )
+
+
+def _sum_bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
+    if b_ih is None:
+        return b_hh
+    if b_hh is None:
+        return b_ih
+    return b_ih + b_hh
+
+
+# --------------------------------------------------------------------------------------------
+# GRU (torch's order r, z, n; n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)))
+# --------------------------------------------------------------------------------------------
+
+
+def _gru_weights(w_ih, w_hh, b_ih, b_hh, hid):
+    """(W_ih with the n rows doubled, W_hh[r, z], 2 W_hn, input-side bias, 2 b_hn).
+
+    The input-side bias is (b_ir + b_hr, b_iz + b_hz, 2 b_in); doubling the n pre-activation
+    gives n = tanh(a_n) = lerp(-1, 1, sigmoid(2 a_n)).
+    """
+    w_x = _doubled(w_ih, 2 * hid)
+    b_x = _doubled(b_ih, 2 * hid)
+    b_hn = None
+    if b_hh is not None:
+        b_rz = torch.cat((b_hh[: 2 * hid], torch.zeros_like(b_hh[2 * hid :])))
+        b_x = b_rz if b_x is None else b_x + b_rz
+        b_hn = 2.0 * b_hh[2 * hid :]
+    return w_x, w_hh[: 2 * hid], 2.0 * w_hh[2 * hid :], b_x, b_hn
+
+
+def _gru_forward(x, h0, weights, reverse, sched, save):
+    """The GRU time loop on ``_gru_weights``. Returns out (L, N, H), gates (L, N, 3H) holding
+    r, z, n, and 2 hn (L, N, H) with hn = h_{t-1} W_hn^T + b_hn when ``save`` (else None)."""
+    w_x, w_rz, w_n, b_x, b_hn = weights
+    gates = _input_projection(x, w_x, b_x)  # (L, N, 3H)
+    steps, n, g3 = gates.shape
+    hid = g3 // 3
+    new = torch.zeros if sched is not None else torch.empty
+    out = new((steps, n, hid), dtype=x.dtype, device=x.device)  # (L, N, H)
+    hn_all = torch.empty_like(out) if save else torch.empty_like(h0)  # (L, N, H) or (N, H)
+    rz_rows = _views(gates[:, :, : 2 * hid], sched)
+    r_rows, z_rows, n_rows = (_views(v, sched) for v in gates.view(steps, n, 3, hid).unbind(2))
+    out_rows = _views(out, sched)
+    hn_rows = _views(hn_all, sched) if save else None
+    w_rz_t, w_n_t = w_rz.t(), w_n.t()  # (H, 2H), (H, H)
+    consts = _Consts(h0)
+    prev_h: Optional[Tensor] = None
+    b_prev = n
+    for t in _order(steps, reverse):
+        rz = rz_rows[t]  # (b, 2H)
+        b = rz.shape[0]
+        m1, p1, _, _ = consts.rows(b)
+        h = _start_state(prev_h, h0, b_prev, b)
+        hn = hn_rows[t] if save else (hn_all[:b] if b < n else hn_all)
+        rz.addmm_(h, w_rz_t)
+        if b_hn is None:
+            torch.mm(h, w_n_t, out=hn)
+        else:
+            torch.addmm(b_hn, h, w_n_t, out=hn)
+        rz.sigmoid_()
+        nn_ = n_rows[t]
+        nn_.addcmul_(r_rows[t], hn).sigmoid_()  # sigmoid(2 a_n)
+        torch.lerp(m1, p1, nn_, out=nn_)  # n = tanh(a_n)
+        h_new = out_rows[t]
+        torch.lerp(nn_, h, z_rows[t], out=h_new)  # n + z (h - n)
+        prev_h, b_prev = h_new, b
+    return out, gates, hn_all if save else None
+
+
+class _GRUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, reverse, sched):
+        hid = h0.shape[1]
+        weights = _gru_weights(w_ih, w_hh, b_ih, b_hh, hid)
+        out, gates, hn_all = _gru_forward(x, h0, weights, reverse, sched, True)
+        h_n = _final_state(out, reverse, sched)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, out, gates, hn_all)
+        ctx.reverse, ctx.sched = reverse, sched
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        return out, h_n.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        x, h0, w_ih, w_hh, out, gates, hn2_all = ctx.saved_tensors
+        reverse, sched = ctx.reverse, ctx.sched
+        steps, n, hid = out.shape
+        r, z, nn_ = gates.view(steps, n, 3, hid).unbind(2)  # each (L, N, H)
+        prev = _prev_states(out, h0, reverse, sched)  # h_{t-1}, (L, N, H)
+        # dA layout (L, N, 4, H): [dn, dz, dr, dhn] with, per step,
+        #   [dn, dz] = dh * [(1 - z)(1 - n^2), (h_prev - n) z (1 - z)]
+        #   [dr, dhn] = dn * [hn r (1 - r), r]          dh_prev = [dz, dr, dhn] W_hh(z, r, n) + dh z
+        fac = torch.empty((steps, n, 4, hid), dtype=out.dtype, device=out.device)
+        torch.mul(1.0 - z, 1.0 - nn_ * nn_, out=fac[:, :, 0])
+        torch.mul(prev - nn_, z * (1.0 - z), out=fac[:, :, 1])
+        torch.mul(hn2_all, (0.5 * r) * (1.0 - r), out=fac[:, :, 2])
+        fac[:, :, 3] = r
+        dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
+        dh0 = torch.zeros_like(h0)
+        dA = torch.zeros_like(fac) if sched is not None else torch.empty_like(fac)  # (L, N, 4, H)
+        w_zrn = torch.cat((w_hh[hid : 2 * hid], w_hh[:hid], w_hh[2 * hid :]))  # (3H, H) rows z, r, n
+        dh_u = dh.unsqueeze(2)  # (L, N, 1, H)
+        dn_u = dA[:, :, 0:1]  # (L, N, 1, H)
+        dh_rows, dhu_rows, dnu_rows = _views(dh, sched), _views(dh_u, sched), _views(dn_u, sched)
+        fac_nz, fac_rh = _views(fac[:, :, 0:2], sched), _views(fac[:, :, 2:4], sched)
+        dA_nz, dA_rh = _views(dA[:, :, 0:2], sched), _views(dA[:, :, 2:4], sched)
+        dA_hh = _views(dA.view(steps, n, 4 * hid)[:, :, hid:], sched)
+        z_rows = _views(z, sched)
+        tgt = _backward_loop_targets(dh, dh0, reverse, sched)
+        for t in _order(steps, not reverse):
+            torch.mul(fac_nz[t], dhu_rows[t], out=dA_nz[t])
+            torch.mul(fac_rh[t], dnu_rows[t], out=dA_rh[t])
+            tt = tgt[t]
+            tt.addmm_(dA_hh[t], w_zrn)
+            tt.addcmul_(dh_rows[t], z_rows[t])
+        dh0 = _finish_dh0(dh, dh0, reverse, sched)
+        del fac
+        nb = ctx.needs_input_grad
+        a2 = dA.view(steps * n, 4 * hid)
+        dx = dw_ih = dw_hh = db_ih = db_hh = None
+        if nb[0] or nb[2] or nb[4]:
+            a_ih = a2[:, : 3 * hid]  # columns n, z, r
+            if nb[0]:
+                w_nzr = torch.cat((w_ih[2 * hid :], w_ih[hid : 2 * hid], w_ih[:hid]))
+                dx = torch.mm(a_ih, w_nzr).view(steps, n, -1)
+            if nb[2]:
+                dw_ih = torch.mm(a_ih.t(), x.reshape(steps * n, -1)).view(3, hid, -1).flip(0).reshape(3 * hid, -1)
+            if nb[4] and ctx.has_b[0]:
+                db_ih = a_ih.sum(0).view(3, hid).flip(0).reshape(3 * hid)
+        if nb[3] or nb[5]:
+            a_hh = a2[:, hid:]  # columns z, r, hn
+            if nb[3]:
+                m = torch.mm(a_hh.t(), prev.reshape(steps * n, hid))  # (3H, H) rows z, r, n
+                dw_hh = torch.cat((m[hid : 2 * hid], m[:hid], m[2 * hid :]))
+            if nb[5] and ctx.has_b[1]:
+                s = a_hh.sum(0)
+                db_hh = torch.cat((s[hid : 2 * hid], s[:hid], s[2 * hid :]))
+        return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# The layer function
+# --------------------------------------------------------------------------------------------
+
+
+def _schedule(lengths: Optional[Tensor], steps: int, n: int, device: torch.device):
+    """(schedule or None, permutation or None, inverse permutation or None)."""
+    if lengths is None:
+        return None, None, None
+    lens = lengths.tolist()
+    if len(lens) != n:
+        raise ValueError(f"lengths must have shape ({n},), got {tuple(lengths.shape)}")
+    if lens and (min(lens) < 1 or max(lens) > steps):
+        raise ValueError(f"lengths must lie in [1, {steps}], got min {min(lens)} and max {max(lens)}")
+    if all(k == steps for k in lens):
+        return None, None, None
+    if all(lens[k] >= lens[k + 1] for k in range(n - 1)):
+        return _Schedule(lens, steps, device), None, None
+    order = sorted(range(n), key=lambda k: -lens[k])  # stable: ties keep their order
+    perm = torch.tensor(order, dtype=torch.int64, device=device)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n, device=device)
+    return _Schedule([lens[k] for k in order], steps, device), perm, inv
+
+
+def layer(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    reverse: bool,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer, one direction (``docs/ARCHITECTURE.md``): returns ``(out, h_n, c_n)``.
+
+    x: (L, N, H_in); h0: (N, H); c0: (N, H) for LSTM, else None; w_ih: (G*H, H_in);
+    w_hh: (G*H, H); b_ih, b_hh: (G*H,) or None; w_hr must be None (no projections here);
+    lengths: (N,) int64 or None. out: (L, N, H), zero at padded steps; h_n, c_n: (N, H).
+    Differentiable through a hand-written BPTT when grad is enabled and any input needs it.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if w_hr is not None:
+        raise NotImplementedError("rnnlab.kernels: LSTM projections (proj_size > 0) are not supported; use impl='fused'")
+    if x.dim() != 3:
+        raise ValueError(f"x must be (L, N, H_in), got shape {tuple(x.shape)}")
+    steps, n, _ = x.shape
+    is_lstm = mode == "lstm"
+    if is_lstm and c0 is None:
+        raise ValueError("lstm: c0 must be given, got None")
+    sched, perm, inv = _schedule(lengths, steps, n, x.device)
+    if perm is not None:
+        x = x.index_select(1, perm)
+        h0 = h0.index_select(0, perm)
+        if c0 is not None:
+            c0 = c0.index_select(0, perm)
+    x = x.contiguous()
+    h0 = h0.contiguous()
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    c_n: Optional[Tensor] = None
+    if is_lstm:
+        c0 = c0.contiguous()
+        if grad:
+            out, h_n, c_n = _LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, sched)
+        else:
+            w_ih_p, w_hh_p, bias_p = _lstm_weights(w_ih, w_hh, _sum_bias(b_ih, b_hh), h0.shape[1])
+            out, _, c_n, _ = _lstm_forward(x, h0, c0, w_ih_p, w_hh_p, bias_p, reverse, sched, False)
+            c_n = c_n.mul_(0.5)  # the loop keeps 2c
+            h_n = _final_state(out, reverse, sched)
+    elif mode == "gru":
+        if grad:
+            out, h_n = _GRUFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, reverse, sched)
+        else:
+            weights = _gru_weights(w_ih, w_hh, b_ih, b_hh, h0.shape[1])
+            out, _, _ = _gru_forward(x, h0, weights, reverse, sched, False)
+            h_n = _final_state(out, reverse, sched)
+    else:
+        relu = mode == "rnn_relu"
+        if grad:
+            out, h_n = _RNNFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, sched)
+        else:
+            out = _rnn_forward(x, h0, w_ih, w_hh, _sum_bias(b_ih, b_hh), relu, reverse, sched)
+            h_n = _final_state(out, reverse, sched)
+    if not grad:
+        h_n = h_n.clone()  # not a view of out
+    if perm is not None:
+        out = out.index_select(1, inv)
+        h_n = h_n.index_select(0, inv)
+        if c_n is not None:
+            c_n = c_n.index_select(0, inv)
+    return out, h_n, c_n
