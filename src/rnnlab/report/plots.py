@@ -61,6 +61,14 @@ def _draw_curves(ax, summaries: list[ExperimentSummary], key: str, *, linestyle:
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
+def _legend(ax) -> None:
+    """A legend when something is drawn, else a note that there is nothing to show."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no complete runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
 def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Figure:
     """Accuracy per epoch on ``split`` ("test" or "train"): one line per recurrent experiment.
 
@@ -77,7 +85,7 @@ def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Fi
                            label=f"{s.name} (bag of words)")
     ax.set_ylabel(f"{split} accuracy")
     ax.set_title(f"{split.capitalize()} accuracy per epoch (mean over seeds, band: min..max)")
-    ax.legend(fontsize=8)
+    _legend(ax)
     return fig
 
 
@@ -90,7 +98,7 @@ def plot_loss(summaries: list[ExperimentSummary]) -> Figure:
     ax_train.set_title("Train loss per epoch")
     ax_test.set_ylabel("test loss")
     ax_test.set_title("Test loss per epoch")
-    ax_test.legend(fontsize=8)
+    _legend(ax_test)
     return fig
 
 

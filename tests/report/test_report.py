@@ -1,0 +1,164 @@
+"""`rnnlab report` on hand-made run directories: known aggregates, incomplete runs, plots, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import matplotlib.image as mpimg
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.patches import Rectangle
+from report_helpers import make_run
+
+from rnnlab.cli import main
+from rnnlab.report.aggregate import Stat, summarize
+from rnnlab.report.build import write_report
+from rnnlab.report.plots import PLOTS, plot_accuracy, plot_best_accuracy, plot_epoch_seconds, plot_loss
+from rnnlab.report.runs import ReportError, discover_runs, read_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """lstm: 3 seeds with known numbers; gru: 1 complete + 1 running; mine: 1 seed; a baseline."""
+    root = tmp_path / "runs"
+    make_run(root, "lstm", 0, [0.80, 0.84, 0.85], test_losses=[0.5, 0.4, 0.30], epoch_seconds=[10, 12, 11])
+    make_run(root, "lstm", 1, [0.81, 0.86, 0.83], test_losses=[0.5, 0.4, 0.36], epoch_seconds=[20, 9, 9])
+    make_run(root, "lstm", 2, [0.79, 0.82, 0.84], test_losses=[0.5, 0.4, 0.33], epoch_seconds=[30, 13, 14])
+    make_run(root, "gru", 0, [0.82, 0.85, 0.86], num_params=2000)
+    make_run(root, "gru", 1, [0.82], status="running", epochs=3, num_params=2000)
+    make_run(root, "mine", 0, [0.70, 0.75, 0.78], num_params=300)
+    base = make_run(root, "nbsvm_bigram", 0, [0.91])
+    info = json.loads((base / "run.json").read_text())
+    (base / "run.json").write_text(json.dumps({**info, "kind": "baseline", "description": "NB-LR"}))
+    return root
+
+
+def test_stat_uses_sample_std():
+    s = Stat.of([0.85, 0.83, 0.84])
+    assert s.mean == pytest.approx(0.84)
+    assert s.std == pytest.approx(0.01)  # ddof = 1: sqrt((0.01^2 + 0.01^2 + 0) / 2)
+    assert Stat.of([0.5]).std is None
+
+
+def test_aggregates_pin_known_mean_and_std(runs):
+    summaries = summarize([read_run(p) for p in discover_runs([runs])])
+    assert [s.name for s in summaries] == ["lstm", "gru", "mine", "nbsvm_bigram"]  # original order, others, baseline
+    lstm = summaries[0]
+    assert lstm.final_acc.mean == pytest.approx(0.84) and lstm.final_acc.std == pytest.approx(0.01)
+    assert lstm.best_acc.mean == pytest.approx((0.85 + 0.86 + 0.84) / 3)
+    assert lstm.best_acc.std == pytest.approx(0.01)
+    assert lstm.best_epochs == [3, 2, 3]
+    assert lstm.final_loss.mean == pytest.approx(0.33) and lstm.final_loss.std == pytest.approx(0.03)
+    assert lstm.epoch_seconds == 12  # median of 10, 12, 11, 20, 9, 9, 30, 13, 14
+    assert lstm.num_params == 1000 and lstm.seeds == [0, 1, 2]
+    gru = summaries[1]
+    assert len(gru.runs) == 1 and gru.final_acc.mean == pytest.approx(0.86) and gru.final_acc.std is None
+    assert [r.seed for r in gru.incomplete] == [1]
+
+
+def test_report_files_table_and_csv(runs, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    report = write_report([runs], out)
+    assert (out / "notes.txt").read_text() == "mine"  # unrelated files are kept
+    md = (out / "results.md").read_text()
+    assert "| `lstm` | 3 | 0.8400 ± 0.0100 | 0.8500 ± 0.0100 (3,2,3) | 0.3300 ± 0.0300 | 1,000 | 12.0 | " \
+           "0.8546 (0.8546) | -1.46 |" in md
+    assert "| `gru` | 1 | 0.8600 | 0.8600 (3) |" in md and "+0.24 |" in md  # 0.86 - 0.8576
+    assert "| `gru` | 1 incomplete |" in md
+    assert "seed 1: status 'running', 1 of 3 epochs done" in md
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    by = {(r["experiment"], r["status"]): r for r in rows}
+    assert set(by) == {("lstm", "complete"), ("gru", "complete"), ("gru", "incomplete"), ("mine", "complete"),
+                       ("nbsvm_bigram", "complete")}
+    assert float(by["lstm", "complete"]["final_test_acc_std"]) == pytest.approx(0.01)
+    assert by["gru", "incomplete"]["final_test_acc_mean"] == ""  # never a result
+    assert by["mine", "complete"]["original_final_test_acc"] == ""
+    assert by["nbsvm_bigram", "complete"]["kind"] == "baseline"
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        h, w, _ = mpimg.imread(out / name).shape
+        assert h > 200 and w > 400
+    assert {p.name for p in report.files} == {"results.md", "results.csv", *PLOTS}
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("running", "status 'running'"),
+    ("short", "2 of 3 epochs in metrics.jsonl"),
+    ("truncated", "metrics.jsonl line 3 is not valid JSON"),
+    ("no_metrics", "metrics.jsonl is missing"),
+    ("nan", "epoch 2: no finite test_acc"),
+])
+def test_incomplete_runs_are_marked_never_results(tmp_path, damage, problem):
+    run = make_run(tmp_path / "runs", "lstm", 0, [0.8, 0.82, 0.84])
+    metrics = run / "metrics.jsonl"
+    if damage == "running":
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    elif damage == "short":
+        metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
+    elif damage == "truncated":
+        metrics.write_text(metrics.read_text()[:-20])
+    elif damage == "no_metrics":
+        metrics.unlink()
+    elif damage == "nan":
+        metrics.write_text(metrics.read_text().replace('"test_acc": 0.82', '"test_acc": NaN'))
+    record = read_run(run)
+    assert not record.complete and problem in record.problem
+    summaries = summarize([record])
+    assert not summaries[0].has_results and summaries[0].final_acc is None
+    report = write_report([tmp_path / "runs"], tmp_path / "out")
+    assert "| `lstm` | 1 incomplete |" in report.markdown and "0.8400" not in report.markdown
+
+
+def test_plots_have_one_line_per_experiment_and_bars(runs):
+    summaries = summarize([read_run(p) for p in discover_runs([runs])])
+    fig = plot_accuracy(summaries, "test")
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["lstm (3 seeds)", "gru", "mine", "nbsvm_bigram (bag of words)"]
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.80, 0.84, 0.84])  # mean over seeds per epoch
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1  # only lstm has several seeds
+    assert len(plot_accuracy(summaries, "train").axes[0].get_lines()) == 3  # no baseline on train
+    loss = plot_loss(summaries)
+    assert [len(a.get_lines()) for a in loss.axes] == [3, 3]
+    best = plot_best_accuracy(summaries).axes[0]
+    bars = [p for p in best.patches if isinstance(p, Rectangle)]
+    assert [round(b.get_width(), 4) for b in bars] == [0.85, 0.86, 0.78, 0.91]
+    secs = [p for p in plot_epoch_seconds(summaries).axes[0].patches if isinstance(p, Rectangle)]
+    assert [b.get_width() for b in secs] == [12.0, 10.0, 10.0]
+    with pytest.raises(ValueError, match="split must be 'test' or 'train', got 'val'"):
+        plot_accuracy(summaries, "val")
+
+
+def test_report_cli(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", str(runs / "lstm"), str(runs / "gru" / "seed0"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| `lstm` | 3 | 0.8400 ± 0.0100" in printed and "| `gru` | 1 | 0.8600" in printed
+    assert "mine" not in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing"], "missing: no such file or directory"),
+    (["empty"], "no run directories found under"),
+])
+def test_report_bad_input(tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    code = main(["report", *[str(tmp_path / a) for a in args], "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_out_must_be_a_folder(runs, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ReportError, match="is a file; expected a folder"):
+        write_report([runs], tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
