@@ -43,7 +43,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server() -> Iterator[http.server.HTTPServer]:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.hits = 0  # type: ignore[attr-defined]
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     yield srv
     srv.shutdown()

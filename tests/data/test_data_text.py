@@ -138,3 +138,13 @@ def test_fraction_leaving_an_empty_split(tmp_path: Path) -> None:
     path = _csv(tmp_path / "d.csv", [("a", "x"), ("b", "y"), ("c", "x"), ("d", "y")])
     with pytest.raises(DataError, match=r"d.csv: test fraction 0.1 of 4 examples leaves an empty split"):
         load_text_dataset(path, test_fraction=0.1)
+
+
+def test_csv_with_bom_quoted_newlines_and_jsonl_line_separator(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes('\ufefftext,label\n"two\nlines, quoted",a\nplain\u2028text,b\n'.encode("utf-8"))
+    ds = load_text_dataset(path, path)
+    assert ds.train.texts == ["two\nlines, quoted", "plain\u2028text"] and ds.train.labels == [0, 1]
+    jl = _jsonl(tmp_path / "d.jsonl", [{"text": "x\u2028y", "label": "a"}, {"text": "z", "label": "b"}])
+    jl.write_text(jl.read_text("utf-8").replace("\\u2028", "\u2028"), "utf-8")  # a raw U+2028 inside a string
+    assert load_text_dataset(jl, jl).train.texts == ["x\u2028y", "z"]

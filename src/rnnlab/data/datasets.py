@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -166,11 +167,12 @@ class _Raw:
 
 
 def _decode(data: bytes, where: str, bad: list[str]) -> str:
+    """UTF-8 (a leading byte-order mark is dropped); undecodable bytes become U+FFFD and are reported."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         bad.append(where)
-        return data.decode("utf-8", errors="replace")
+        return data.decode("utf-8-sig", errors="replace")
 
 
 def _warn_bad_utf8(bad: list[str], what: str) -> None:
@@ -195,7 +197,7 @@ def _read_table(path: Path, text_column: str, label_column: str, group_column: s
     groups: list[Any] | None = [] if group_column else None
     rows: list[tuple[str, dict]] = []  # (where, row)
     if fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if not line.strip():
                 continue
             try:
@@ -210,8 +212,7 @@ def _read_table(path: Path, text_column: str, label_column: str, group_column: s
                                     f"{label_column!r}, found {sorted(row)}")
             rows.append((f"{path}:{lineno}", row))
     else:
-        reader = csv.DictReader(text.splitlines(keepends=True) if text else [],
-                                delimiter="," if fmt == "csv" else "\t")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
         header = reader.fieldnames or []
         needed = [text_column, label_column] + ([group_column] if group_column else [])
         missing = [c for c in needed if c not in header]
