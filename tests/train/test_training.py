@@ -242,3 +242,10 @@ def test_lr_schedules():
     assert f(0, "cosine") == 1.0 and f(50, "cosine") == pytest.approx(0.5) and f(100, "cosine") == 0.0
     assert f(25, "linear") == 0.75 and f(10, "linear", warmup=10) == 1.0 and f(55, "linear", warmup=10) == 0.5
     assert [f(s, "step") for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_validation_asked_but_missing_from_the_data(tmp_path, tiny_data):
+    with pytest.raises(runner.ConfigError, match=r"val_fraction=0.2 asks for a validation split, but the data "
+                                                 r"given has none"):
+        train_and_evaluate(tiny_config(val_fraction=0.2), tmp_path / "run", data=tiny_data, progress=False)
+    assert not (tmp_path / "run").exists()

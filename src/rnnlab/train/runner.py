@@ -385,6 +385,9 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a rnnlab.train.Config, got {type(config).__name__}")
+    if data is not None and config.val_fraction > 0 and data.val is None:
+        raise ConfigError(f"val_fraction={config.val_fraction} asks for a validation split, but the data given "
+                          "has none (encode a dataset loaded with the same val_fraction)")
     run_dir = Path(run_dir)
     info = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     ckpt = None
@@ -565,11 +568,11 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
         loss = criterion(out, labels)
         loss_value = float(loss.item())
         if not math.isfinite(loss_value):
+            kept = (f"The last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1
+                    else "No checkpoint was written (it failed in the first epoch)")
             raise TrainingError(
                 f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step} of {steps_per_epoch}; "
-                f"stopped before updating the weights. The last good checkpoint (epoch {epoch - 1}) is kept"
-                + ("" if epoch > 1 else " (none: it failed in the first epoch)")
-                + "; try a lower lr or grad_clip")
+                f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
