@@ -82,3 +82,17 @@ def test_bucketing_cuts_padding() -> None:
 def test_bad_batch_size() -> None:
     with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
         make_loader(_split(), 0, shuffle=False)
+
+
+def test_drop_last_with_buckets_drops_random_examples() -> None:
+    split = _split(n=1000, max_len=200)
+    loader = make_loader(split, 64, shuffle=True, bucket=True, drop_last=True)
+    dropped_lengths = []
+    for epoch in range(8):
+        batches = loader.batches(epoch)
+        assert [len(b) for b in batches] == [64] * 15
+        kept = np.concatenate(batches)
+        assert len(set(kept.tolist())) == 960
+        dropped_lengths += split.lengths.numpy()[np.setdiff1d(np.arange(1000), kept)].tolist()
+    # the 40 dropped per epoch are a random sample, not the longest of the last pool
+    assert 60 < np.mean(dropped_lengths) < 140

@@ -25,6 +25,10 @@ class BatchLoader:
       (stable, so ties stay in random order) and cut into batches, and the batches are shuffled.
       Batches then hold similar lengths (little padding) and still differ from epoch to epoch.
 
+    ``drop_last=True`` drops ``N mod batch_size`` examples so that every batch is full: the
+    last ones in order, or (shuffled) random ones, drawn before bucketing so that they are not
+    biased towards long texts.
+
     Deterministic: the same ``(seed, epoch)`` gives the same batches; call :meth:`set_epoch`
     before each epoch (or pass ``epoch`` to ``iter_epoch``).
     """
@@ -56,6 +60,9 @@ class BatchLoader:
         else:
             rng = None
             order = np.arange(n)
+        if self.drop_last and rng is not None and n % b:
+            order = order[: n - n % b]  # drop random examples, not the longest of the last pool
+            n = len(order)
         if self.bucket:
             if rng is None:
                 order = np.argsort(-self._lengths, kind="stable")
