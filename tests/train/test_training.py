@@ -106,6 +106,7 @@ def test_train_one_epoch_then_resume_to_two(tmp_path, tiny_data):
     train_and_evaluate(tiny_config(epochs=1), tmp_path / "r", data=tiny_data, progress=False)
     resumed = train_and_evaluate(tiny_config(), tmp_path / "r", data=tiny_data, resume=True, progress=False)
     assert _values(resumed) == _values(full)
+    assert "\nepochs = 2\n" in (tmp_path / "r" / "config.toml").read_text()
     _assert_same_weights(_weights(tmp_path / "r"), _weights(tmp_path / "full"))
     # Resuming a complete run trains nothing and returns its metrics.
     before = (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes()

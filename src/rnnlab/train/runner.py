@@ -444,6 +444,7 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
         best, bad_epochs = dict(ckpt["best"]), ckpt["bad_epochs"]
         start_epoch = ckpt["epoch"] + 1
         _write_metrics(run_dir, history)
+        atomic_write_text(run_dir / "config.toml", config.to_toml())  # the resumable fields may have changed
         log(f"Resuming from epoch {ckpt['epoch']} ({run_dir})")
     else:
         _write_metrics(run_dir, [])
