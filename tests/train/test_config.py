@@ -64,6 +64,7 @@ def test_suite_with_shared_set_table(tmp_path):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(preset="seed/lstmm"), r"unknown preset 'seed/lstmm'.*did you mean seed/lstm"),
     (dict(overrides=["hiden_size=3"]), r"unknown config key 'hiden_size' \(did you mean 'hidden_size'\?\)"),
+    (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, impl, .*, data$"),
     (dict(overrides=["epochs=five"]), r"--set epochs=five: 'epochs' expects an integer, got 'five'"),
     (dict(overrides=["epochs=2.5"]), r"'epochs' expects an integer, got '2.5'"),
     (dict(overrides=["lr=fast"]), r"'lr' expects a number, got 'fast'"),

@@ -120,8 +120,9 @@ _TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a numb
 
 def _unknown_key(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, FIELD_TYPES, n=3, cutoff=0.75)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    return ConfigError(f"{source}: unknown config key {key!r}{hint}; valid keys: {', '.join(FIELD_TYPES)}")
+    if close:
+        return ConfigError(f"{source}: unknown config key {key!r} (did you mean {', '.join(map(repr, close))}?)")
+    return ConfigError(f"{source}: unknown config key {key!r}; valid keys: {', '.join(FIELD_TYPES)}")
 
 
 def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
