@@ -250,3 +250,28 @@ def test_validation_asked_but_missing_from_the_data(tmp_path, tiny_data):
                                                  r"given has none"):
         train_and_evaluate(tiny_config(val_fraction=0.2), tmp_path / "run", data=tiny_data, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, tiny_data, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            written.append(("logdir", logdir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    rows = train_and_evaluate(tiny_config(), tmp_path / "run", data=tiny_data, progress=False)
+    assert written[0] == ("logdir", str(tmp_path / "run" / "tensorboard")) and written[-1] == ("closed",)
+    assert ("test_acc", rows[1]["test_acc"], 2) in written and ("train_loss", rows[0]["train_loss"], 1) in written
