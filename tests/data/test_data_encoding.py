@@ -114,15 +114,18 @@ def test_failed_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_parallel_tokenizing_matches_serial(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "don't", "it's", "x"]
-    texts = [" ".join(rng.choice(words, size=rng.integers(0, 12))) + "!" for _ in range(60)]
-    ds = TextDataset(TextSplit(texts[:40], [i % 2 for i in range(40)]), TextSplit(texts[40:], [0, 1] * 10),
-                     ["a", "b"], "memory", "fp-par")
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 12))) + "!" for _ in range(70)]
+    assert "!" in texts  # a text without tokens
+    ds = TextDataset(TextSplit(texts[:40], [i % 2 for i in range(40)]), TextSplit(texts[40:60], [0, 1] * 10),
+                     ["a", "b"], "memory", "fp-par", val=TextSplit(texts[60:], [0, 1] * 5))
     for truncate in ("head", "tail"):
         serial = encode_dataset(ds, max_len=5, truncate=truncate, use_cache=False, progress=False, workers=0)
         par = encode_dataset(ds, max_len=5, truncate=truncate, use_cache=False, progress=False, workers=2)
         assert par.vocab == serial.vocab and par.vocab.counts == serial.vocab.counts
+        assert list(par.splits()) == ["train", "val", "test"]
         for a, b in zip(par.splits().values(), serial.splits().values()):
             assert torch.equal(a.ids, b.ids) and torch.equal(a.num_tokens, b.num_tokens)
+            assert torch.equal(a.lengths, b.lengths) and torch.equal(a.labels, b.labels)
 
 
 def test_dataset_without_fingerprint_is_keyed_by_content(tmp_path: Path) -> None:

@@ -123,85 +123,125 @@ class _Tokens:
 
     def encode(self, vocab: Vocabulary, max_len: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids (N, L) uint16|int32, lengths (N,) int32, num_tokens (N,) int32)``."""
-        dtype = np.uint16 if len(vocab) <= 1 << 16 else np.int32
-        flat = np.fromiter(map(vocab.stoi.__getitem__, self.flat), dtype, int(self.kept.sum()))
-        lengths = self.kept
-        empty = np.flatnonzero(lengths == 0)
-        if len(empty):  # a text without tokens becomes one <unk>, so every length is >= 1
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            flat = np.insert(flat, starts[empty], vocab.unk_id).astype(dtype)
-            lengths = np.maximum(lengths, 1)
-        width = int(max_len) if max_len is not None else int(lengths.max(initial=1))
-        ids = np.zeros((len(lengths), width), dtype)
-        ids[np.arange(width) < lengths[:, None]] = flat  # row-major fill: row i gets its lengths[i] ids
-        return ids, lengths.astype(np.int32), self.total.astype(np.int32)
+        flat = np.fromiter(map(vocab.stoi.__getitem__, self.flat), _id_dtype(vocab), int(self.kept.sum()))
+        return _fill(flat, self.kept, self.total, max_len, vocab)
 
 
-# Fork-based parallel tokenisation: the workers inherit the texts (no pickling of inputs) and
-# send back, per chunk, the word counts (train only) and the kept tokens as one space-joined
-# string, which the parent splits in C. Used for large datasets when 2+ cores and fork exist.
+def _id_dtype(vocab: Vocabulary) -> type:
+    return np.uint16 if len(vocab) <= 1 << 16 else np.int32
+
+
+def _fill(flat: np.ndarray, kept: np.ndarray, total: np.ndarray, max_len: int | None,
+          vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scatter the flat kept ids of N texts into a right-padded ``(N, L)`` matrix."""
+    dtype = flat.dtype
+    lengths = kept
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):  # a text without tokens becomes one <unk>, so every length is >= 1
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        flat = np.insert(flat, starts[empty], vocab.unk_id).astype(dtype)
+        lengths = np.maximum(lengths, 1)
+    width = int(max_len) if max_len is not None else int(lengths.max(initial=1))
+    ids = np.zeros((len(lengths), width), dtype)
+    ids[np.arange(width) < lengths[:, None]] = flat  # row-major fill: row i gets its lengths[i] ids
+    return ids, lengths.astype(np.int32), total.astype(np.int32)
+
+
+# Fork-based parallel encoding in two rounds of worker processes, which inherit their inputs
+# (texts, then vocabulary) from the parent instead of receiving them pickled:
+#   1. train chunks: tokenise, count words, return the counts and the kept tokens as one
+#      space-joined string (the tokenizer's words never contain whitespace);
+#   2. (after the parent built the vocabulary) train chunks: split the joined strings and look
+#      the ids up; other splits: tokenise, truncate, look up. Each returns a flat id array.
+# Used for large datasets when 2+ cores and fork exist; the result equals the serial path's.
 _SHARED: dict[str, Any] = {}
 _SHARED_LOCK = threading.Lock()
 _PARALLEL_MIN_TEXTS = 20000
 
 
-def _work(task: tuple[str, int, int, bool]) -> tuple[dict[str, int] | None, str, np.ndarray]:
-    name, start, stop, count = task
+def _truncate(toks: list[str], max_len: int | None, truncate: str) -> list[str]:
+    if max_len is None or len(toks) <= max_len:
+        return toks
+    return toks[:max_len] if truncate == "head" else toks[-max_len:]
+
+
+def _count_chunk(task: tuple[int, int]) -> tuple[dict[str, int], str, np.ndarray]:
+    start, stop = task
     tokenizer: Tokenizer = _SHARED["tokenizer"]
     max_len, truncate = _SHARED["max_len"], _SHARED["truncate"]
-    counter: Counter | None = Counter() if count else None
+    counter: Counter = Counter()
     parts: list[str] = []
     totals = np.zeros(stop - start, np.int64)
-    for j, text in enumerate(_SHARED["texts"][name][start:stop]):
+    for j, text in enumerate(_SHARED["texts"]["train"][start:stop]):
         toks = tokenizer.tokenize(text)
         totals[j] = len(toks)
-        if counter is not None:
-            counter.update(toks)
-        if max_len is not None and len(toks) > max_len:
-            toks = toks[:max_len] if truncate == "head" else toks[-max_len:]
-        parts.append(" ".join(toks))
-    return (dict(counter) if counter is not None else None), " ".join(parts), totals
+        counter.update(toks)
+        parts.append(" ".join(_truncate(toks, max_len, truncate)))
+    return dict(counter), " ".join(parts), totals
 
 
-def _progress(it: Any, enabled: bool, total: int) -> Any:
+def _encode_chunk(task: tuple[str, int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    name, start, stop, k = task
+    get, dtype = _SHARED["stoi"].__getitem__, _SHARED["dtype"]
+    if name == "train":  # tokenised in round 1
+        return np.fromiter(map(get, _SHARED["joined"][k].split()), dtype), None
+    tokenizer: Tokenizer = _SHARED["tokenizer"]
+    max_len, truncate = _SHARED["max_len"], _SHARED["truncate"]
+    lists = [tokenizer.tokenize(t) for t in _SHARED["texts"][name][start:stop]]
+    totals = np.fromiter(map(len, lists), np.int64, len(lists))
+    flat = np.fromiter(map(get, chain.from_iterable(_truncate(t, max_len, truncate) for t in lists)), dtype)
+    return flat, totals
+
+
+def _progress(it: Any, enabled: bool, total: int, desc: str) -> Any:
     if not enabled:
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, total=total, desc="tokenizing", unit=" chunks", leave=False)
+    return tqdm(it, total=total, desc=desc, unit=" chunks", leave=False)
 
 
-def _tokenize_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_len: int | None, truncate: str,
-                       workers: int, progress: bool) -> tuple[Counter, dict[str, _Tokens]]:
+def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _encode_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_words: int | None, min_freq: int,
+                     max_len: int | None, truncate: str, workers: int,
+                     progress: bool) -> tuple[Vocabulary, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     import multiprocessing as mp
 
-    tasks = []
-    for name, split in splits.items():
-        n = len(split)
-        bounds = np.linspace(0, n, 2 * workers + 1).astype(int)  # 2 chunks per worker balances load
-        tasks += [(name, int(a), int(b), name == "train") for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    with _SHARED_LOCK:  # the workers read _SHARED as it is when the pool forks
+    ctx = mp.get_context("fork")
+    train_chunks = _chunks(len(splits["train"]), 2 * workers)  # 2 chunks per worker balances load
+    with _SHARED_LOCK:  # the workers read _SHARED as it is when their pool forks
         _SHARED.update(texts={k: v.texts for k, v in splits.items()}, tokenizer=tokenizer, max_len=max_len,
                        truncate=truncate)
         try:
-            with mp.get_context("fork").Pool(workers) as pool:
-                results = list(_progress(pool.imap(_work, tasks, chunksize=1), progress, len(tasks)))
+            with ctx.Pool(workers) as pool:
+                counted = list(_progress(pool.imap(_count_chunk, train_chunks), progress, len(train_chunks),
+                                         "tokenizing train"))
+            counter: Counter = Counter()
+            for counts, _, _ in counted:
+                counter.update(counts)
+            vocab = Vocabulary.from_counter(counter, max_words=max_words, min_freq=min_freq)
+            train_totals = np.concatenate([t for _, _, t in counted])
+            _SHARED.update(joined=[j for _, j, _ in counted], stoi=vocab.stoi, dtype=_id_dtype(vocab))
+            del counted
+            tasks = [("train", a, b, k) for k, (a, b) in enumerate(train_chunks)]
+            for name, split in splits.items():
+                if name != "train":
+                    tasks += [(name, a, b, -1) for a, b in _chunks(len(split), 2 * workers)]
+            with ctx.Pool(workers) as pool:
+                encoded = list(_progress(pool.imap(_encode_chunk, tasks), progress, len(tasks), "encoding"))
         finally:
             _SHARED.clear()
-    counter: Counter = Counter()
-    out: dict[str, _Tokens] = {}
-    joined: dict[str, list[str]] = {k: [] for k in splits}
-    totals: dict[str, list[np.ndarray]] = {k: [] for k in splits}
-    for (name, *_), (counts, text, tot) in zip(tasks, results):
-        if counts is not None:
-            counter.update(counts)
-        joined[name].append(text)
-        totals[name].append(tot)
+    out = {}
     for name in splits:
-        total = np.concatenate(totals[name])
+        parts = [r for (n, *_), r in zip(tasks, encoded) if n == name]
+        total = train_totals if name == "train" else np.concatenate([t for _, t in parts])
         kept = total if max_len is None else np.minimum(total, max_len)
-        out[name] = _Tokens(" ".join(joined[name]).split(), kept, total)
-    return counter, out
+        out[name] = _fill(np.concatenate([f for f, _ in parts]), kept, total, max_len, vocab)
+    return vocab, out
 
 
 def _use_parallel(splits: dict[str, TextSplit], workers: int | None, tokenizer: Tokenizer) -> int:
@@ -280,9 +320,10 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
                                    list(dataset.label_names), settings, True, time.perf_counter() - t0)
     workers = _use_parallel(splits, workers, tokenizer)
     if workers:
-        counter, tokens = _tokenize_parallel(splits, tokenizer, max_len, truncate, workers, progress)
+        vocab, encoded = _encode_parallel(splits, tokenizer, max_words, min_freq, max_len, truncate, workers,
+                                          progress)
     else:
-        counter = Counter()
+        counter: Counter = Counter()
         tokens = {}
         for name, split in splits.items():
             lists = _tokenize(split, tokenizer, name, progress)
@@ -290,13 +331,14 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
                 for t in lists:
                     counter.update(t)
             tokens[name] = _Tokens.from_lists(lists, max_len, truncate)
-    vocab = Vocabulary.from_counter(counter, max_words=max_words, min_freq=min_freq)
+        vocab = Vocabulary.from_counter(counter, max_words=max_words, min_freq=min_freq)
+        encoded = {name: toks.encode(vocab, max_len) for name, toks in tokens.items()}
+        del tokens
     arrays: dict[str, np.ndarray] = {}
-    for name, toks in tokens.items():
-        ids, lengths, ntok = toks.encode(vocab, max_len)
+    for name, (ids, lengths, ntok) in encoded.items():
         arrays.update({f"{name}_ids": ids, f"{name}_lengths": lengths, f"{name}_num_tokens": ntok,
                        f"{name}_labels": np.asarray(splits[name].labels, np.int32)})
-    del tokens
+    del encoded
     if use_cache:
         try:
             blob = json.dumps(vocab.to_dict(), ensure_ascii=False).encode("utf-8")
