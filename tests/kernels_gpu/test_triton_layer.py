@@ -194,3 +194,21 @@ def test_lstm_without_c0_is_an_error(device):
     w_ih, w_hh = torch.randn(16, 3, device=device), torch.randn(16, 4, device=device)
     with pytest.raises(ValueError, match="needs c0"):
         triton_layer("lstm", x, torch.zeros(1, 4, device=device), None, w_ih, w_hh, None, None, None, False, None)
+
+
+def test_tuning_overrides_are_validated_and_keep_results(device, monkeypatch):
+    """$RNNLAB_TRITON_BLOCK_N / _PRECISION: bad values are errors naming the variable; a larger
+    batch block gives the same numbers."""
+    steps, batch, h_in, hidden = 3, 2, 3, 4
+    m = _torch_module("gru", h_in, hidden, True, device)
+    x, h0, _ = _inputs("gru", steps, batch, h_in, hidden, device)
+    base = _both_directions("gru", m, x, h0, None, None)
+    monkeypatch.setattr(tl_layer, "_BLOCK_N", 32)
+    torch.testing.assert_close(_both_directions("gru", m, x, h0, None, None)[0], base[0], atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(tl_layer, "_BLOCK_N", 24)
+    with pytest.raises(ValueError, match="RNNLAB_TRITON_BLOCK_N must be a power of two >= 16 .* got 24"):
+        _both_directions("gru", m, x, h0, None, None)
+    monkeypatch.setattr(tl_layer, "_BLOCK_N", 0)
+    monkeypatch.setattr(tl_layer, "_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="RNNLAB_TRITON_PRECISION must be ieee, tf32 or tf32x3, got 'fp16'"):
+        _both_directions("gru", m, x, h0, None, None)

@@ -45,8 +45,9 @@ def _tanh(x):
 
 
 @triton.jit
-def _dot(a, b, IS_F32: tl.constexpr, EMULATE: tl.constexpr):
-    """``a @ b`` accumulated in float32; float32 operands in IEEE precision (no TF32).
+def _dot(a, b, IS_F32: tl.constexpr, EMULATE: tl.constexpr, PREC: tl.constexpr):
+    """``a @ b`` accumulated in float32; float32 operands in ``PREC`` precision ("ieee" by
+    default: exact float32 products, no TF32; "tf32" / "tf32x3" on request).
 
     ``EMULATE``: the operands are already rounded to the low-precision dtype; multiply them as
     float32 (the interpreter's ``tl.dot`` mishandles bfloat16, the products are the same).
@@ -54,7 +55,7 @@ def _dot(a, b, IS_F32: tl.constexpr, EMULATE: tl.constexpr):
     if EMULATE:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     elif IS_F32:
-        return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b, input_precision=PREC)
     else:
         return tl.dot(a, b, out_dtype=tl.float32)
 
@@ -100,6 +101,7 @@ def rnn_forward_kernel(
     W_RESIDENT: tl.constexpr,
     IS_F32: tl.constexpr,
     EMULATE: tl.constexpr,
+    PREC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -149,21 +151,21 @@ def rnn_forward_kernel(
         hd = h.to(wdt)
         gb = gi_ptr + t * N * (G * H) + gst
         if MODE == 2:
-            i = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE))
-            f = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w1, IS_F32, EMULATE))
-            g = _tanh(tl.load(gb + 2 * H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w2, IS_F32, EMULATE))
-            o = _sigmoid(tl.load(gb + 3 * H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w3, IS_F32, EMULATE))
+            i = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE, PREC))
+            f = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w1, IS_F32, EMULATE, PREC))
+            g = _tanh(tl.load(gb + 2 * H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w2, IS_F32, EMULATE, PREC))
+            o = _sigmoid(tl.load(gb + 3 * H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w3, IS_F32, EMULATE, PREC))
             c_new = f * c + i * g
             h_new = o * _tanh(c_new)
         elif MODE == 3:
-            r = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE))
-            z = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w1, IS_F32, EMULATE))
-            ghn = _dot(hd, w2, IS_F32, EMULATE) + bhn[None, :]
+            r = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE, PREC))
+            z = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w1, IS_F32, EMULATE, PREC))
+            ghn = _dot(hd, w2, IS_F32, EMULATE, PREC) + bhn[None, :]
             n = _tanh(tl.load(gb + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * ghn)
             h_new = n + z * (h - n)
             c_new = c
         else:
-            a = tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE)
+            a = tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE, PREC)
             if MODE == 0:
                 h_new = _tanh(a)
             else:
@@ -223,6 +225,7 @@ def rnn_backward_kernel(
     W_RESIDENT: tl.constexpr,
     IS_F32: tl.constexpr,
     EMULATE: tl.constexpr,
+    PREC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -289,10 +292,10 @@ def rnn_backward_kernel(
                 da_g = tl.where(valid, da_g, 0.0)
                 da_o = tl.where(valid, da_o, 0.0)
             dh_prev = (
-                _dot(da_i.to(wdt), w0, IS_F32, EMULATE)
-                + _dot(da_f.to(wdt), w1, IS_F32, EMULATE)
-                + _dot(da_g.to(wdt), w2, IS_F32, EMULATE)
-                + _dot(da_o.to(wdt), w3, IS_F32, EMULATE)
+                _dot(da_i.to(wdt), w0, IS_F32, EMULATE, PREC)
+                + _dot(da_f.to(wdt), w1, IS_F32, EMULATE, PREC)
+                + _dot(da_g.to(wdt), w2, IS_F32, EMULATE, PREC)
+                + _dot(da_o.to(wdt), w3, IS_F32, EMULATE, PREC)
             )
             dc_prev = dct * f
             tl.store(gb, da_i, mask=m2)
@@ -322,9 +325,9 @@ def rnn_backward_kernel(
                 dg_n = tl.where(valid, dg_n, 0.0)
             dh_prev = (
                 dh * z
-                + _dot(da_r.to(wdt), w0, IS_F32, EMULATE)
-                + _dot(da_z.to(wdt), w1, IS_F32, EMULATE)
-                + _dot(dg_n.to(wdt), w2, IS_F32, EMULATE)
+                + _dot(da_r.to(wdt), w0, IS_F32, EMULATE, PREC)
+                + _dot(da_z.to(wdt), w1, IS_F32, EMULATE, PREC)
+                + _dot(dg_n.to(wdt), w2, IS_F32, EMULATE, PREC)
             )
             tl.store(gb, da_r, mask=m2)
             tl.store(gb + H, da_z, mask=m2)
@@ -342,7 +345,7 @@ def rnn_backward_kernel(
                 da = tl.where(y > 0.0, dh, 0.0)
             if HAS_LEN:
                 da = tl.where(valid, da, 0.0)
-            dh_prev = _dot(da.to(wdt), w0, IS_F32, EMULATE)
+            dh_prev = _dot(da.to(wdt), w0, IS_F32, EMULATE, PREC)
             tl.store(gb, da, mask=m2)
             if HAS_LEN:
                 dh = tl.where(valid, dh_prev, dh)

@@ -44,6 +44,11 @@ _MODE_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 #: W_hh tiles are kept in registers/shared memory across the time loop up to this many bytes.
 _RESIDENT_BYTES = int(os.environ.get("RNNLAB_TRITON_RESIDENT_BYTES", 64 * 1024))
+#: Tuning overrides for a GPU session (0 = the heuristics of ``_launch_config``).
+_BLOCK_N = int(os.environ.get("RNNLAB_TRITON_BLOCK_N", 0))
+_NUM_WARPS = int(os.environ.get("RNNLAB_TRITON_NUM_WARPS", 0))
+#: float32 ``tl.dot`` precision: "ieee" (default, exact; parity tests assume it), "tf32", "tf32x3".
+_PRECISION = os.environ.get("RNNLAB_TRITON_PRECISION", "ieee")
 
 
 def interpreting() -> bool:
@@ -102,18 +107,26 @@ def _input_gates(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_h
 
 
 def _launch_config(batch: int, hidden: int, gates: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Block sizes and flags: ``BLOCK_N`` batch rows per program (>= 16 for ``tl.dot``), ``BLOCK_H``
+    the hidden size padded to a power of two >= 16; small batches get small blocks so that more
+    programs (SMs) share the work."""
+    if _PRECISION not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"RNNLAB_TRITON_PRECISION must be ieee, tf32 or tf32x3, got {_PRECISION!r}")
+    if _BLOCK_N and (_BLOCK_N < 16 or _BLOCK_N & (_BLOCK_N - 1)):
+        raise ValueError(f"RNNLAB_TRITON_BLOCK_N must be a power of two >= 16 (tl.dot), got {_BLOCK_N}")
     block_h = _block_h(hidden)
     resident = gates * block_h * block_h * (4 if dtype == torch.float32 else 2) <= _RESIDENT_BYTES
-    block_n = 16 if batch <= 16 or block_h >= 128 else 32
+    block_n = _BLOCK_N or (16 if batch <= 256 or block_h >= 128 else 32)
     kwargs: dict[str, Any] = dict(
         BLOCK_N=block_n,
         BLOCK_H=block_h,
         W_RESIDENT=resident,
         IS_F32=dtype == torch.float32,
         EMULATE=interpreting() and dtype != torch.float32,
+        PREC=_PRECISION,
     )
     if not interpreting():
-        kwargs["num_warps"] = 4 if block_h <= 64 else 8
+        kwargs["num_warps"] = _NUM_WARPS or (4 if block_h <= 64 else 8)
     return kwargs
 
 
