@@ -46,3 +46,17 @@ def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad.write_text("body,label\nx,1\n")
     assert main(["data", "inspect", "--data", str(bad), "--cache-dir", str(tmp_path)]) == 2
     assert "no column(s) ['text']" in capsys.readouterr().err
+
+
+def test_inspect_own_csv_with_columns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "reviews.csv"
+    rows = [f'"{"nice film" if i % 2 else "bad film"} {i}",{"pos" if i % 2 else "neg"}' for i in range(10)]
+    path.write_text("body,stars\n" + "\n".join(rows) + "\n")
+    rc = main(["data", "inspect", "--data", str(path), "--text-column", "body", "--label-column", "stars",
+               "--cache-dir", str(tmp_path / "c"), "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["label_names"] == ["neg", "pos"] and r["source"] == str(path)
+    assert r["splits"]["train"]["per_label"] == {"neg": 4, "pos": 4}
+    assert r["splits"]["test"]["per_label"] == {"neg": 1, "pos": 1}
+    assert r["splits"]["test"]["tokens"] == 6  # "<word> film <i>" per text
