@@ -162,3 +162,34 @@ def test_compare_cli_on_a_csv_file(tmp_path, capsys):
     code = main(["compare", "--preset", str(suite), "--data", str(data), "--out", str(out), "--only", "lstm"])
     assert code == 2
     assert "unknown experiment(s) in --only: lstm" in capsys.readouterr().err
+
+
+def test_progress_names_experiment_seed_and_time_left(tmp_path):
+    import io
+
+    suite = write_suite(tmp_path / "presets")
+    stream = io.StringIO()
+    run_comparison(suite, tmp_path / "out", data=tiny_dataset(), baseline=False, cache_dir=tmp_path / "c",
+                   stream=stream)
+    text = stream.getvalue()
+    assert "compare: 2 runs (2 experiments x 1 seed(s))" in text
+    assert "[1/2] tiny_gru seed 7 (gru, impl torch, 2 epochs)" in text
+    assert "time left: unknown (no epoch measured yet)" in text
+    assert "[2/2] tiny_rnn seed 7 (rnn, impl rnnlab, 2 epochs)" in text
+    assert "left (from 2 measured epochs; 1 experiment(s) not measured yet, assumed at the average speed)" in text
+
+
+def test_epoch_watcher_reports_new_epochs(tmp_path):
+    import time
+
+    from rnnlab.report.compare import _EpochWatcher
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("")
+    seen = []
+    with _EpochWatcher(path, lambda rows: seen.append(len(rows)), interval=0.01):
+        path.write_text('{"epoch": 1, "epoch_seconds": 2.0}\n')
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == [1]

@@ -50,13 +50,15 @@ def _baseline_lines(summaries: list[ExperimentSummary]) -> list[str]:
     return lines
 
 
-def render_markdown(summaries: list[ExperimentSummary], sources: list[str], title: str = "rnnlab comparison") -> str:
+def render_markdown(summaries: list[ExperimentSummary], sources: list[str], title: str = "rnnlab comparison",
+                    intro: str = "") -> str:
     n_runs = sum(len(s.runs) + len(s.incomplete) for s in summaries)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"# {title}\n",
         f"{n_runs} runs of {len(summaries)} experiments from {', '.join(f'`{p}`' for p in sources)}; "
         f"written by rnnlab {__version__} on {stamp}.\n",
+        *([intro.rstrip() + "\n"] if intro else []),
         markdown_table(summaries),
         "*final*: test accuracy after the last epoch; *best*: the highest test accuracy over the epochs "
         "(the epoch of each seed in parentheses). The best epoch is picked on the test set, so *best* is an "
@@ -76,7 +78,7 @@ def render_markdown(summaries: list[ExperimentSummary], sources: list[str], titl
 
 
 def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
-                 order: list[str] | None = None, title: str = "rnnlab comparison") -> Report:
+                 order: list[str] | None = None, title: str = "rnnlab comparison", intro: str = "") -> Report:
     """Discover the run directories under ``paths``, aggregate them and write the report into ``out_dir``.
 
     Writes ``results.md``, ``results.csv`` and the PNG files of :data:`rnnlab.report.plots.PLOTS`
@@ -88,7 +90,7 @@ def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike
     runs = [read_run(p) for p in discover_runs(list(paths))]
     summaries = summarize(runs, order=order)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(summaries, [str(p) for p in paths], title=title)
+    markdown = render_markdown(summaries, [str(p) for p in paths], title=title, intro=intro)
     write_text(out / "results.csv", csv_table(summaries))
     files = [out / "results.csv"] + write_plots(summaries, out)
     write_text(out / "results.md", markdown)  # last: its presence means the report is whole

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from contextlib import nullcontext
 from typing import Any, Iterable, Mapping, TextIO
 
 from rnnlab import __version__
@@ -180,34 +181,81 @@ class _DataProvider:
 class _Eta:
     """Estimates the time left from measured epoch times.
 
-    An experiment's remaining epochs are costed at its own median measured seconds per epoch;
-    an experiment not measured yet at the mean of the measured experiments' medians (so the
-    estimate is rough until every experiment has run one epoch).
+    An experiment's remaining epochs are costed at the median of its own measured seconds per
+    epoch (over all its runs); an experiment not measured yet at the mean of the measured
+    experiments' medians (so the estimate is rough until every experiment has run one epoch).
     """
 
     def __init__(self) -> None:
-        self.seconds: dict[str, list[float]] = {}
+        self.seconds: dict[str, dict[str, list[float]]] = {}  # experiment -> run -> epoch seconds
 
-    def add(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    def add(self, name: str, rows: Iterable[Mapping[str, Any]], run: str = "") -> None:
+        """Record (or replace) the epoch times of one run of experiment ``name``."""
         vals = [float(r["epoch_seconds"]) for r in rows if isinstance(r.get("epoch_seconds"), (int, float))]
         if vals:
-            self.seconds[name] = vals
+            self.seconds.setdefault(name, {})[run] = vals
 
     def estimate(self, pending: list[tuple[str, int]]) -> tuple[float | None, str]:
         """Seconds left for ``pending`` (experiment name, epochs to run), and how it was estimated."""
-        if not pending:
+        if not any(e > 0 for _, e in pending):
             return 0.0, "nothing left"
         if not self.seconds:
             return None, "no epoch measured yet"
-        medians = {n: statistics.median(v) for n, v in self.seconds.items()}
+        per_name = {n: [x for v in runs.values() for x in v] for n, runs in self.seconds.items()}
+        medians = {n: statistics.median(v) for n, v in per_name.items()}
         fallback = statistics.fmean(medians.values())
-        guessed = {n for n, _ in pending if n not in medians}
+        guessed = {n for n, e in pending if n not in medians and e > 0}
         total = sum(e * medians.get(n, fallback) for n, e in pending)
-        n_epochs = sum(len(v) for v in self.seconds.values())
-        how = f"from {n_epochs} measured epochs"
+        how = f"from {sum(len(v) for v in per_name.values())} measured epochs"
         if guessed:
             how += f"; {len(guessed)} experiment(s) not measured yet, assumed at the average speed"
         return total, how
+
+
+class _EpochWatcher:
+    """Polls a run's ``metrics.jsonl`` from a thread and reports each newly finished epoch.
+
+    Training runs in the main thread; this only reads the file (written atomically by
+    ``rnnlab.train``), so it cannot disturb the run.
+    """
+
+    def __init__(self, path: Path, on_rows, interval: float = 1.0) -> None:
+        import threading
+
+        self.path, self.on_rows, self.interval = path, on_rows, interval
+        self.seen = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rnnlab-compare-eta", daemon=True)
+
+    def __enter__(self) -> _EpochWatcher:
+        if self.path.is_file():
+            self.seen = len(read_metrics_rows(self.path)[0])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                rows, _ = read_metrics_rows(self.path)
+            except OSError:
+                continue
+            if self.seen >= 0 and len(rows) > self.seen:
+                self.on_rows(rows)
+            self.seen = len(rows)
+
+
+def _write_line(line: str, stream: TextIO | None) -> None:
+    """Print a line without breaking a tqdm progress bar that may be on screen."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=stream or sys.stdout)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        print(line, file=stream or sys.stdout, flush=True)
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -234,7 +282,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     """
     start = time.perf_counter()
     out = Path(out_dir)
-    log = (lambda line: print(line, file=stream or sys.stdout, flush=True)) if progress else (lambda line: None)
+    log = (lambda line: _write_line(line, stream)) if progress else (lambda line: None)
     if not isinstance(seeds, int) or seeds < 1:
         raise ReportError(f"--seeds must be an integer >= 1, got {seeds!r}")
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
@@ -271,7 +319,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     for run in plan:
         if run.state == "complete":
             result.skipped.append(run.run_dir)
-            eta.add(run.config.name, read_metrics_rows(run.run_dir / "metrics.jsonl")[0])
+            eta.add(run.config.name, read_metrics_rows(run.run_dir / "metrics.jsonl")[0], str(run.run_dir))
         else:
             pending.append(run)
     n_done = len(result.skipped)
@@ -287,9 +335,19 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         log(f"\n[{n_done + i + 1}/{len(plan)}] {c.name} seed {c.seed} ({c.cell}, impl {c.impl}, "
             f"{c.epochs} epochs{', resuming after epoch ' + str(run.done_epochs) if run.state == 'resume' else ''})"
             f" -> {run.run_dir}   elapsed {_fmt_duration(elapsed)}, {eta_text}")
+        later = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending[i + 1:]]
+
+        def on_epoch(rows: list[dict[str, Any]], c: Config = c, key: str = str(run.run_dir), later=later) -> None:
+            eta.add(c.name, rows, key)
+            secs, how = eta.estimate([(c.name, c.epochs - len(rows)), *later])
+            log(f"compare: {c.name} seed {c.seed}: epoch {len(rows)}/{c.epochs} done, "
+                f"elapsed {_fmt_duration(time.perf_counter() - start)}, ~{_fmt_duration(secs or 0)} left ({how})")
+
         try:
-            rows = train_and_evaluate(c, run.run_dir, data=provider.encoded(c), resume=run.state == "resume",
-                                      progress=progress)
+            data_c = provider.encoded(c)
+            with _EpochWatcher(run.run_dir / "metrics.jsonl", on_epoch) if progress else nullcontext():
+                rows = train_and_evaluate(c, run.run_dir, data=data_c, resume=run.state == "resume",
+                                          progress=progress)
         except KeyboardInterrupt:
             log(f"\ncompare: interrupted; run the same command again to resume ({run.run_dir})")
             raise
@@ -302,19 +360,36 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
             log(f"compare: {c.name} seed {c.seed} failed: {err} (reported as incomplete; continuing)")
             continue
         result.trained.append(run.run_dir)
-        eta.add(c.name, rows)
+        eta.add(c.name, rows, str(run.run_dir))
 
     if baseline and configs:
         result.baseline = _run_baseline(configs[0], provider, out, log)
 
     manifest["invocations"][-1]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(out / MANIFEST, manifest)
-    result.report = write_report([out], out, order=manifest["experiments"])
+    result.report = write_report([out], out, order=manifest["experiments"], intro=_intro(manifest))
     result.seconds = time.perf_counter() - start
     log(f"\ncompare: done in {_fmt_duration(result.seconds)} ({len(result.trained)} runs trained, "
         f"{len(result.skipped)} already complete, {len(result.failed)} failed); "
         f"report: {out / 'results.md'}")
     return result
+
+
+def _intro(manifest: Mapping[str, Any]) -> str:
+    """What produced the comparison, from its manifest's invocations."""
+    lines = []
+    for inv in manifest.get("invocations", []):
+        opts = [f"--preset {inv.get('preset')}", f"--seeds {inv.get('seeds')}"]
+        if inv.get("only"):
+            opts.append("--only " + ",".join(inv["only"]))
+        overrides = inv.get("overrides") or []
+        items = overrides.items() if isinstance(overrides, dict) else [tuple(o.split("=", 1)) for o in overrides]
+        opts += [f"--set {k}={v}" for k, v in items]
+        if not inv.get("baseline", True):
+            opts.append("--no-baseline")
+        state = f"finished {inv['finished']}" if inv.get("finished") else "did not finish"
+        lines.append(f"- `rnnlab compare {' '.join(opts)}`: started {inv.get('started')}, {state}")
+    return "Produced by:\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _run_baseline(config: Config, provider: _DataProvider, out: Path, log) -> Path | None:
