@@ -44,6 +44,12 @@ def test_tail_truncation_no_limit_and_encode_texts(tmp_path: Path) -> None:
         encode_dataset(_dataset(), truncate="middle", cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"max_len must be an int >= 1 or None, got 0"):
         encode_dataset(_dataset(), max_len=0, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"min_freq must be an int >= 1, got 0"):
+        encode_dataset(_dataset(), min_freq=0, cache_dir=tmp_path)
+    ds = _dataset()
+    ds.test.labels[1] = 2
+    with pytest.raises(ValueError, match=r"test split has label 2; expected ids 0...1 for label_names \['neg', 'pos'\]"):
+        encode_dataset(ds, cache_dir=tmp_path)
 
 
 def test_cache_hit_skips_tokenizing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

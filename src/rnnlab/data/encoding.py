@@ -297,7 +297,13 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
         raise ValueError(f"encode_dataset: truncate must be 'head' or 'tail', got {truncate!r}")
     if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
         raise ValueError(f"encode_dataset: max_len must be an int >= 1 or None, got {max_len!r}")
+    Vocabulary.check_settings(max_words, min_freq)
     splits = dataset.splits()
+    for name, split in splits.items():
+        bad = [y for y in split.labels if not 0 <= y < len(dataset.label_names)]
+        if bad:
+            raise ValueError(f"encode_dataset: {name} split has label {bad[0]!r}; expected ids 0..."
+                             f"{len(dataset.label_names) - 1} for label_names {list(dataset.label_names)}")
     settings = {"max_words": max_words, "min_freq": min_freq, "max_len": max_len, "truncate": truncate}
     key = {"kind": "encoded", "version": ENCODING_VERSION,
            "fingerprint": dataset.fingerprint or _content_fingerprint(dataset),

@@ -62,12 +62,18 @@ class Vocabulary:
         counter = Counter(chain.from_iterable(token_lists))
         return cls.from_counter(counter, max_words=max_words, min_freq=min_freq)
 
-    @classmethod
-    def from_counter(cls, counter: Counter, max_words: int | None = 20000, min_freq: int = 1) -> "Vocabulary":
+    @staticmethod
+    def check_settings(max_words: int | None, min_freq: int) -> None:
+        """Raise ValueError for a ``max_words`` or ``min_freq`` that :meth:`build` would refuse."""
         if max_words is not None and (not isinstance(max_words, int) or max_words < 1):
             raise ValueError(f"Vocabulary: max_words must be an int >= 1 (it counts <unk>) or None, got {max_words!r}")
         if not isinstance(min_freq, int) or min_freq < 1:
             raise ValueError(f"Vocabulary: min_freq must be an int >= 1, got {min_freq!r}")
+
+    @classmethod
+    def from_counter(cls, counter: Counter, max_words: int | None = 20000, min_freq: int = 1) -> "Vocabulary":
+        """The vocabulary of word counts ``counter`` (see :meth:`build`)."""
+        cls.check_settings(max_words, min_freq)
         items = [(w, c) for w, c in counter.items() if c >= min_freq and w not in (PAD, UNK)]
         items.sort(key=lambda wc: (-wc[1], wc[0]))
         if max_words is not None:
