@@ -10,7 +10,6 @@ import torch
 
 from rnnlab.data import (EncodedSplit, TextDataset, TextSplit, Tokenizer, collate, encode_dataset, encode_texts)
 from rnnlab.data import _cache
-from rnnlab.data import encoding as enc_mod
 
 
 def _dataset(fingerprint: str = "fp-1") -> TextDataset:

@@ -11,7 +11,6 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
