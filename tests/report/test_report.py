@@ -131,6 +131,8 @@ def test_plots_have_one_line_per_experiment_and_bars(runs):
     best = plot_best_accuracy(summaries).axes[0]
     bars = [p for p in best.patches if isinstance(p, Rectangle)]
     assert [round(b.get_width(), 4) for b in bars] == [0.85, 0.86, 0.78, 0.91]
+    (orig,) = [ln for ln in best.get_lines() if ln.get_label() == "original (one seed)"]  # for lstm and gru
+    assert list(orig.get_xdata()) == [0.8546, 0.8576] and list(orig.get_ydata()) == [0, 1]
     secs = [p for p in plot_epoch_seconds(summaries).axes[0].patches if isinstance(p, Rectangle)]
     assert [b.get_width() for b in secs] == [12.0, 10.0, 10.0]
     with pytest.raises(ValueError, match="split must be 'test' or 'train', got 'val'"):

@@ -123,10 +123,16 @@ def plot_best_accuracy(summaries: list[ExperimentSummary]) -> Figure:
     errors = [s.best_acc.std or 0.0 for _, s in rows]
     _barh(ax, [s.name for _, s in rows], values, errors, [_color(i) for i, _ in rows], ".4f")
     if values:
-        lo = min(v - e for v, e in zip(values, errors))
-        hi = max(v + e for v, e in zip(values, errors))
+        extra = [s.original.best for _, s in rows if s.original is not None]
+        lo = min([v - e for v, e in zip(values, errors)] + extra)
+        hi = max([v + e for v, e in zip(values, errors)] + extra)
         span = max(hi - lo, 0.01)
         ax.set_xlim(max(0.0, lo - 0.5 * span), min(1.0, hi + 0.35 * span) if hi < 1 else 1.0)
+    originals = [(y, s.original.best) for y, (_, s) in enumerate(rows) if s.original is not None]
+    if originals:
+        ax.plot([v for _, v in originals], [y for y, _ in originals], linestyle="none", marker="|", markersize=14,
+                markeredgewidth=2, color="black", label="original (one seed)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel("best test accuracy (error bars: ±1 std over seeds; axis does not start at 0)")
     ax.set_title("Best test accuracy")
     return fig
