@@ -10,7 +10,7 @@ torch.nn and each rnnlab impl, and the ratios rnnlab / torch (<= 1.0: rnnlab is 
 The implementations are timed round-robin within each repeat, so that a slow period of a shared
 machine hits all of them alike; the median over repeats is reported.
 
-Peak memory of one training step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
+Peak memory of one training step (torch.nn and impl fast): on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
 allocated before the step; on CPU the allocation timeline of ``torch.profiler`` (every tensor
 storage the step creates and frees, in order; the peak of the running sum of live bytes). The
 inputs and parameters exist before the step and are not counted. Memory that a library
@@ -81,14 +81,18 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _medians(fns: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
+def _medians(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device, few: dict[str, int]
+) -> dict[str, float]:
+    """Median seconds per call; ``few[k]`` caps the repeats of slow implementations."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
+    for r in range(repeats):
         for k, fn in fns.items():  # round-robin: noise hits every implementation alike
-            times[k].append(_timed(fn, device))
+            if r < few.get(k, repeats):
+                times[k].append(_timed(fn, device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (median)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--slow-repeats", type=int, default=3, help="repeats for impls other than fast and torch")
     parser.add_argument("--modes", default="lstm,gru,rnn")
     parser.add_argument("--shapes", default="200x64x64,200x128x128,500x64x64", help="LxNxH,... (H_in = H)")
     parser.add_argument("--impls", default="fast,fused", help="rnnlab impls to time (fast, fused, reference)")
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"repeats {args.repeats} (median), float32; times in ms; ratio = rnnlab / torch")
+          f"repeats {args.repeats} (median; {args.slow_repeats} for impls other than fast), float32; "
+          f"times in ms; ratio = rnnlab / torch")
     header = f"{'mode':5} {'L x N x H':>12} {'pass':9} {'torch':>9}"
     for impl in impls:
         header += f" {impl:>9} {'ratio':>6}"
@@ -168,25 +174,27 @@ def main(argv: list[str] | None = None) -> None:
             x = torch.randn(steps, batch, size, device=device)
             xg = x.clone().requires_grad_(True)
             shape = f"{steps}x{batch}x{size}"
-            fwd = _medians({k: _forward(m, x) for k, m in models.items()}, args.repeats, args.warmup, device)
-            trn = _medians({k: _train_step(m, xg) for k, m in models.items()}, args.repeats, args.warmup, device)
+            few = {k: args.slow_repeats for k in models if k not in ("torch", "fast")}
+            fwd = _medians({k: _forward(m, x) for k, m in models.items()}, args.repeats, args.warmup, device, few)
+            trn = _medians({k: _train_step(m, xg) for k, m in models.items()}, args.repeats, args.warmup, device, few)
             for label, res in (("forward", fwd), ("fwd+bwd", trn)):
                 line = f"{mode:5} {shape:>12} {label:9} {res['torch'] * 1e3:9.2f}"
                 for impl in impls:
                     line += f" {res[impl] * 1e3:9.2f} {res[impl] / res['torch']:6.2f}"
                 print(line, flush=True)
             if not args.no_memory:
-                mem = {k: _peak_memory(_train_step(m, xg), device) for k, m in models.items()}
+                mem = {k: _peak_memory(_train_step(m, xg), device) for k, m in models.items() if k in ("torch", "fast")}
                 mem_rows.append((mode, shape, mem))
     if mem_rows:
         print("\npeak memory of one training step (MiB above inputs and parameters); ratio = rnnlab / torch")
+        mem_impls = [i for i in impls if i == "fast"]
         header = f"{'mode':5} {'L x N x H':>12} {'torch':>9}"
-        for impl in impls:
+        for impl in mem_impls:
             header += f" {impl:>9} {'ratio':>6}"
         print(header)
         for mode, shape, mem in mem_rows:
             line = f"{mode:5} {shape:>12} {mem['torch'] / 2**20:9.1f}"
-            for impl in impls:
+            for impl in mem_impls:
                 line += f" {mem[impl] / 2**20:9.1f} {mem[impl] / mem['torch']:6.2f}"
             print(line)
 

@@ -118,6 +118,31 @@ def _order(steps: int, reverse: bool) -> range:
     return range(steps - 1, -1, -1) if reverse else range(steps)
 
 
+#: Time loops whose per-step GEMM has at most this many multiply-adds run on one thread.
+#: At these sizes an OpenMP fork/join per step costs more than the split saves, and on shared
+#: cores it is ruinous: a 64x64 @ 64x256 step took 0.09-0.17 ms on 1 thread and 1.1-9.6 ms on
+#: 2 threads on the 2-core development machine under load (docs/PERFORMANCE.md).
+SINGLE_THREAD_MAX_MACS = 1 << 23
+
+
+class _LoopThreads:
+    """Run a time loop on one intra-op thread when its per-step GEMM is small (restores after)."""
+
+    def __init__(self, macs_per_step: int) -> None:
+        self.saved = 0
+        self.small = macs_per_step <= SINGLE_THREAD_MAX_MACS
+
+    def __enter__(self) -> None:
+        if self.small:
+            self.saved = torch.get_num_threads()
+            if self.saved > 1:
+                torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.small and self.saved > 1:
+            torch.set_num_threads(self.saved)
+
+
 def _seed_grad_out(grad_out: Tensor, grad_hn: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
     """``(L, N, H)``: dLoss/dh_t from the outputs (zero at padding) plus dLoss/dh_n at each last step.
 
@@ -144,7 +169,6 @@ def _backward_loop_targets(dh: Tensor, dh0: Tensor, reverse: bool, sched: Option
     steps = dh.shape[0]
     rows = _views(dh, sched)
     b = sched.bs if sched is not None else [dh.shape[1]] * steps
-    n = dh.shape[1]
     if reverse:
         nxt = [dh[t + 1] for t in range(steps - 1)] + [dh0]
     else:
@@ -170,8 +194,27 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor
     return out.view(steps, n, w_ih.shape[0])
 
 
+def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+    """dW_hh = sum_t dA_t^T h_{t-1}, without materialising the shifted states.
+
+    Forward: h_{t-1} = out[t-1] (h0 at t = 0); reverse: out[t+1] (h0 at t = L-1, and at
+    t = len_k - 1 for a sequence k shorter than L, where out[len_k] is zero padding).
+    """
+    steps, n, gh = dA.shape
+    hid = out.shape[2]
+    first, main, states = (dA[-1], dA[:-1], out[1:]) if reverse else (dA[0], dA[1:], out[:-1])
+    dw = torch.mm(first.t(), h0)  # (G*H, H)
+    if steps > 1:
+        dw.addmm_(main.reshape((steps - 1) * n, gh).t(), states.reshape((steps - 1) * n, hid))
+    if reverse and sched is not None and sched.short_rows.numel():
+        rows = sched.short_rows
+        dw.addmm_(dA[sched.short_lens - 1, rows].t(), h0[rows])
+    return dw
+
+
 def _weight_grads(
-    dA: Tensor, x: Tensor, prev: Tensor, w_ih: Tensor, needs: tuple[bool, bool, bool, bool]
+    dA: Tensor, x: Tensor, out: Tensor, h0: Tensor, w_ih: Tensor, needs: tuple[bool, bool, bool, bool],
+    reverse: bool, sched: Optional[_Schedule],
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once)."""
     steps, n, gh = dA.shape
@@ -179,7 +222,7 @@ def _weight_grads(
     need_x, need_wih, need_whh, need_b = needs
     dx = torch.mm(a2, w_ih).view(steps, n, w_ih.shape[1]) if need_x else None
     dw_ih = torch.mm(a2.t(), x.reshape(steps * n, -1)) if need_wih else None
-    dw_hh = torch.mm(a2.t(), prev.reshape(steps * n, -1)) if need_whh else None
+    dw_hh = _hh_weight_grad(dA, out, h0, reverse, sched) if need_whh else None
     db = a2.sum(0) if need_b else None
     return dx, dw_ih, dw_hh, db
 
@@ -228,18 +271,19 @@ def _rnn_forward(x, h0, w_ih, w_hh, bias, relu, reverse, sched):
     consts = _Consts(h0)
     prev: Optional[Tensor] = None
     b_prev = n
-    for t in _order(steps, reverse):
-        a = rows[t]  # (b, H)
-        b = a.shape[0]
-        h = _start_state(prev, h0, b_prev, b)
-        a.addmm_(h, w_t)
-        if relu:
-            a.relu_()
-        else:
-            m1, p1, _, _ = consts.rows(b)
-            a.sigmoid_()
-            torch.lerp(m1, p1, a, out=a)
-        prev, b_prev = a, b
+    with _LoopThreads(w_hh.numel() * n):
+        for t in _order(steps, reverse):
+            a = rows[t]  # (b, H)
+            b = a.shape[0]
+            h = _start_state(prev, h0, b_prev, b)
+            a.addmm_(h, w_t)
+            if relu:
+                a.relu_()
+            else:
+                m1, p1, _, _ = consts.rows(b)
+                a.sigmoid_()
+                torch.lerp(m1, p1, a, out=a)
+            prev, b_prev = a, b
     if sched is not None:
         out.mul_(sched.pad_mask(out.dtype))  # padded steps never ran: zero them
     return out
@@ -259,21 +303,28 @@ class _RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_hn):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         reverse, sched = ctx.reverse, ctx.sched
-        steps = out.shape[0]
+        steps, n, _ = out.shape
         dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
-        fac = (out > 0).to(out.dtype) if ctx.relu else 1.0 - out * out  # d act / d pre, (L, N, H)
-        dA = torch.zeros_like(out) if sched is not None else torch.empty_like(out)  # (L, N, H)
+        # dA starts as d act / d pre (relu: 1[h > 0]; tanh: 1 - h^2), then per step dA_t *= dh_t
+        dA = torch.empty_like(out)  # (L, N, H)
+        if ctx.relu:
+            torch.sign(out, out=dA)  # out >= 0
+        else:
+            torch.mul(out, out, out=dA)
+            dA.neg_().add_(1.0)
+        if sched is not None:
+            dA.mul_(sched.pad_mask(dA.dtype))  # padded steps: no gradient
         dh0 = torch.zeros_like(h0)
-        dh_rows, fac_rows, dA_rows = _views(dh, sched), _views(fac, sched), _views(dA, sched)
+        dh_rows, dA_rows = _views(dh, sched), _views(dA, sched)
         tgt = _backward_loop_targets(dh, dh0, reverse, sched)
-        for t in _order(steps, not reverse):
-            torch.mul(dh_rows[t], fac_rows[t], out=dA_rows[t])
-            tgt[t].addmm_(dA_rows[t], w_hh)
+        with _LoopThreads(w_hh.numel() * n):
+            for t in _order(steps, not reverse):
+                a = dA_rows[t]
+                a.mul_(dh_rows[t])
+                tgt[t].addmm_(a, w_hh)
         dh0 = _finish_dh0(dh, dh0, reverse, sched)
-        del fac
-        prev = _prev_states(out, h0, reverse, sched)
         nb = ctx.needs_input_grad
-        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, prev, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]))
+        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched)
         db_ih = db if ctx.has_b[0] and nb[4] else None
         db_hh = db if ctx.has_b[1] and nb[5] else None
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None
@@ -317,30 +368,31 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, reverse, sched, save):
     prev_h: Optional[Tensor] = None
     prev_c: Optional[Tensor] = None
     b_prev = n
-    for t in _order(steps, reverse):
-        a = a_rows[t]  # (b, 4H)
-        b = a.shape[0]
-        m1, p1, m2, p2 = consts.rows(b)
-        h = _start_state(prev_h, h0, b_prev, b)
-        a.addmm_(h, w_t)
-        a.sigmoid_()  # o, i, f, sigmoid(2 a_g)
-        g2 = g_rows[t]
-        torch.lerp(m2, p2, g2, out=g2)  # 2g = 2 tanh(a_g)
-        if save:
-            c_prev = _start_state(prev_c, c0_2, b_prev, b)
-            c, tc = c_rows[t], tc_rows[t]
-            torch.mul(f_rows[t], c_prev, out=c)
-            prev_c = c
-        else:
-            c = c_state[:b] if b < n else c_state
-            tc = tmp[:b] if b < n else tmp
-            c.mul_(f_rows[t])
-        c.addcmul_(i_rows[t], g2)  # 2c
-        torch.sigmoid(c, out=tc)
-        torch.lerp(m1, p1, tc, out=tc)  # tanh(c)
-        h_new = out_rows[t]
-        torch.mul(o_rows[t], tc, out=h_new)
-        prev_h, b_prev = h_new, b
+    with _LoopThreads(w_hh.numel() * n):
+        for t in _order(steps, reverse):
+            a = a_rows[t]  # (b, 4H)
+            b = a.shape[0]
+            m1, p1, m2, p2 = consts.rows(b)
+            h = _start_state(prev_h, h0, b_prev, b)
+            a.addmm_(h, w_t)
+            a.sigmoid_()  # o, i, f, sigmoid(2 a_g)
+            g2 = g_rows[t]
+            torch.lerp(m2, p2, g2, out=g2)  # 2g = 2 tanh(a_g)
+            if save:
+                c_prev = _start_state(prev_c, c0_2, b_prev, b)
+                c, tc = c_rows[t], tc_rows[t]
+                torch.mul(f_rows[t], c_prev, out=c)
+                prev_c = c
+            else:
+                c = c_state[:b] if b < n else c_state
+                tc = tmp[:b] if b < n else tmp
+                c.mul_(f_rows[t])
+            c.addcmul_(i_rows[t], g2)  # 2c
+            torch.sigmoid(c, out=tc)
+            torch.lerp(m1, p1, tc, out=tc)  # tanh(c)
+            h_new = out_rows[t]
+            torch.mul(o_rows[t], tc, out=h_new)
+            prev_h, b_prev = h_new, b
     if save:
         return out, gates, c_all, tc_all
     return out, gates, c_state, None
@@ -376,44 +428,49 @@ class _LSTMFunction(torch.autograd.Function):
         steps, n, hid = out.shape
         w_ih_p, w_hh_p = _roll_gates(w_ih, hid), _roll_gates(w_hh, hid)  # rows o, i, f, g
         o, i, f, g2 = gates.view(steps, n, 4, hid).unbind(2)  # each (L, N, H); g2 = 2g
-        g = 0.5 * g2
-        c_prev = _prev_states(c_all, 2.0 * c0, reverse, sched).mul_(0.5)  # c_{t-1}, (L, N, H)
-        # Factors independent of the recurrence, for all steps at once:
-        #   dA_o = dh * tanh(c) o (1 - o)           dc = dc_next + dh * o (1 - tanh(c)^2)
-        #   dA_i = dc * g i (1 - i)   dA_f = dc * c_prev f (1 - f)   dA_g = dc * i (1 - g^2)
-        #   dc_prev = dc * f
-        fac = torch.empty_like(gates).view(steps, n, 4, hid)  # (L, N, 4, H)
-        torch.mul(tc_all, o * (1.0 - o), out=fac[:, :, 0])
-        torch.mul(g, i * (1.0 - i), out=fac[:, :, 1])
-        torch.mul(c_prev, f * (1.0 - f), out=fac[:, :, 2])
-        torch.mul(i, 1.0 - g * g, out=fac[:, :, 3])
-        del c_prev, g
-        dc_from_h = o * (1.0 - tc_all * tc_all)  # (L, N, H)
+        # dA (L, N, 4, H) first holds the factors that do not depend on the recurrence:
+        #   [o, i, f, g] <- [tanh(c) o (1 - o), g i (1 - i), c_prev f (1 - f), i (1 - g^2)]
+        # and per step becomes dA_o = dh * ., dc = dc_next + dh o (1 - tanh(c)^2),
+        # dA_ifg = dc * ., dc_prev = dc f.
+        dA = torch.empty_like(gates)  # (L, N, 4H)
+        dA4 = dA.view(steps, n, 4, hid)
+        d_o, d_i, d_f, d_g = dA4.unbind(2)
+        torch.mul(o, tc_all, out=d_o)
+        d_o.addcmul_(d_o, o, value=-1.0)
+        torch.mul(i, g2, out=d_i)
+        d_i.addcmul_(d_i, i, value=-1.0).mul_(0.5)
+        c_prev = _prev_states(c_all, 2.0 * c0, reverse, sched)  # 2 c_{t-1}, (L, N, H)
+        torch.mul(f, c_prev, out=d_f)
+        del c_prev
+        d_f.addcmul_(d_f, f, value=-1.0).mul_(0.5)
+        torch.mul(g2, g2, out=d_g)
+        d_g.mul_(-0.25).add_(1.0).mul_(i)
+        if sched is not None:  # padded steps: no gradient (tanh(c) there is uninitialised)
+            dA4.masked_fill_(sched.pad_mask(dA.dtype).unsqueeze(-1) == 0, 0.0)
+        dc_from_h = torch.mul(tc_all, tc_all).neg_().add_(1.0).mul_(o)  # o (1 - tanh(c)^2), (L, N, H)
         dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
         dc = grad_cn.clone()  # (N, H), running dLoss/dc
         dh0 = torch.zeros_like(h0)
-        dA = torch.zeros_like(gates) if sched is not None else torch.empty_like(gates)  # (L, N, 4H)
-        dA4 = dA.view(steps, n, 4, hid)
         dA_o, dA_ifg = _views(dA4[:, :, 0], sched), _views(dA4[:, :, 1:], sched)
-        fac_o, fac_ifg = _views(fac[:, :, 0], sched), _views(fac[:, :, 1:], sched)
         dA_rows, dh_rows = _views(dA, sched), _views(dh, sched)
         dcf_rows, f_rows = _views(dc_from_h, sched), _views(f, sched)
         tgt = _backward_loop_targets(dh, dh0, reverse, sched)
         dc_u = dc.unsqueeze(1)  # (N, 1, H) view of the running dc
-        for t in _order(steps, not reverse):
-            d = dh_rows[t]
-            b = d.shape[0]
-            dcb, dcb_u = (dc, dc_u) if b == n else (dc[:b], dc_u[:b])
-            torch.mul(d, fac_o[t], out=dA_o[t])
-            dcb.addcmul_(d, dcf_rows[t])
-            torch.mul(fac_ifg[t], dcb_u, out=dA_ifg[t])
-            dcb.mul_(f_rows[t])
-            tgt[t].addmm_(dA_rows[t], w_hh_p)
+        with _LoopThreads(w_hh.numel() * n):
+            for t in _order(steps, not reverse):
+                d = dh_rows[t]
+                b = d.shape[0]
+                dcb, dcb_u = (dc, dc_u) if b == n else (dc[:b], dc_u[:b])
+                dA_o[t].mul_(d)
+                dcb.addcmul_(d, dcf_rows[t])
+                dA_ifg[t].mul_(dcb_u)
+                dcb.mul_(f_rows[t])
+                tgt[t].addmm_(dA_rows[t], w_hh_p)
         dh0 = _finish_dh0(dh, dh0, reverse, sched)
-        del fac, dc_from_h
-        prev = _prev_states(out, h0, reverse, sched)
+        del dc_from_h
         nb = ctx.needs_input_grad
-        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, prev, w_ih_p, (nb[0], nb[3], nb[4], nb[5] or nb[6]))
+        needs = (nb[0], nb[3], nb[4], nb[5] or nb[6])
+        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, out, h0, w_ih_p, needs, reverse, sched)
         db = _unroll_gates(db, hid)
         return (
             dx,
@@ -475,24 +532,25 @@ def _gru_forward(x, h0, weights, reverse, sched, save):
     consts = _Consts(h0)
     prev_h: Optional[Tensor] = None
     b_prev = n
-    for t in _order(steps, reverse):
-        rz = rz_rows[t]  # (b, 2H)
-        b = rz.shape[0]
-        m1, p1, _, _ = consts.rows(b)
-        h = _start_state(prev_h, h0, b_prev, b)
-        hn = hn_rows[t] if save else (hn_all[:b] if b < n else hn_all)
-        rz.addmm_(h, w_rz_t)
-        if b_hn is None:
-            torch.mm(h, w_n_t, out=hn)
-        else:
-            torch.addmm(b_hn, h, w_n_t, out=hn)
-        rz.sigmoid_()
-        nn_ = n_rows[t]
-        nn_.addcmul_(r_rows[t], hn).sigmoid_()  # sigmoid(2 a_n)
-        torch.lerp(m1, p1, nn_, out=nn_)  # n = tanh(a_n)
-        h_new = out_rows[t]
-        torch.lerp(nn_, h, z_rows[t], out=h_new)  # n + z (h - n)
-        prev_h, b_prev = h_new, b
+    with _LoopThreads((w_rz.numel() + w_n.numel()) * n):
+        for t in _order(steps, reverse):
+            rz = rz_rows[t]  # (b, 2H)
+            b = rz.shape[0]
+            m1, p1, _, _ = consts.rows(b)
+            h = _start_state(prev_h, h0, b_prev, b)
+            hn = hn_rows[t] if save else (hn_all[:b] if b < n else hn_all)
+            rz.addmm_(h, w_rz_t)
+            if b_hn is None:
+                torch.mm(h, w_n_t, out=hn)
+            else:
+                torch.addmm(b_hn, h, w_n_t, out=hn)
+            rz.sigmoid_()
+            nn_ = n_rows[t]
+            nn_.addcmul_(r_rows[t], hn).sigmoid_()  # sigmoid(2 a_n)
+            torch.lerp(m1, p1, nn_, out=nn_)  # n = tanh(a_n)
+            h_new = out_rows[t]
+            torch.lerp(nn_, h, z_rows[t], out=h_new)  # n + z (h - n)
+            prev_h, b_prev = h_new, b
     return out, gates, hn_all if save else None
 
 
@@ -515,34 +573,41 @@ class _GRUFunction(torch.autograd.Function):
         steps, n, hid = out.shape
         r, z, nn_ = gates.view(steps, n, 3, hid).unbind(2)  # each (L, N, H)
         prev = _prev_states(out, h0, reverse, sched)  # h_{t-1}, (L, N, H)
-        # dA layout (L, N, 4, H): [dn, dz, dr, dhn] with, per step,
+        # dA layout (L, N, 4, H): [dn, dz, dr, dhn]. It first holds the factors that do not
+        # depend on the recurrence, then is multiplied in place per step:
         #   [dn, dz] = dh * [(1 - z)(1 - n^2), (h_prev - n) z (1 - z)]
         #   [dr, dhn] = dn * [hn r (1 - r), r]          dh_prev = [dz, dr, dhn] W_hh(z, r, n) + dh z
-        fac = torch.empty((steps, n, 4, hid), dtype=out.dtype, device=out.device)
-        torch.mul(1.0 - z, 1.0 - nn_ * nn_, out=fac[:, :, 0])
-        torch.mul(prev - nn_, z * (1.0 - z), out=fac[:, :, 1])
-        torch.mul(hn2_all, (0.5 * r) * (1.0 - r), out=fac[:, :, 2])
-        fac[:, :, 3] = r
+        dA = torch.empty((steps, n, 4, hid), dtype=out.dtype, device=out.device)
+        d_n, d_z, d_r, d_hn = dA.unbind(2)
+        torch.mul(nn_, nn_, out=d_n)
+        d_n.neg_().add_(1.0)
+        d_n.addcmul_(d_n, z, value=-1.0)  # (1 - n^2)(1 - z)
+        torch.sub(prev, nn_, out=d_z)
+        d_z.mul_(z)
+        d_z.addcmul_(d_z, z, value=-1.0)  # (h_prev - n) z (1 - z)
+        torch.mul(hn2_all, r, out=d_r)
+        d_r.addcmul_(d_r, r, value=-1.0).mul_(0.5)  # hn r (1 - r)
+        d_hn.copy_(r)
+        if sched is not None:  # padded steps: no gradient (hn there is uninitialised)
+            dA.masked_fill_(sched.pad_mask(dA.dtype).unsqueeze(-1) == 0, 0.0)
         dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
         dh0 = torch.zeros_like(h0)
-        dA = torch.zeros_like(fac) if sched is not None else torch.empty_like(fac)  # (L, N, 4, H)
         w_zrn = torch.cat((w_hh[hid : 2 * hid], w_hh[:hid], w_hh[2 * hid :]))  # (3H, H) rows z, r, n
         dh_u = dh.unsqueeze(2)  # (L, N, 1, H)
         dn_u = dA[:, :, 0:1]  # (L, N, 1, H)
         dh_rows, dhu_rows, dnu_rows = _views(dh, sched), _views(dh_u, sched), _views(dn_u, sched)
-        fac_nz, fac_rh = _views(fac[:, :, 0:2], sched), _views(fac[:, :, 2:4], sched)
         dA_nz, dA_rh = _views(dA[:, :, 0:2], sched), _views(dA[:, :, 2:4], sched)
         dA_hh = _views(dA.view(steps, n, 4 * hid)[:, :, hid:], sched)
         z_rows = _views(z, sched)
         tgt = _backward_loop_targets(dh, dh0, reverse, sched)
-        for t in _order(steps, not reverse):
-            torch.mul(fac_nz[t], dhu_rows[t], out=dA_nz[t])
-            torch.mul(fac_rh[t], dnu_rows[t], out=dA_rh[t])
-            tt = tgt[t]
-            tt.addmm_(dA_hh[t], w_zrn)
-            tt.addcmul_(dh_rows[t], z_rows[t])
+        with _LoopThreads(w_hh.numel() * n):
+            for t in _order(steps, not reverse):
+                dA_nz[t].mul_(dhu_rows[t])
+                dA_rh[t].mul_(dnu_rows[t])
+                tt = tgt[t]
+                tt.addmm_(dA_hh[t], w_zrn)
+                tt.addcmul_(dh_rows[t], z_rows[t])
         dh0 = _finish_dh0(dh, dh0, reverse, sched)
-        del fac
         nb = ctx.needs_input_grad
         a2 = dA.view(steps * n, 4 * hid)
         dx = dw_ih = dw_hh = db_ih = db_hh = None
