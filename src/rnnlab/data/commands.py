@@ -27,15 +27,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="cache folder (default $RNNLAB_CACHE or ~/.cache/rnnlab)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--max-words", type=int, default=20000, help="vocabulary size without padding (default 20000)")
-    p.add_argument("--min-freq", type=int, default=1)
+    p.add_argument("--min-freq", type=int, default=1, help="rarer words map to <unk> (default 1)")
     p.add_argument("--max-len", type=int, default=200, help="tokens kept per text (default 200)")
-    p.add_argument("--truncate", choices=("head", "tail"), default="head")
-    p.add_argument("--val-fraction", type=float, default=0.0)
-    p.add_argument("--val-split", choices=("group", "random"), default="group")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--group-column", default=None)
+    p.add_argument("--truncate", choices=("head", "tail"), default="head", help="keep the first or last tokens")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="validation share carved from train")
+    p.add_argument("--val-split", choices=("group", "random"), default="group",
+                   help="IMDB: by movie (default) or at random, stratified by label")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits")
+    p.add_argument("--text-column", default="text", help="own data: text column (default text)")
+    p.add_argument("--label-column", default="label", help="own data: label column (default label)")
+    p.add_argument("--group-column", default=None, help="own data: split by this column's groups")
     p.set_defaults(func=inspect_command)
 
 
@@ -48,7 +49,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         ds = load_dataset(args.data, test=args.test, cache_dir=args.cache_dir, val_fraction=args.val_fraction,
                           val_split=args.val_split, seed=args.seed, progress=not args.json,
                           text_column=args.text_column, label_column=args.label_column,
-                          group_column=args.group_column)
+                          group_column=args.group_column, use_cache=not args.no_cache)
         t1 = time.perf_counter()
         enc = encode_dataset(ds, max_words=args.max_words, min_freq=args.min_freq, max_len=args.max_len,
                              truncate=args.truncate, cache_dir=args.cache_dir, progress=not args.json,

@@ -26,7 +26,7 @@ def is_imdb_path(path: str | os.PathLike | None) -> bool:
 def load_dataset(path: str | os.PathLike | None = None, *, test: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.0, val_split: str = "group",
                  seed: int = 0, progress: bool = True, text_column: str = "text", label_column: str = "label",
-                 group_column: str | None = None, test_fraction: float = 0.2) -> TextDataset:
+                 group_column: str | None = None, test_fraction: float = 0.2, use_cache: bool = True) -> TextDataset:
     """:func:`load_imdb` for IMDB paths (see :func:`is_imdb_path`), else :func:`load_text_dataset`.
 
     For your own files the test and validation splits are grouped by ``group_column`` when it is
@@ -37,7 +37,7 @@ def load_dataset(path: str | os.PathLike | None = None, *, test: str | os.PathLi
                         "an aclImdb/ folder, a .csv, .tsv or .jsonl file, or a folder with one subfolder per label")
     if test is None and is_imdb_path(path):
         return load_imdb(path, cache_dir=cache_dir, val_fraction=val_fraction, val_split=val_split, seed=seed,
-                         progress=progress)
+                         progress=progress, use_cache=use_cache)
     assert path is not None
     return load_text_dataset(path, test, text_column=text_column, label_column=label_column,
                              test_fraction=test_fraction, val_fraction=val_fraction,
