@@ -193,3 +193,27 @@ def test_epoch_watcher_reports_new_epochs(tmp_path):
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
     assert seen == [1]
+
+
+def test_a_failed_run_is_reported_and_the_rest_continue(tmp_path, monkeypatch):
+    from rnnlab.train import TrainingError
+
+    suite = write_suite(tmp_path / "presets")
+    real = compare_mod.train_and_evaluate
+
+    def train(config, run_dir, **kw):
+        if config.name == "tiny_gru":
+            run_dir.mkdir(parents=True)
+            (run_dir / "run.json").write_text(json.dumps({"status": "failed", "name": "tiny_gru", "seed": 7,
+                                                          "epochs": 2, "epochs_completed": 0}))
+            raise TrainingError("non-finite loss at step 3")
+        return real(config, run_dir, **kw)
+
+    monkeypatch.setattr(compare_mod, "train_and_evaluate", train)
+    result = run_comparison(suite, tmp_path / "out", data=tiny_dataset(), progress=False, baseline=False,
+                            cache_dir=tmp_path / "c")
+    assert [(p.relative_to(tmp_path / "out").as_posix(), why) for p, why in result.failed] == [
+        ("tiny_gru/seed0", "non-finite loss at step 3")]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| `tiny_gru` | 1 incomplete |" in md and "| `tiny_rnn` | 1 |" in md
+    assert "seed 7: status 'failed', 0 of 2 epochs done" in md

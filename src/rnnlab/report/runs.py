@@ -148,14 +148,16 @@ def read_run(path: Path) -> RunRecord:
     num_params = int(num_params) if _is_number(num_params) else None
 
     rows, rows_problem = read_metrics_rows(path / "metrics.jsonl")
-    if problem is None and rows_problem is not None:
-        problem = rows_problem
     if problem is None and status != "complete":
         problem = f"status {status!r}, {len(rows)} of {epochs if epochs is not None else '?'} epochs done"
+        if rows_problem is not None:
+            problem += f" ({rows_problem})"
+    if problem is None and rows_problem is not None:
+        problem = rows_problem
     if problem is None:
         done = info.get("epochs_completed")
         # A run stopped early on purpose is complete with fewer epochs than planned.
-        early_stopped = bool(config.get("early_stopping")) and _is_number(done)
+        early_stopped = _is_number(done) and bool(info.get("stopped_early") or config.get("early_stopping"))
         needed = int(done) if early_stopped else epochs
         if needed is None:
             problem = "run.json does not say how many epochs the run has"
