@@ -144,7 +144,12 @@ def test_eta_uses_measured_epochs():
     eta.add("b", [{"epoch_seconds": 3.0}])
     secs, how = eta.estimate([("a", 2), ("c", 4)])
     assert secs == pytest.approx(2 * 11.0 + 4 * (11.0 + 3.0) / 2)  # c: the mean of the measured medians
-    assert how == "from 4 measured epochs; 1 experiment(s) not measured yet, assumed at the average speed"
+    assert how == ("from 4 measured epochs, training passes only; 1 experiment(s) not measured yet, "
+                   "assumed at the average speed")
+    eta.add_call(45.0, [{"epoch_seconds": 10.0}, {"epoch_seconds": 14.0}, {"epoch_seconds": 11.0}])
+    secs2, how = eta.estimate([("a", 2), ("c", 4)])
+    assert secs2 == pytest.approx(secs * 45 / 35)
+    assert how.startswith("from 4 measured epochs, x1.29 for evaluation and set-up;")
 
 
 def test_compare_cli_on_a_csv_file(tmp_path, capsys):
@@ -176,7 +181,8 @@ def test_progress_names_experiment_seed_and_time_left(tmp_path):
     assert "[1/2] tiny_gru seed 7 (gru, impl torch, 2 epochs)" in text
     assert "time left: unknown (no epoch measured yet)" in text
     assert "[2/2] tiny_rnn seed 7 (rnn, impl rnnlab, 2 epochs)" in text
-    assert "left (from 2 measured epochs; 1 experiment(s) not measured yet, assumed at the average speed)" in text
+    assert "left (from 2 measured epochs, x" in text
+    assert "for evaluation and set-up; 1 experiment(s) not measured yet, assumed at the average speed)" in text
 
 
 def test_epoch_watcher_reports_new_epochs(tmp_path):

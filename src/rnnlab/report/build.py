@@ -65,7 +65,8 @@ def render_markdown(summaries: list[ExperimentSummary], sources: list[str], titl
         "optimistic figure, shown because the original reported it. Values are mean ± sample standard "
         "deviation (ddof = 1) over seeds. *original*: the single-seed result of the original assignment; "
         "*Δ final*: mean final accuracy minus the original's, in percentage points. *s/epoch*: median "
-        "wall-clock seconds per epoch (training and test evaluation).\n",
+        "wall-clock seconds of an epoch's training pass (`epoch_seconds` in metrics.jsonl; evaluation not "
+        "included), over all epochs and seeds.\n",
     ]
     baselines = _baseline_lines(summaries)
     if baselines:

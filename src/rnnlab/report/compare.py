@@ -188,6 +188,13 @@ class _Eta:
 
     def __init__(self) -> None:
         self.seconds: dict[str, dict[str, list[float]]] = {}  # experiment -> run -> epoch seconds
+        self.wall = 0.0  # wall-clock seconds of the finished train_and_evaluate calls
+        self.trained = 0.0  # the epoch_seconds (training passes only) of those calls
+
+    def add_call(self, wall: float, rows_trained: Iterable[Mapping[str, Any]]) -> None:
+        """Record a finished call: the ratio wall / training time covers evaluation and set-up."""
+        self.wall += wall
+        self.trained += sum(float(r.get("epoch_seconds") or 0.0) for r in rows_trained)
 
     def add(self, name: str, rows: Iterable[Mapping[str, Any]], run: str = "") -> None:
         """Record (or replace) the epoch times of one run of experiment ``name``."""
@@ -207,6 +214,12 @@ class _Eta:
         guessed = {n for n, e in pending if n not in medians and e > 0}
         total = sum(e * medians.get(n, fallback) for n, e in pending)
         how = f"from {sum(len(v) for v in per_name.values())} measured epochs"
+        if self.trained > 0 and self.wall > self.trained:
+            factor = self.wall / self.trained
+            total *= factor
+            how += f", x{factor:.2f} for evaluation and set-up"
+        else:
+            how += ", training passes only"
         if guessed:
             how += f"; {len(guessed)} experiment(s) not measured yet, assumed at the average speed"
         return total, how
@@ -345,6 +358,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
         try:
             data_c = provider.encoded(c)
+            t_call = time.perf_counter()
             with _EpochWatcher(run.run_dir / "metrics.jsonl", on_epoch) if progress else nullcontext():
                 rows = train_and_evaluate(c, run.run_dir, data=data_c, resume=run.state == "resume",
                                           progress=progress)
@@ -361,6 +375,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
             continue
         result.trained.append(run.run_dir)
         eta.add(c.name, rows, str(run.run_dir))
+        eta.add_call(time.perf_counter() - t_call, rows[run.done_epochs:])
 
     if baseline and configs:
         result.baseline = _run_baseline(configs[0], provider, out, log)

@@ -146,7 +146,7 @@ def plot_epoch_seconds(summaries: list[ExperimentSummary]) -> Figure:
     _barh(ax, [s.name for _, s in rows], values, [0.0] * len(rows), [_color(i) for i, _ in rows], ".1f")
     if values:
         ax.set_xlim(0, max(values) * 1.15)
-    ax.set_xlabel("seconds per epoch (median over epochs and seeds, train + test evaluation)")
+    ax.set_xlabel("seconds per epoch, training pass (median over epochs and seeds)")
     ax.set_title("Training time per epoch")
     return fig
 
