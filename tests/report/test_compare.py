@@ -66,6 +66,7 @@ def test_compare_writes_runs_table_csv_and_plots(done):
     assert float(rows["nbsvm_bigram"]["final_test_acc_mean"]) > 0.95
     md = (out / "results.md").read_text()
     assert "| `tiny_gru` | 2 |" in md and "| `nbsvm_bigram` | 1 |" in md
+    assert f"- `rnnlab compare --preset {suite} --seeds 2`: started " in md and "logical cores" in md
 
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,10 +18,10 @@ import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any, Iterable, Mapping, TextIO
 
 from rnnlab import __version__
@@ -29,7 +29,7 @@ from rnnlab.report._io import write_json
 from rnnlab.report.baseline import BASELINE_NAME, nbsvm, write_baseline_run
 from rnnlab.report.build import Report, write_report
 from rnnlab.report.runs import ReportError, read_metrics_rows
-from rnnlab.train import Config, load_suite, train_and_evaluate
+from rnnlab.train import Config, TrainingError, load_suite, train_and_evaluate
 from rnnlab.train.config import config_from_toml
 from rnnlab.train.runner import RESUME_MUTABLE, data_source
 
@@ -321,7 +321,8 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         manifest["experiments"] = list(dict.fromkeys([*manifest.get("experiments", []), *names]))
     manifest["invocations"] = [*manifest.get("invocations", []), {
         "started": now, "preset": str(preset), "seeds": seeds, "only": list(only or []),
-        "overrides": overrides if isinstance(overrides, dict) else list(overrides), "baseline": baseline}]
+        "overrides": overrides if isinstance(overrides, dict) else list(overrides), "baseline": baseline,
+        "machine": _machine()}]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MANIFEST, manifest)
 
@@ -336,6 +337,8 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         else:
             pending.append(run)
     n_done = len(result.skipped)
+    if baseline and configs:  # first: it takes seconds and shows at once where the models must get to
+        result.baseline = _run_baseline(configs[0], provider, out, log)
     log(f"compare: {len(plan)} runs ({len(configs)} experiments x {seeds} seed(s)) into {out}; "
         f"{n_done} complete already, {len(pending)} to run")
 
@@ -365,11 +368,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         except KeyboardInterrupt:
             log(f"\ncompare: interrupted; run the same command again to resume ({run.run_dir})")
             raise
-        except Exception as err:  # noqa: BLE001 - one failed run must not stop the comparison
-            from rnnlab.train import TrainingError
-
-            if not isinstance(err, TrainingError):
-                raise
+        except TrainingError as err:  # one failed run (non-finite loss) must not stop the comparison
             result.failed.append((run.run_dir, str(err)))
             log(f"compare: {c.name} seed {c.seed} failed: {err} (reported as incomplete; continuing)")
             continue
@@ -377,10 +376,8 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         eta.add(c.name, rows, str(run.run_dir))
         eta.add_call(time.perf_counter() - t_call, rows[run.done_epochs:])
 
-    if baseline and configs:
-        result.baseline = _run_baseline(configs[0], provider, out, log)
-
-    manifest["invocations"][-1]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["invocations"][-1].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                       seconds=round(time.perf_counter() - start, 1))
     write_json(out / MANIFEST, manifest)
     result.report = write_report([out], out, order=manifest["experiments"], intro=_intro(manifest))
     result.seconds = time.perf_counter() - start
@@ -388,6 +385,23 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         f"{len(result.skipped)} already complete, {len(result.failed)} failed); "
         f"report: {out / 'results.md'}")
     return result
+
+
+def _machine() -> str:
+    """One line describing where the comparison ran (CPU, cores, torch, its threads, GPU if any)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}")
 
 
 def _intro(manifest: Mapping[str, Any]) -> str:
@@ -402,8 +416,10 @@ def _intro(manifest: Mapping[str, Any]) -> str:
         opts += [f"--set {k}={v}" for k, v in items]
         if not inv.get("baseline", True):
             opts.append("--no-baseline")
-        state = f"finished {inv['finished']}" if inv.get("finished") else "did not finish"
-        lines.append(f"- `rnnlab compare {' '.join(opts)}`: started {inv.get('started')}, {state}")
+        state = (f"finished {inv['finished']} ({_fmt_duration(inv.get('seconds', 0))})" if inv.get("finished")
+                 else "did not finish")
+        lines.append(f"- `rnnlab compare {' '.join(opts)}`: started {inv.get('started')}, {state}; "
+                     f"{inv.get('machine', 'machine not recorded')}")
     return "Produced by:\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
