@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,6 +79,16 @@ def render_markdown(summaries: list[ExperimentSummary], sources: list[str], titl
     return "\n".join(parts)
 
 
+def _comparison_order(folder: Path) -> list[str]:
+    """The experiment order recorded in ``folder/compare.json`` (empty when there is none)."""
+    try:
+        manifest = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
+        names = manifest.get("experiments", []) if isinstance(manifest, dict) else []
+        return [str(n) for n in names] if isinstance(names, list) else []
+    except (OSError, ValueError):
+        return []
+
+
 def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
                  order: list[str] | None = None, title: str = "rnnlab comparison", intro: str = "") -> Report:
     """Discover the run directories under ``paths``, aggregate them and write the report into ``out_dir``.
@@ -89,6 +100,8 @@ def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file; expected a folder for results.md, results.csv and the plots")
     runs = [read_run(p) for p in discover_runs(list(paths))]
+    if order is None:  # a comparison folder knows its suite's order
+        order = [n for p in paths for n in _comparison_order(Path(p))] or None
     summaries = summarize(runs, order=order)
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(summaries, [str(p) for p in paths], title=title, intro=intro)
