@@ -15,6 +15,8 @@ def test_real_imdb_counts_vocabulary_and_cache(imdb_archive: Path, tmp_path: Pat
     assert (len(ds.train), len(ds.test)) == (25000, 25000)
     assert ds.train.label_counts() == [12500, 12500] and ds.test.label_counts() == [12500, 12500]
     assert {m["rating"] for m in ds.train.meta} == {1, 2, 3, 4, 7, 8, 9, 10}
+    train_movies, test_movies = ({m["group"] for m in s.meta} for s in (ds.train, ds.test))
+    assert (len(train_movies), len(test_movies), len(train_movies & test_movies)) == (3456, 3581, 1)  # README
     data = encode_dataset(ds, cache_dir=cache, progress=False)
     assert len(data.vocab) == 20001 and data.vocab.itos[:5] == ["<pad>", "<unk>", "the", "and", "a"]
     assert data.train.ids.shape == (25000, 200) and int(data.train.lengths.min()) >= 1
