@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rnnlab.train import Config, predict, train_and_evaluate
-
-
-def _fastest_impl() -> str:
-    """``rnnlab`` once a fast CPU kernel for the LSTM exists, else torch.nn (fastest today)."""
-    from rnnlab.kernels import layer_function
-
-    fast = layer_function("lstm", torch.device("cpu"), torch.float32, has_lengths=True, has_proj=False,
-                          training=True)
-    return "rnnlab" if fast is not None else "torch"
 
 
 @pytest.mark.slow
 def test_one_epoch_default_lstm_beats_75_percent(imdb_archive, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
-    config = Config(epochs=1, impl=_fastest_impl(), data=str(imdb_archive))
+    # The default model and recipe; impl torch is the same model (parity-tested) and today the fastest on
+    # one CPU thread (44 s vs 65 s per epoch). CPU training is deterministic: seed 0 gives 0.754 with the
+    # pinned torch (seeds 0/1 gave 0.754/0.770; one epoch is early in training, seeds spread about 2 points).
+    config = Config(epochs=1, impl="torch", data=str(imdb_archive))
     rows = train_and_evaluate(config, tmp_path / "run", progress=False)
     assert len(rows) == 1 and rows[0]["test_acc"] > 0.75, rows
     info = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -32,8 +32,8 @@ def _assert_same_weights(a, b):
 
 
 def test_learns_and_writes_the_run_directory(tmp_path, tiny_data, capsys):
-    rows = train_and_evaluate(tiny_config(epochs=4), tmp_path / "run", data=tiny_data, progress=False)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    rows = train_and_evaluate(tiny_config(epochs=5), tmp_path / "run", data=tiny_data, progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
     assert rows[-1]["test_acc"] > 0.9
     run = tmp_path / "run"
@@ -45,7 +45,7 @@ def test_learns_and_writes_the_run_directory(tmp_path, tiny_data, capsys):
                             "examples_per_second", "lr"}
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["format"] == FORMAT
-    assert (info["epochs_completed"], info["epochs"], info["seed"], info["name"]) == (4, 4, 0, "tiny")
+    assert (info["epochs_completed"], info["epochs"], info["seed"], info["name"]) == (5, 5, 0, "tiny")
     assert info["num_params"] == sum(p.numel() for p in _weights(run).values())
     out = capsys.readouterr().out
     for r in rows:
@@ -53,8 +53,8 @@ def test_learns_and_writes_the_run_directory(tmp_path, tiny_data, capsys):
         assert f"Test set: Average loss: {r['test_loss']:.4f}, Accuracy: {r['test_acc']:.4f}" in out
     log = (run / "train.log").read_text()
     assert log.startswith(f"vocab_size: {len(tiny_data.vocab)}\nImdbNet(\n  (embedding): Embedding(")
-    assert len(re.findall(r"^Train Epoch: \d Loss: \d\.\d{6} Acc: \d\.\d{6}$", log, re.M)) == 4
-    assert len(re.findall(r"^Test set: Average loss: \d\.\d{4}, Accuracy: \d\.\d{4}$", log, re.M)) == 4
+    assert len(re.findall(r"^Train Epoch: \d Loss: \d\.\d{6} Acc: \d\.\d{6}$", log, re.M)) == 5
+    assert len(re.findall(r"^Test set: Average loss: \d\.\d{4}, Accuracy: \d\.\d{4}$", log, re.M)) == 5
     assert "Parameters: " in out
 
 

@@ -86,7 +86,7 @@ class Config:
     min_freq: int = 1
     max_len: int = 200
     truncate: str = "tail"
-    bucket: bool = False
+    bucket: bool = True
     val_fraction: float = 0.0
     val_split: str = "group"
     early_stopping: int = 0
