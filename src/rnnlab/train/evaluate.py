@@ -63,7 +63,7 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "auto", device: st
         raise RunDirError(f"{run_dir / 'vocab.json'} has {len(vocab)} ids but {path} was trained with "
                           f"{ckpt.get('vocab_size')}")
     # Inference keeps the architecture but may use any implementation: the weights are interchangeable.
-    dev = select_device(device or config.device)
+    dev = select_device(device or "auto")  # not config.device: the run may come from another machine
     model = build_model(config, len(vocab), len(label_names))
     load_model_state(model, ckpt["model"], path)
     model.to(dev).eval()

@@ -398,6 +398,7 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
             raise RunDirError(f"cannot resume {run_dir} with epochs={config.epochs}: it has {done} epochs completed")
         if done == config.epochs or (ckpt.get("stopped_early") and info.get("epochs") == config.epochs):
             rows = read_metrics(run_dir)
+            print(f"{run_dir}: already complete ({done} epochs); nothing to train")
             if info.get("status") != "complete":
                 info.update(status="complete", epochs=config.epochs)
                 info.pop("error", None)
