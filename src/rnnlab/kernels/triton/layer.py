@@ -127,6 +127,7 @@ def _launch_config(batch: int, hidden: int, gates: int, dtype: torch.dtype) -> d
     )
     if not interpreting():
         kwargs["num_warps"] = _NUM_WARPS or (4 if block_h <= 64 else 8)
+        kwargs["num_stages"] = 1  # the time loop is a dependency chain: multi-buffered W loads only cost shared memory
     return kwargs
 
 
