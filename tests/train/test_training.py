@@ -14,7 +14,7 @@ from rnnlab.train import (FORMAT, RunDirError, TrainingError, evaluate_run, pred
 
 from train_helpers import tiny_config
 
-TIMING = ("epoch_seconds", "examples_per_second")
+TIMING = ("epoch_seconds", "examples_per_second", "eval_seconds")
 
 
 def _values(rows):
@@ -42,7 +42,7 @@ def test_learns_and_writes_the_run_directory(tmp_path, tiny_data, capsys):
          "vocab.json"])
     assert read_metrics(run) == rows
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
-                            "examples_per_second", "lr"}
+                            "examples_per_second", "eval_seconds", "lr"}
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["format"] == FORMAT
     assert (info["epochs_completed"], info["epochs"], info["seed"], info["name"]) == (5, 5, 0, "tiny")

@@ -470,11 +470,13 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             row = _train_epoch(model, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress)
+            eval_start = time.perf_counter()
             test = run_eval(model, data.test, config, device)
             row.update(test_loss=test["loss"], test_acc=test["acc"])
             if data.val is not None:
                 val = run_eval(model, data.val, config, device)
                 row.update(val_loss=val["loss"], val_acc=val["acc"])
+            row["eval_seconds"] = time.perf_counter() - eval_start
             row = {"epoch": epoch, **{k: row[k] for k in row if k != "epoch"}}
             history.append(row)
             log(f"Train Epoch: {epoch} Loss: {row['train_loss']:.6f} Acc: {row['train_acc']:.6f}")
