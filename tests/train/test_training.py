@@ -157,6 +157,11 @@ def test_incompatible_format_is_refused(tmp_path, tiny_data):
         train_and_evaluate(tiny_config(), run, data=tiny_data, resume=True, progress=False)
     with pytest.raises(RunDirError, match=message):
         predict(run, ["good film"])
+    info["format"] = FORMAT
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "tokenizer.json").write_text('{"type": "Tokenizer", "version": "words-0", "lower": true}')
+    with pytest.raises(RunDirError, match=r"cannot use its vocabulary/tokenizer: .*version 'words-0'"):
+        evaluate_run(run, data=tiny_data)
 
 
 def test_checkpoint_not_matching_the_config(tmp_path, tiny_data):

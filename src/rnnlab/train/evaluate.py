@@ -19,8 +19,8 @@ import torch
 
 from rnnlab.models import RNNClassifier, build_model
 from rnnlab.train.config import Config, config_from_toml
-from rnnlab.train.runner import (RunDirError, _load_checkpoint, load_data, load_model_state, read_json,
-                                 read_run_info, run_eval, select_device)
+from rnnlab.train.runner import (RunDirError, _load_checkpoint, load_model_state, read_json, read_run_info,
+                                 run_eval, select_device)
 
 
 @dataclass
@@ -56,8 +56,11 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "auto", device: st
     for name in ("vocab.json", "tokenizer.json"):
         if not (run_dir / name).exists():
             raise RunDirError(f"{run_dir / name} not found: the run directory is incomplete")
-    vocab = Vocabulary.load(run_dir / "vocab.json")
-    tokenizer = Tokenizer.from_dict(read_json(run_dir / "tokenizer.json"))
+    try:
+        vocab = Vocabulary.load(run_dir / "vocab.json")
+        tokenizer = Tokenizer.from_dict(read_json(run_dir / "tokenizer.json"))
+    except (ValueError, KeyError, TypeError) as err:  # another version's files, or damaged ones
+        raise RunDirError(f"{run_dir}: cannot use its vocabulary/tokenizer: {err}") from None
     label_names = list(ckpt.get("label_names") or info.get("label_names") or [])
     if len(vocab) != ckpt.get("vocab_size"):
         raise RunDirError(f"{run_dir / 'vocab.json'} has {len(vocab)} ids but {path} was trained with "
