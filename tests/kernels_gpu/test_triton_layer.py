@@ -143,9 +143,10 @@ def test_bfloat16_smoke_parity(mode, device):
         torch.testing.assert_close(g.float(), w, atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_streamed_weights_equal_resident_weights(mode, device, monkeypatch):
-    """W_hh kept on chip for the whole loop or re-read every step: the same numbers."""
+    """W_hh kept on chip for the whole loop or streamed one gate tile per step through the
+    scratch: the same numbers."""
     steps, batch, h_in, hidden = 4, 2, 3, 16
     m = _torch_module(mode, h_in, hidden, True, device)
     x, h0, c0 = _inputs(mode, steps, batch, h_in, hidden, device)
@@ -185,6 +186,9 @@ def test_unsupported_calls_fall_back_to_the_generic_paths(device):
     got = triton_layer("rnn_tanh", x, h0, None, w_ih, w_hh, None, None, None, False, None)
     want = functional.fused_layer("rnn_tanh", x, h0, None, w_ih, w_hh, None, None, None, False, None)
     torch.testing.assert_close(got[0], want[0])
+    # shared memory: one W_hh tile must fit (float32 H=256 would need 272 KiB on sm_90)
+    assert tl_layer._fits(128, torch.float32) and tl_layer._fits(256, torch.bfloat16)
+    assert not tl_layer._fits(256, torch.float32) and not tl_layer._fits(257, torch.bfloat16)
     w_hr = torch.randn(2, 4, device=device)
     assert not tl_layer.supports("lstm", x.float(), torch.randn(16, 2, device=device), w_hr)
 

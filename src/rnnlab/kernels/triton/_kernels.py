@@ -4,7 +4,9 @@ Grid: one program per block of ``BLOCK_N`` batch rows. A program keeps its rows'
 ``h`` (and ``c``) in registers in float32 for all ``L`` steps; per step it loads the precomputed
 input gates ``gi[t] = x_t W_ih^T + b`` (one cuBLAS GEMM outside), adds ``h W_hk^T`` for each
 gate ``k`` with ``tl.dot`` (the ``(H, H)`` tiles of ``W_hh`` are loaded once before the time
-loop when they fit on chip, ``W_RESIDENT``, else re-read from L2 every step), applies the gate
+loop when they fit on chip, ``W_RESIDENT``; else they are streamed from L2 every step, one gate
+tile at a time through a runtime loop whose products go through an ``(N, G*H)`` float32 scratch
+and a CTA barrier, so that shared memory holds one tile, not G), applies the gate
 activations and the state update, and writes ``h_t``. Rows of different programs never
 interact, so no grid-wide synchronisation is needed.
 
@@ -76,6 +78,20 @@ def _w_tile(w_ptr, k, H, offs, TRANSPOSE: tl.constexpr):
 
 
 @triton.jit
+def _streamed_dh(scr_ptr, w_ptr, gst, m2, H, offs, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                 IS_F32: tl.constexpr, EMULATE: tl.constexpr, PREC: tl.constexpr):
+    """``sum_k dA_k W_hk`` with the gate gradients ``dA_k`` parked in the scratch, one gate tile at a time."""
+    wdt = w_ptr.dtype.element_ty
+    tl.debug_barrier()  # the scratch writes of every thread are visible
+    acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
+    for k in range(0, G):
+        a = tl.load(scr_ptr + gst + k * H, mask=m2, other=0.0).to(wdt)
+        acc += _dot(a, _w_tile(w_ptr, k, H, offs, False), IS_F32, EMULATE, PREC)
+    tl.debug_barrier()  # every thread has read the scratch before the next step rewrites it
+    return acc
+
+
+@triton.jit
 def rnn_forward_kernel(
     gi_ptr,  # (L, N, G*H) input gates, biases folded in (GRU: all but b_hn)
     w_ptr,  # (G*H, H) W_hh
@@ -89,6 +105,7 @@ def rnn_forward_kernel(
     hs_ptr,  # (L+1, N, H) float32 (SAVE)
     cs_ptr,  # (L+1, N, H) float32 (SAVE, LSTM)
     act_ptr,  # (L, N, 4*H) float32 (SAVE, LSTM/GRU)
+    scr_ptr,  # (N, G*H) float32 scratch (not W_RESIDENT)
     L,
     N,
     H,
@@ -141,31 +158,46 @@ def rnn_forward_kernel(
             t = L - 1 - s
         else:
             t = s
-        if not W_RESIDENT:
-            w0 = _w_tile(w_ptr, 0, H, offs, True)
-            if G > 1:
-                w1 = _w_tile(w_ptr, 1, H, offs, True)
-                w2 = _w_tile(w_ptr, 2, H, offs, True)
-            if G > 3:
-                w3 = _w_tile(w_ptr, 3, H, offs, True)
         hd = h.to(wdt)
+        # gh_k = h W_hk^T (BLOCK_N, BLOCK_H) for each gate k
+        if W_RESIDENT:
+            gh0 = _dot(hd, w0, IS_F32, EMULATE, PREC)
+            if G > 1:
+                gh1 = _dot(hd, w1, IS_F32, EMULATE, PREC)
+                gh2 = _dot(hd, w2, IS_F32, EMULATE, PREC)
+            if G > 3:
+                gh3 = _dot(hd, w3, IS_F32, EMULATE, PREC)
+        else:
+            # Streamed: one gate tile at a time (a runtime loop, so one tile's worth of shared
+            # memory), the products parked in the (N, G*H) scratch and read back after a barrier.
+            for k in range(0, G):
+                acc = _dot(hd, _w_tile(w_ptr, k, H, offs, True), IS_F32, EMULATE, PREC)
+                tl.store(scr_ptr + gst + k * H, acc, mask=m2)
+            tl.debug_barrier()
+            gh0 = tl.load(scr_ptr + gst, mask=m2, other=0.0)
+            if G > 1:
+                gh1 = tl.load(scr_ptr + gst + H, mask=m2, other=0.0)
+                gh2 = tl.load(scr_ptr + gst + 2 * H, mask=m2, other=0.0)
+            if G > 3:
+                gh3 = tl.load(scr_ptr + gst + 3 * H, mask=m2, other=0.0)
+            tl.debug_barrier()  # every thread has read the scratch before the next step rewrites it
         gb = gi_ptr + t * N * (G * H) + gst
         if MODE == 2:
-            i = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE, PREC))
-            f = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w1, IS_F32, EMULATE, PREC))
-            g = _tanh(tl.load(gb + 2 * H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w2, IS_F32, EMULATE, PREC))
-            o = _sigmoid(tl.load(gb + 3 * H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w3, IS_F32, EMULATE, PREC))
+            i = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + gh0)
+            f = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + gh1)
+            g = _tanh(tl.load(gb + 2 * H, mask=m2, other=0.0).to(tl.float32) + gh2)
+            o = _sigmoid(tl.load(gb + 3 * H, mask=m2, other=0.0).to(tl.float32) + gh3)
             c_new = f * c + i * g
             h_new = o * _tanh(c_new)
         elif MODE == 3:
-            r = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE, PREC))
-            z = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w1, IS_F32, EMULATE, PREC))
-            ghn = _dot(hd, w2, IS_F32, EMULATE, PREC) + bhn[None, :]
+            r = _sigmoid(tl.load(gb, mask=m2, other=0.0).to(tl.float32) + gh0)
+            z = _sigmoid(tl.load(gb + H, mask=m2, other=0.0).to(tl.float32) + gh1)
+            ghn = gh2 + bhn[None, :]
             n = _tanh(tl.load(gb + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * ghn)
             h_new = n + z * (h - n)
             c_new = c
         else:
-            a = tl.load(gb, mask=m2, other=0.0).to(tl.float32) + _dot(hd, w0, IS_F32, EMULATE, PREC)
+            a = tl.load(gb, mask=m2, other=0.0).to(tl.float32) + gh0
             if MODE == 0:
                 h_new = _tanh(a)
             else:
@@ -215,6 +247,7 @@ def rnn_backward_kernel(
     dghn_ptr,  # out: (L, N, H) float32 GRU gradient of h W_hn^T + b_hn
     dh0_ptr,  # out: (N, H)
     dc0_ptr,  # out: (N, H) LSTM
+    scr_ptr,  # (N, G*H) float32 scratch (not W_RESIDENT)
     L,
     N,
     H,
@@ -257,13 +290,6 @@ def rnn_backward_kernel(
             t = s
         else:
             t = L - 1 - s
-        if not W_RESIDENT:
-            w0 = _w_tile(w_ptr, 0, H, offs, False)
-            if G > 1:
-                w1 = _w_tile(w_ptr, 1, H, offs, False)
-                w2 = _w_tile(w_ptr, 2, H, offs, False)
-            if G > 3:
-                w3 = _w_tile(w_ptr, 3, H, offs, False)
         prev = (t + 1 if REVERSE else t) * N * H
         after = (t if REVERSE else t + 1) * N * H
         dy = tl.load(dout_ptr + t * N * H + st, mask=m2, other=0.0).to(tl.float32)
@@ -291,12 +317,19 @@ def rnn_backward_kernel(
                 da_f = tl.where(valid, da_f, 0.0)
                 da_g = tl.where(valid, da_g, 0.0)
                 da_o = tl.where(valid, da_o, 0.0)
-            dh_prev = (
-                _dot(da_i.to(wdt), w0, IS_F32, EMULATE, PREC)
-                + _dot(da_f.to(wdt), w1, IS_F32, EMULATE, PREC)
-                + _dot(da_g.to(wdt), w2, IS_F32, EMULATE, PREC)
-                + _dot(da_o.to(wdt), w3, IS_F32, EMULATE, PREC)
-            )
+            if W_RESIDENT:
+                dh_prev = (
+                    _dot(da_i.to(wdt), w0, IS_F32, EMULATE, PREC)
+                    + _dot(da_f.to(wdt), w1, IS_F32, EMULATE, PREC)
+                    + _dot(da_g.to(wdt), w2, IS_F32, EMULATE, PREC)
+                    + _dot(da_o.to(wdt), w3, IS_F32, EMULATE, PREC)
+                )
+            else:
+                tl.store(scr_ptr + gst, da_i, mask=m2)
+                tl.store(scr_ptr + gst + H, da_f, mask=m2)
+                tl.store(scr_ptr + gst + 2 * H, da_g, mask=m2)
+                tl.store(scr_ptr + gst + 3 * H, da_o, mask=m2)
+                dh_prev = _streamed_dh(scr_ptr, w_ptr, gst, m2, H, offs, G, BLOCK_N, BLOCK_H, IS_F32, EMULATE, PREC)
             dc_prev = dct * f
             tl.store(gb, da_i, mask=m2)
             tl.store(gb + H, da_f, mask=m2)
@@ -323,12 +356,18 @@ def rnn_backward_kernel(
                 da_r = tl.where(valid, da_r, 0.0)
                 da_z = tl.where(valid, da_z, 0.0)
                 dg_n = tl.where(valid, dg_n, 0.0)
-            dh_prev = (
-                dh * z
-                + _dot(da_r.to(wdt), w0, IS_F32, EMULATE, PREC)
-                + _dot(da_z.to(wdt), w1, IS_F32, EMULATE, PREC)
-                + _dot(dg_n.to(wdt), w2, IS_F32, EMULATE, PREC)
-            )
+            if W_RESIDENT:
+                dh_prev = (
+                    dh * z
+                    + _dot(da_r.to(wdt), w0, IS_F32, EMULATE, PREC)
+                    + _dot(da_z.to(wdt), w1, IS_F32, EMULATE, PREC)
+                    + _dot(dg_n.to(wdt), w2, IS_F32, EMULATE, PREC)
+                )
+            else:
+                tl.store(scr_ptr + gst, da_r, mask=m2)
+                tl.store(scr_ptr + gst + H, da_z, mask=m2)
+                tl.store(scr_ptr + gst + 2 * H, dg_n, mask=m2)
+                dh_prev = dh * z + _streamed_dh(scr_ptr, w_ptr, gst, m2, H, offs, G, BLOCK_N, BLOCK_H, IS_F32, EMULATE, PREC)
             tl.store(gb, da_r, mask=m2)
             tl.store(gb + H, da_z, mask=m2)
             tl.store(gb + 2 * H, da_n, mask=m2)
@@ -345,7 +384,11 @@ def rnn_backward_kernel(
                 da = tl.where(y > 0.0, dh, 0.0)
             if HAS_LEN:
                 da = tl.where(valid, da, 0.0)
-            dh_prev = _dot(da.to(wdt), w0, IS_F32, EMULATE, PREC)
+            if W_RESIDENT:
+                dh_prev = _dot(da.to(wdt), w0, IS_F32, EMULATE, PREC)
+            else:
+                tl.store(scr_ptr + gst, da, mask=m2)
+                dh_prev = _streamed_dh(scr_ptr, w_ptr, gst, m2, H, offs, G, BLOCK_N, BLOCK_H, IS_F32, EMULATE, PREC)
             tl.store(gb, da, mask=m2)
             if HAS_LEN:
                 dh = tl.where(valid, dh_prev, dh)

@@ -60,6 +60,16 @@ def _block_h(hidden: int) -> int:
     return max(16, 1 << (hidden - 1).bit_length())
 
 
+def _fits(hidden: int, dtype: torch.dtype) -> bool:
+    """Whether one ``(BLOCK_H, BLOCK_H)`` tile of ``W_hh`` fits in shared memory with room to spare.
+
+    Compiled for sm_90 (Triton 3.9), streamed weights take one tile plus ~8 KiB: float32 H=128
+    72 KiB, bfloat16 H=256 136 KiB; float32 H=256 would take 272 KiB (> 227 KiB on an H100).
+    """
+    block_h = _block_h(hidden)
+    return hidden <= MAX_HIDDEN and block_h * block_h * (4 if dtype == torch.float32 else 2) <= 160 * 1024
+
+
 def supports(mode: str, x: Tensor, w_hh: Tensor, w_hr: Optional[Tensor]) -> bool:
     """Whether the kernels handle this call (else :func:`fallback_layer` runs it)."""
     steps, batch, _ = x.shape
@@ -70,7 +80,7 @@ def supports(mode: str, x: Tensor, w_hh: Tensor, w_hr: Optional[Tensor]) -> bool
         and x.dtype in DTYPES
         and w_hh.dtype == x.dtype
         and (x.is_cuda or (interpreting() and x.device.type == "cpu"))
-        and hidden <= MAX_HIDDEN
+        and _fits(hidden, x.dtype)
         and steps > 0
         and batch > 0
         and (steps + 1) * batch * 4 * hidden < 2**31  # int32 offsets inside the kernels
@@ -147,12 +157,13 @@ def _forward(mode: str, gi: Tensor, bhn: Optional[Tensor], h0: Tensor, c0: Optio
     act = torch.empty(steps, batch, 4 * hidden, **f32) if save and mode in ("lstm", "gru") else None
     cfg = _launch_config(batch, hidden, gates, w_hh.dtype)
     dummy = h_n
+    scratch = dummy if cfg["W_RESIDENT"] else torch.empty(batch, gates * hidden, **f32)
     grid = (triton_cdiv(batch, cfg["BLOCK_N"]),)
     K.rnn_forward_kernel[grid](
         gi, w_hh, bhn if bhn is not None else dummy, h0, c0 if lstm else dummy,
         lens if lens is not None else dummy,
         out, h_n, c_n if lstm else dummy,
-        hs if save else dummy, cs if cs is not None else dummy, act if act is not None else dummy,
+        hs if save else dummy, cs if cs is not None else dummy, act if act is not None else dummy, scratch,
         steps, batch, hidden,
         MODE=_MODE_ID[mode], G=gates, REVERSE=bool(reverse), HAS_LEN=lens is not None,
         HAS_BHN=bhn is not None, SAVE=save, **cfg,
@@ -204,11 +215,12 @@ class TritonRecurrence(torch.autograd.Function):
         dc0 = torch.empty(batch, hidden, dtype=x.dtype, device=x.device) if lstm else None
         cfg = _launch_config(batch, hidden, gates, w_hh.dtype)
         dummy = dh0
+        scratch = dummy if cfg["W_RESIDENT"] else torch.empty(batch, gates * hidden, **f32)
         K.rnn_backward_kernel[(triton_cdiv(batch, cfg["BLOCK_N"]),)](
             w_hh, dout, dh_n, dc_n if lstm else dummy,
             hs, cs if cs is not None else dummy, act if act is not None else dummy,
             lens if lens is not None else dummy,
-            dgi, dghn if gru else dummy, dh0, dc0 if lstm else dummy,
+            dgi, dghn if gru else dummy, dh0, dc0 if lstm else dummy, scratch,
             steps, batch, hidden,
             MODE=_MODE_ID[mode], G=gates, REVERSE=bool(reverse), HAS_LEN=lens is not None, **cfg,
         )  # fmt: skip
