@@ -216,3 +216,13 @@ def test_tuning_overrides_are_validated_and_keep_results(device, monkeypatch):
     monkeypatch.setattr(tl_layer, "_PRECISION", "fp16")
     with pytest.raises(ValueError, match="RNNLAB_TRITON_PRECISION must be ieee, tf32 or tf32x3, got 'fp16'"):
         _both_directions("gru", m, x, h0, None, None)
+
+
+def test_double_backward_is_refused(device):
+    """The kernels' backward is not itself differentiable: asking for second derivatives must fail loudly."""
+    m = _torch_module("gru", 3, 4, True, device)
+    x, h0, _ = _inputs("gru", 2, 2, 3, 4, device)
+    out, h_n, _ = _both_directions("gru", m, x, h0, None, None)
+    (gx,) = torch.autograd.grad(out.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()

@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from rnnlab.nn import functional
 
@@ -197,6 +198,7 @@ class TritonRecurrence(torch.autograd.Function):
         return out, h_n, c_n
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor] = None) -> tuple[Optional[Tensor], ...]:
         x, w_ih, w_hh, hs, cs, act, lens = ctx.saved_tensors
         mode, reverse = ctx.mode, ctx.reverse
