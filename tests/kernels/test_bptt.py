@@ -173,3 +173,20 @@ def test_padded_steps_do_not_leak() -> None:
     assert torch.count_nonzero(out[3:, 1]) == 0
     (gx,) = torch.autograd.grad(out.sum() + h_n.sum(), x)
     assert torch.count_nonzero(gx[3:, 1]) == 0 and torch.count_nonzero(gx[1:, 3]) == 0
+
+
+def test_retain_graph_backward_twice_and_threads_restored() -> None:
+    """Saved buffers are not modified by backward; the one-thread time loop restores threads."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs("lstm", torch.float64, bias=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, h_n, c_n = layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, True, torch.tensor([7, 3, 7, 1, 5]))
+        loss = out.pow(2).sum() + c_n.sum()
+        first = torch.autograd.grad(loss, (x, w_hh), retain_graph=True)
+        second = torch.autograd.grad(loss, (x, w_hh))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

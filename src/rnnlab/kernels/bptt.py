@@ -143,44 +143,33 @@ class _LoopThreads:
             torch.set_num_threads(self.saved)
 
 
-def _seed_grad_out(grad_out: Tensor, grad_hn: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
-    """``(L, N, H)``: dLoss/dh_t from the outputs (zero at padding) plus dLoss/dh_n at each last step.
+class _RunningGrad:
+    """dLoss/dh flowing back through the time loop, one ``(N, H)`` buffer instead of ``(L, N, H)``.
 
-    The backward loop then adds the recurrent part ``dA_t W_hh`` in place.
+    ``rec`` starts as dLoss/dh_n; per step ``step(t)`` returns dh_t = grad_out[t] + rec (rows
+    ``[:b_t]``) and ``rec_rows(b)`` is where the step writes dLoss/dh_{t-1}. Rows of sequences that
+    are not running keep their value: dh_n until a sequence's last step, dh0 after its first,
+    so that ``rec`` ends as dLoss/dh0 for every sequence. Padded steps contribute nothing
+    because their gate gradients are zero.
     """
-    if sched is None:
-        dh = grad_out.clone(memory_format=torch.contiguous_format)
-        if reverse:
-            dh[0] += grad_hn
-        else:
-            dh[-1] += grad_hn
-        return dh
-    dh = grad_out * sched.pad_mask(grad_out.dtype)
-    if reverse:
-        dh[0] += grad_hn
-    else:
-        n = dh.shape[1]
-        dh[sched.lens_dev - 1, torch.arange(n, device=dh.device)] += grad_hn
-    return dh
 
+    def __init__(self, grad_out: Tensor, grad_hn: Tensor, sched: Optional[_Schedule]) -> None:
+        self.n = grad_hn.shape[0]
+        self.rec = grad_hn.clone()  # (N, H)
+        self.tmp = torch.empty_like(self.rec)  # (N, H)
+        self.go = _views(grad_out, sched)
 
-def _backward_loop_targets(dh: Tensor, dh0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> list[Tensor]:
-    """Per step t, the tensor that receives dLoss/dh_{prev}: dh at the previous step, or dh0."""
-    steps = dh.shape[0]
-    rows = _views(dh, sched)
-    b = sched.bs if sched is not None else [dh.shape[1]] * steps
-    if reverse:
-        nxt = [dh[t + 1] for t in range(steps - 1)] + [dh0]
-    else:
-        nxt = [dh0] + rows[:-1]
-    return [v if v.shape[0] == b[t] else v[: b[t]] for t, v in enumerate(nxt)] if sched is not None else nxt
+    def rows(self, b: int) -> tuple[Tensor, Tensor]:
+        """(dh buffer, rec) cut to the running rows."""
+        if b == self.n:
+            return self.tmp, self.rec
+        return self.tmp[:b], self.rec[:b]
 
-
-def _finish_dh0(dh: Tensor, dh0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
-    """Reverse with lengths: a sequence ending before L sent its dh0 into the padded slot dh[len_k]."""
-    if reverse and sched is not None and sched.short_rows.numel():
-        dh0[sched.short_rows] = dh[sched.short_lens, sched.short_rows]
-    return dh0
+    def step(self, t: int, b: int) -> tuple[Tensor, Tensor]:
+        """dh_t = grad_out[t] + rec (returned with the rec rows that receive dh_{t-1})."""
+        d, rec = self.rows(b)
+        torch.add(self.go[t], rec, out=d)
+        return d, rec
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -304,7 +293,6 @@ class _RNNFunction(torch.autograd.Function):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         reverse, sched = ctx.reverse, ctx.sched
         steps, n, _ = out.shape
-        dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
         # dA starts as d act / d pre (relu: 1[h > 0]; tanh: 1 - h^2), then per step dA_t *= dh_t
         dA = torch.empty_like(out)  # (L, N, H)
         if ctx.relu:
@@ -314,15 +302,15 @@ class _RNNFunction(torch.autograd.Function):
             dA.neg_().add_(1.0)
         if sched is not None:
             dA.mul_(sched.pad_mask(dA.dtype))  # padded steps: no gradient
-        dh0 = torch.zeros_like(h0)
-        dh_rows, dA_rows = _views(dh, sched), _views(dA, sched)
-        tgt = _backward_loop_targets(dh, dh0, reverse, sched)
+        dA_rows = _views(dA, sched)
+        run = _RunningGrad(grad_out, grad_hn, sched)
         with _LoopThreads(w_hh.numel() * n):
             for t in _order(steps, not reverse):
                 a = dA_rows[t]
-                a.mul_(dh_rows[t])
-                tgt[t].addmm_(a, w_hh)
-        dh0 = _finish_dh0(dh, dh0, reverse, sched)
+                d, rec = run.step(t, a.shape[0])
+                a.mul_(d)
+                torch.mm(a, w_hh, out=rec)
+        dh0 = run.rec
         nb = ctx.needs_input_grad
         dx, dw_ih, dw_hh, db = _weight_grads(dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched)
         db_ih = db if ctx.has_b[0] and nb[4] else None
@@ -448,25 +436,24 @@ class _LSTMFunction(torch.autograd.Function):
         if sched is not None:  # padded steps: no gradient (tanh(c) there is uninitialised)
             dA4.masked_fill_(sched.pad_mask(dA.dtype).unsqueeze(-1) == 0, 0.0)
         dc_from_h = torch.mul(tc_all, tc_all).neg_().add_(1.0).mul_(o)  # o (1 - tanh(c)^2), (L, N, H)
-        dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
+        run = _RunningGrad(grad_out, grad_hn, sched)
         dc = grad_cn.clone()  # (N, H), running dLoss/dc
-        dh0 = torch.zeros_like(h0)
         dA_o, dA_ifg = _views(dA4[:, :, 0], sched), _views(dA4[:, :, 1:], sched)
-        dA_rows, dh_rows = _views(dA, sched), _views(dh, sched)
+        dA_rows = _views(dA, sched)
         dcf_rows, f_rows = _views(dc_from_h, sched), _views(f, sched)
-        tgt = _backward_loop_targets(dh, dh0, reverse, sched)
         dc_u = dc.unsqueeze(1)  # (N, 1, H) view of the running dc
         with _LoopThreads(w_hh.numel() * n):
             for t in _order(steps, not reverse):
-                d = dh_rows[t]
-                b = d.shape[0]
+                a = dA_rows[t]
+                b = a.shape[0]
+                d, rec = run.step(t, b)
                 dcb, dcb_u = (dc, dc_u) if b == n else (dc[:b], dc_u[:b])
                 dA_o[t].mul_(d)
                 dcb.addcmul_(d, dcf_rows[t])
                 dA_ifg[t].mul_(dcb_u)
                 dcb.mul_(f_rows[t])
-                tgt[t].addmm_(dA_rows[t], w_hh_p)
-        dh0 = _finish_dh0(dh, dh0, reverse, sched)
+                torch.mm(a, w_hh_p, out=rec)
+        dh0 = run.rec
         del dc_from_h
         nb = ctx.needs_input_grad
         needs = (nb[0], nb[3], nb[4], nb[5] or nb[6])
@@ -590,24 +577,22 @@ class _GRUFunction(torch.autograd.Function):
         d_hn.copy_(r)
         if sched is not None:  # padded steps: no gradient (hn there is uninitialised)
             dA.masked_fill_(sched.pad_mask(dA.dtype).unsqueeze(-1) == 0, 0.0)
-        dh = _seed_grad_out(grad_out, grad_hn, reverse, sched)  # (L, N, H)
-        dh0 = torch.zeros_like(h0)
         w_zrn = torch.cat((w_hh[hid : 2 * hid], w_hh[:hid], w_hh[2 * hid :]))  # (3H, H) rows z, r, n
-        dh_u = dh.unsqueeze(2)  # (L, N, 1, H)
         dn_u = dA[:, :, 0:1]  # (L, N, 1, H)
-        dh_rows, dhu_rows, dnu_rows = _views(dh, sched), _views(dh_u, sched), _views(dn_u, sched)
+        dnu_rows = _views(dn_u, sched)
         dA_nz, dA_rh = _views(dA[:, :, 0:2], sched), _views(dA[:, :, 2:4], sched)
         dA_hh = _views(dA.view(steps, n, 4 * hid)[:, :, hid:], sched)
         z_rows = _views(z, sched)
-        tgt = _backward_loop_targets(dh, dh0, reverse, sched)
+        run = _RunningGrad(grad_out, grad_hn, sched)
         with _LoopThreads(w_hh.numel() * n):
             for t in _order(steps, not reverse):
-                dA_nz[t].mul_(dhu_rows[t])
+                a = dA_hh[t]
+                d, rec = run.step(t, a.shape[0])
+                dA_nz[t].mul_(d.unsqueeze(1))
                 dA_rh[t].mul_(dnu_rows[t])
-                tt = tgt[t]
-                tt.addmm_(dA_hh[t], w_zrn)
-                tt.addcmul_(dh_rows[t], z_rows[t])
-        dh0 = _finish_dh0(dh, dh0, reverse, sched)
+                torch.mm(a, w_zrn, out=rec)
+                rec.addcmul_(d, z_rows[t])
+        dh0 = run.rec
         nb = ctx.needs_input_grad
         a2 = dA.view(steps * n, 4 * hid)
         dx = dw_ih = dw_hh = db_ih = db_hh = None

@@ -26,6 +26,7 @@ projections, other dtypes, larger H, empty input) goes to :func:`fallback_layer`
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional
 
@@ -160,7 +161,8 @@ def _forward(mode: str, gi: Tensor, bhn: Optional[Tensor], h0: Tensor, c0: Optio
     dummy = h_n
     scratch = dummy if cfg["W_RESIDENT"] else torch.empty(batch, gates * hidden, **f32)
     grid = (triton_cdiv(batch, cfg["BLOCK_N"]),)
-    K.rnn_forward_kernel[grid](
+    with _on_device(gi):
+      K.rnn_forward_kernel[grid](
         gi, w_hh, bhn if bhn is not None else dummy, h0, c0 if lstm else dummy,
         lens if lens is not None else dummy,
         out, h_n, c_n if lstm else dummy,
@@ -174,6 +176,11 @@ def _forward(mode: str, gi: Tensor, bhn: Optional[Tensor], h0: Tensor, c0: Optio
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _on_device(t: Tensor) -> Any:
+    """Triton launches on the current CUDA device: make it ``t``'s (no-op on the CPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _lengths_i32(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
@@ -218,7 +225,8 @@ class TritonRecurrence(torch.autograd.Function):
         cfg = _launch_config(batch, hidden, gates, w_hh.dtype)
         dummy = dh0
         scratch = dummy if cfg["W_RESIDENT"] else torch.empty(batch, gates * hidden, **f32)
-        K.rnn_backward_kernel[(triton_cdiv(batch, cfg["BLOCK_N"]),)](
+        with _on_device(x):
+          K.rnn_backward_kernel[(triton_cdiv(batch, cfg["BLOCK_N"]),)](
             w_hh, dout, dh_n, dc_n if lstm else dummy,
             hs, cs if cs is not None else dummy, act if act is not None else dummy,
             lens if lens is not None else dummy,
