@@ -114,7 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"--paths: expected names from {', '.join(PATHS)}, got {', '.join(unknown)}")
     torch.backends.cudnn.benchmark = False
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  tf32 matmul {torch.backends.cuda.matmul.allow_tf32}")
+    import triton
+
+    from . import layer
+
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+          f"cudnn tf32 {torch.backends.cudnn.allow_tf32}  cublas tf32 {torch.backends.cuda.matmul.allow_tf32}  "
+          f"triton float32 dot precision {layer._PRECISION}")
     for mode in args.modes.split(","):
         for shape in args.shapes.split(","):
             steps, batch, hidden = (int(v) for v in shape.split("x"))

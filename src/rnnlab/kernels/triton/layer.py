@@ -162,15 +162,15 @@ def _forward(mode: str, gi: Tensor, bhn: Optional[Tensor], h0: Tensor, c0: Optio
     scratch = dummy if cfg["W_RESIDENT"] else torch.empty(batch, gates * hidden, **f32)
     grid = (triton_cdiv(batch, cfg["BLOCK_N"]),)
     with _on_device(gi):
-      K.rnn_forward_kernel[grid](
-        gi, w_hh, bhn if bhn is not None else dummy, h0, c0 if lstm else dummy,
-        lens if lens is not None else dummy,
-        out, h_n, c_n if lstm else dummy,
-        hs if save else dummy, cs if cs is not None else dummy, act if act is not None else dummy, scratch,
-        steps, batch, hidden,
-        MODE=_MODE_ID[mode], G=gates, REVERSE=bool(reverse), HAS_LEN=lens is not None,
-        HAS_BHN=bhn is not None, SAVE=save, **cfg,
-    )  # fmt: skip
+        K.rnn_forward_kernel[grid](
+            gi, w_hh, bhn if bhn is not None else dummy, h0, c0 if lstm else dummy,
+            lens if lens is not None else dummy,
+            out, h_n, c_n if lstm else dummy,
+            hs if save else dummy, cs if cs is not None else dummy, act if act is not None else dummy, scratch,
+            steps, batch, hidden,
+            MODE=_MODE_ID[mode], G=gates, REVERSE=bool(reverse), HAS_LEN=lens is not None,
+            HAS_BHN=bhn is not None, SAVE=save, **cfg,
+        )  # fmt: skip
     return out, h_n, c_n, hs, cs, act
 
 
@@ -226,14 +226,14 @@ class TritonRecurrence(torch.autograd.Function):
         dummy = dh0
         scratch = dummy if cfg["W_RESIDENT"] else torch.empty(batch, gates * hidden, **f32)
         with _on_device(x):
-          K.rnn_backward_kernel[(triton_cdiv(batch, cfg["BLOCK_N"]),)](
-            w_hh, dout, dh_n, dc_n if lstm else dummy,
-            hs, cs if cs is not None else dummy, act if act is not None else dummy,
-            lens if lens is not None else dummy,
-            dgi, dghn if gru else dummy, dh0, dc0 if lstm else dummy, scratch,
-            steps, batch, hidden,
-            MODE=_MODE_ID[mode], G=gates, REVERSE=bool(reverse), HAS_LEN=lens is not None, **cfg,
-        )  # fmt: skip
+            K.rnn_backward_kernel[(triton_cdiv(batch, cfg["BLOCK_N"]),)](
+                w_hh, dout, dh_n, dc_n if lstm else dummy,
+                hs, cs if cs is not None else dummy, act if act is not None else dummy,
+                lens if lens is not None else dummy,
+                dgi, dghn if gru else dummy, dh0, dc0 if lstm else dummy, scratch,
+                steps, batch, hidden,
+                MODE=_MODE_ID[mode], G=gates, REVERSE=bool(reverse), HAS_LEN=lens is not None, **cfg,
+            )  # fmt: skip
         need = ctx.needs_input_grad  # (mode, reverse, lens, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         gemm = x.dtype  # the GEMMs run in the input dtype (float32 accumulation inside cuBLAS)
         da = dgi.view(steps * batch, gates * hidden)  # (L*N, G*H)
