@@ -160,6 +160,21 @@ def test_eta_uses_measured_epochs():
     secs2, how = eta.estimate([("a", 2), ("c", 4)])
     assert secs2 == pytest.approx(secs * 45 / 35)
     assert how.startswith("from 4 measured epochs, x1.29 for evaluation and set-up;")
+    # with model sizes: c is 4x the cost of a and 16x b -> 2x and 4x their seconds per epoch
+    sized = _Eta({"a": 1.0, "b": 0.25, "c": 4.0})
+    sized.seconds = eta.seconds
+    secs3, how = sized.estimate([("c", 1)])
+    assert secs3 == pytest.approx((11.0 * 2 + 3.0 * 4) / 2)
+    assert how.endswith("1 experiment(s) not measured yet, scaled from the measured ones by model size")
+
+
+def test_recurrent_cost():
+    from rnnlab.report.compare import recurrent_cost
+    from rnnlab.train import Config
+
+    assert recurrent_cost(Config(cell="lstm", embedding_dim=64, hidden_size=64)) == 4 * 64 * 128
+    assert recurrent_cost(Config(cell="gru", embedding_dim=32, hidden_size=16, num_layers=2, bidirectional=True)) \
+        == 2 * 3 * 16 * (32 + 16) + 2 * 3 * 16 * (32 + 16)
 
 
 def test_compare_cli_on_a_csv_file(tmp_path, capsys):
@@ -192,7 +207,8 @@ def test_progress_names_experiment_seed_and_time_left(tmp_path):
     assert "time left: unknown (no epoch measured yet)" in text
     assert "[2/2] tiny_rnn seed 7 (rnn, impl rnnlab, 2 epochs)" in text
     assert "left (from 2 measured epochs, x" in text
-    assert "for evaluation and set-up; 1 experiment(s) not measured yet, assumed at the average speed)" in text
+    assert "for evaluation and set-up; 1 experiment(s) not measured yet, scaled from the measured ones by model " \
+           "size)" in text
 
 
 def test_epoch_watcher_reports_new_epochs(tmp_path):

@@ -66,9 +66,11 @@ def test_report_files_table_and_csv(runs, tmp_path):
     report = write_report([runs], out)
     assert (out / "notes.txt").read_text() == "mine"  # unrelated files are kept
     md = (out / "results.md").read_text()
+    # 3-epoch runs are compared with the original after its 3rd epoch (lstm 0.8483, gru 0.8554)
     assert "| `lstm` | 3 | 0.8400 ± 0.0100 | 0.8500 ± 0.0100 (3,2,3) | 0.3300 ± 0.0300 | 1,000 | 12.0 | " \
-           "0.8546 (0.8546) | -1.46 |" in md
-    assert "| `gru` | 1 | 0.8600 | 0.8600 (3) |" in md and "+0.24 |" in md  # 0.86 - 0.8576
+           "0.8483 (0.8483)* | -0.83 |" in md
+    assert "| `gru` | 1 | 0.8600 | 0.8600 (3) |" in md and "0.8554 (0.8554)* | +0.46 |" in md
+    assert "runs of 3 epoch(s): compared with the original's test accuracy after the same number of epochs" in md
     assert "| `gru` | 1 incomplete |" in md
     assert "seed 1: status 'running', 1 of 3 epochs done" in md
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -78,6 +80,8 @@ def test_report_files_table_and_csv(runs, tmp_path):
     assert float(by["lstm", "complete"]["final_test_acc_std"]) == pytest.approx(0.01)
     assert by["gru", "incomplete"]["final_test_acc_mean"] == ""  # never a result
     assert by["mine", "complete"]["original_final_test_acc"] == ""
+    assert (by["lstm", "complete"]["original_epoch"], by["lstm", "complete"]["original_final_test_acc"]) == (
+        "3", "0.8483")
     assert by["nbsvm_bigram", "complete"]["kind"] == "baseline"
     for name in PLOTS:
         data = (out / name).read_bytes()
@@ -116,6 +120,12 @@ def test_incomplete_runs_are_marked_never_results(tmp_path, damage, problem):
     assert "| `lstm` | 1 incomplete |" in report.markdown and "0.8400" not in report.markdown
 
 
+def test_five_epoch_runs_compare_with_the_original_final(tmp_path):
+    make_run(tmp_path, "handwritten_lstm_b128_lr5e-3", 0, [0.83, 0.87, 0.86, 0.85, 0.8639])
+    md = write_report([tmp_path], tmp_path / "out").markdown
+    assert "| 0.8539 (0.8715) | +1.00 |" in md and "epoch(s): compared" not in md
+
+
 def test_plots_have_one_line_per_experiment_and_bars(runs):
     summaries = summarize([read_run(p) for p in discover_runs([runs])])
     fig = plot_accuracy(summaries, "test")
@@ -132,7 +142,7 @@ def test_plots_have_one_line_per_experiment_and_bars(runs):
     bars = [p for p in best.patches if isinstance(p, Rectangle)]
     assert [round(b.get_width(), 4) for b in bars] == [0.85, 0.86, 0.78, 0.91]
     (orig,) = [ln for ln in best.get_lines() if ln.get_label() == "original (one seed)"]  # for lstm and gru
-    assert list(orig.get_xdata()) == [0.8546, 0.8576] and list(orig.get_ydata()) == [0, 1]
+    assert list(orig.get_xdata()) == [0.8483, 0.8554] and list(orig.get_ydata()) == [0, 1]
     secs = [p for p in plot_epoch_seconds(summaries).axes[0].patches if isinstance(p, Rectangle)]
     assert [b.get_width() for b in secs] == [12.0, 10.0, 10.0]
     with pytest.raises(ValueError, match="split must be 'test' or 'train', got 'val'"):

@@ -14,6 +14,7 @@ interrupted comparison continues where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -178,15 +179,36 @@ class _DataProvider:
 # ----------------------------------------------------------------------------- progress
 
 
+def recurrent_cost(config: Config) -> float:
+    """Multiply-adds per token of the recurrent layers: sum over layers and directions of G H (H_in + H).
+
+    G = 1 (RNN), 3 (GRU), 4 (LSTM); H_in = embedding_dim for the first layer, else H times the
+    number of directions.
+    """
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(config.cell, 4)
+    dirs = 2 if config.bidirectional else 1
+    h = config.hidden_size
+    total = 0.0
+    for layer in range(config.num_layers):
+        h_in = config.embedding_dim if layer == 0 else h * dirs
+        total += dirs * gates * h * (h_in + h)
+    return total
+
+
 class _Eta:
     """Estimates the time left from measured epoch times.
 
     An experiment's remaining epochs are costed at the median of its own measured seconds per
-    epoch (over all its runs); an experiment not measured yet at the mean of the measured
-    experiments' medians (so the estimate is rough until every experiment has run one epoch).
+    epoch (over all its runs). An experiment not measured yet is costed from the measured ones,
+    each scaled by sqrt(cost ratio) with cost = the recurrent multiply-adds per token
+    (:func:`recurrent_cost`), averaged; sqrt because fixed costs (embedding, head, data,
+    per-step overhead) do not grow with the cell (on the seed suite, 1 epoch each, within 30%, where
+    a plain average missed the 128-wide LSTM by 3x). So the estimate is rough until every
+    experiment has run one epoch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, costs: Mapping[str, float] | None = None) -> None:
+        self.costs = dict(costs or {})  # experiment -> recurrent_cost of its config
         self.seconds: dict[str, dict[str, list[float]]] = {}  # experiment -> run -> epoch seconds
         self.wall = 0.0  # wall-clock seconds of the finished train_and_evaluate calls
         self.trained = 0.0  # the epoch_seconds (training passes only) of those calls
@@ -202,6 +224,12 @@ class _Eta:
         if vals:
             self.seconds.setdefault(name, {})[run] = vals
 
+    def _guess(self, name: str, medians: Mapping[str, float]) -> float:
+        """Seconds per epoch of an unmeasured experiment (see the class docstring)."""
+        if name in self.costs and all(m in self.costs for m in medians):
+            return statistics.fmean(v * math.sqrt(self.costs[name] / self.costs[m]) for m, v in medians.items())
+        return statistics.fmean(medians.values())
+
     def estimate(self, pending: list[tuple[str, int]]) -> tuple[float | None, str]:
         """Seconds left for ``pending`` (experiment name, epochs to run), and how it was estimated."""
         if not any(e > 0 for _, e in pending):
@@ -210,9 +238,8 @@ class _Eta:
             return None, "no epoch measured yet"
         per_name = {n: [x for v in runs.values() for x in v] for n, runs in self.seconds.items()}
         medians = {n: statistics.median(v) for n, v in per_name.items()}
-        fallback = statistics.fmean(medians.values())
         guessed = {n for n, e in pending if n not in medians and e > 0}
-        total = sum(e * medians.get(n, fallback) for n, e in pending)
+        total = sum(e * (medians[n] if n in medians else self._guess(n, medians)) for n, e in pending if e > 0)
         how = f"from {sum(len(v) for v in per_name.values())} measured epochs"
         if self.trained > 0 and self.wall > self.trained:
             factor = self.wall / self.trained
@@ -221,7 +248,9 @@ class _Eta:
         else:
             how += ", training passes only"
         if guessed:
-            how += f"; {len(guessed)} experiment(s) not measured yet, assumed at the average speed"
+            scaled = all(n in self.costs for n in guessed) and all(n in self.costs for n in medians)
+            how += (f"; {len(guessed)} experiment(s) not measured yet, "
+                    + ("scaled from the measured ones by model size" if scaled else "assumed at the average speed"))
         return total, how
 
 
@@ -328,7 +357,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
     result = ComparisonResult(out, plan)
     provider = _DataProvider(data, cache_dir=cache_dir, progress=progress)
-    eta = _Eta()
+    eta = _Eta({c.name: recurrent_cost(c) for c in configs})
     pending = []
     for run in plan:
         if run.state == "complete":

@@ -122,13 +122,15 @@ def plot_best_accuracy(summaries: list[ExperimentSummary]) -> Figure:
     values = [s.best_acc.mean for _, s in rows]
     errors = [s.best_acc.std or 0.0 for _, s in rows]
     _barh(ax, [s.name for _, s in rows], values, errors, [_color(i) for i, _ in rows], ".4f")
+    # the original's best test accuracy over the same number of epochs
+    originals = [(y, s.original.at(s.epochs)[1]) for y, (_, s) in enumerate(rows)
+                 if s.original is not None and s.original.at(s.epochs) is not None]
     if values:
-        extra = [s.original.best for _, s in rows if s.original is not None]
+        extra = [v for _, v in originals]
         lo = min([v - e for v, e in zip(values, errors)] + extra)
         hi = max([v + e for v, e in zip(values, errors)] + extra)
         span = max(hi - lo, 0.01)
         ax.set_xlim(max(0.0, lo - 0.5 * span), min(1.0, hi + 0.35 * span) if hi < 1 else 1.0)
-    originals = [(y, s.original.best) for y, (_, s) in enumerate(rows) if s.original is not None]
     if originals:
         ax.plot([v for _, v in originals], [y for y, _ in originals], linestyle="none", marker="|", markersize=14,
                 markeredgewidth=2, color="black", label="original (one seed)")

@@ -11,7 +11,7 @@ CSV_COLUMNS = [
     "experiment", "kind", "status", "seeds", "n_seeds", "epochs",
     "final_test_acc_mean", "final_test_acc_std", "best_test_acc_mean", "best_test_acc_std",
     "best_epochs", "final_test_loss_mean", "final_test_loss_std", "num_params", "median_epoch_seconds",
-    "original_final_test_acc", "original_best_test_acc", "diff_final_test_acc", "note",
+    "original_epoch", "original_final_test_acc", "original_best_test_acc", "diff_final_test_acc", "note",
 ]
 
 
@@ -48,10 +48,12 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
     """
     header = ["experiment", "seeds", "final test acc", "best test acc (epoch)", "final test loss",
               "params", "s/epoch", "original final (best)", "Δ final (pt)"]
+    shorter = sorted({s.epochs for s in summaries if s.original and s.epochs and s.epochs < len(s.original.test_acc)})
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for s in summaries:
         if s.has_results:
-            orig = s.original
+            orig = s.original.at(s.epochs) if s.original else None
+            mark = "*" if orig and s.original and s.epochs != len(s.original.test_acc) else ""
             best_epochs = ",".join(str(e) for e in s.best_epochs)
             cells = [
                 f"`{s.name}`",
@@ -61,14 +63,17 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
                 _fmt(s.final_loss),
                 f"{s.num_params:,}" if s.num_params is not None else "",
                 f"{s.epoch_seconds:.1f}" if s.epoch_seconds is not None else "",
-                f"{orig.final:.4f} ({orig.best:.4f})" if orig else "",
-                _points(s.final_acc.mean - orig.final) if orig and s.final_acc else "",
+                f"{orig[0]:.4f} ({orig[1]:.4f}){mark}" if orig else "",
+                _points(s.final_acc.mean - orig[0]) if orig and s.final_acc else "",
             ]
             lines.append("| " + " | ".join(cells) + " |")
         if s.incomplete:
             cells = [f"`{s.name}`", f"{len(s.incomplete)} incomplete"] + ["—"] * (len(header) - 2)
             lines.append("| " + " | ".join(cells) + " |")
     notes = []
+    if shorter:
+        notes.append(f"- \\* runs of {', '.join(map(str, shorter))} epoch(s): compared with the original's "
+                     "test accuracy after the same number of epochs (it ran 5)")
     for s in summaries:
         if s.incomplete:
             notes.append(f"- `{s.name}`: incomplete runs, not counted: {_incomplete_text(s)}")
@@ -90,7 +95,7 @@ def csv_table(summaries: list[ExperimentSummary]) -> str:
         return "" if x is None else repr(x)
 
     for s in summaries:
-        orig = s.original
+        orig = s.original.at(s.epochs) if s.original else None
         if s.has_results:
             assert s.final_acc is not None and s.best_acc is not None and s.final_loss is not None
             writer.writerow({
@@ -101,9 +106,10 @@ def csv_table(summaries: list[ExperimentSummary]) -> str:
                 "best_epochs": " ".join(str(e) for e in s.best_epochs),
                 "final_test_loss_mean": num(s.final_loss.mean), "final_test_loss_std": num(s.final_loss.std),
                 "num_params": num(s.num_params), "median_epoch_seconds": num(s.epoch_seconds),
-                "original_final_test_acc": num(orig.final if orig else None),
-                "original_best_test_acc": num(orig.best if orig else None),
-                "diff_final_test_acc": num(s.final_acc.mean - orig.final if orig else None),
+                "original_epoch": num(s.epochs if orig else None),
+                "original_final_test_acc": num(orig[0] if orig else None),
+                "original_best_test_acc": num(orig[1] if orig else None),
+                "diff_final_test_acc": num(s.final_acc.mean - orig[0] if orig else None),
                 "note": "; ".join(s.notes),
             })
         if s.incomplete:
@@ -111,8 +117,6 @@ def csv_table(summaries: list[ExperimentSummary]) -> str:
                 "experiment": s.name, "kind": s.kind, "status": "incomplete",
                 "seeds": " ".join("?" if r.seed is None else str(r.seed) for r in s.incomplete),
                 "n_seeds": len(s.incomplete),
-                "original_final_test_acc": num(orig.final if orig else None),
-                "original_best_test_acc": num(orig.best if orig else None),
                 "note": _incomplete_text(s),
             })
     return out.getvalue()
