@@ -83,6 +83,8 @@ def test_report_files_table_and_csv(runs, tmp_path):
     assert (by["lstm", "complete"]["original_epoch"], by["lstm", "complete"]["original_final_test_acc"]) == (
         "3", "0.8483")
     assert by["nbsvm_bigram", "complete"]["kind"] == "baseline"
+    assert by["nbsvm_bigram", "complete"]["median_epoch_seconds"] == ""  # a fit, not epochs
+    assert "| `nbsvm_bigram` | 1 | 0.9100 | 0.9100 (1) | 0.5000 | 1,000 |  |  |  |" in md
     for name in PLOTS:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC

@@ -62,7 +62,7 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
                 f"{_fmt(s.best_acc)} ({best_epochs})",
                 _fmt(s.final_loss),
                 f"{s.num_params:,}" if s.num_params is not None else "",
-                f"{s.epoch_seconds:.1f}" if s.epoch_seconds is not None else "",
+                f"{s.epoch_seconds:.1f}" if s.epoch_seconds is not None and s.kind != "baseline" else "",
                 f"{orig[0]:.4f} ({orig[1]:.4f}){mark}" if orig else "",
                 _points(s.final_acc.mean - orig[0]) if orig and s.final_acc else "",
             ]
@@ -105,7 +105,7 @@ def csv_table(summaries: list[ExperimentSummary]) -> str:
                 "best_test_acc_mean": num(s.best_acc.mean), "best_test_acc_std": num(s.best_acc.std),
                 "best_epochs": " ".join(str(e) for e in s.best_epochs),
                 "final_test_loss_mean": num(s.final_loss.mean), "final_test_loss_std": num(s.final_loss.std),
-                "num_params": num(s.num_params), "median_epoch_seconds": num(s.epoch_seconds),
+                "num_params": num(s.num_params), "median_epoch_seconds": num(s.epoch_seconds if s.kind != "baseline" else None),
                 "original_epoch": num(s.epochs if orig else None),
                 "original_final_test_acc": num(orig[0] if orig else None),
                 "original_best_test_acc": num(orig[1] if orig else None),
