@@ -19,6 +19,7 @@ whole text of each review (no ``max_len`` truncation: a bag of words has no leng
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -47,14 +48,17 @@ class BaselineResult:
 
 
 def _token_ids(token_lists: list[list[str]], vocab: dict[str, int], grow: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated word ids (-1 for words not in ``vocab`` unless ``grow``) and the document of each."""
+    """Concatenated word ids (-1 for words not in ``vocab`` unless ``grow``) and the document of each.
+
+    With ``grow``, new words get the next ids in order of first appearance.
+    """
+    flat_tokens = [t for tokens in token_lists for t in tokens]
     if grow:
-        ids = [[vocab.setdefault(t, len(vocab)) for t in tokens] for tokens in token_lists]
-    else:
-        ids = [[vocab.get(t, -1) for t in tokens] for tokens in token_lists]
-    lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    flat = np.fromiter((i for x in ids for i in x), np.int64, int(lengths.sum()))
-    return flat, np.repeat(np.arange(len(ids)), lengths)
+        for word in dict.fromkeys(flat_tokens):  # first-appearance order, at C speed
+            vocab.setdefault(word, len(vocab))
+    ids = np.fromiter(map(vocab.get, flat_tokens, itertools.repeat(-1)), np.int64, len(flat_tokens))
+    lengths = np.fromiter((len(x) for x in token_lists), np.int64, len(token_lists))
+    return ids, np.repeat(np.arange(len(token_lists)), lengths)
 
 
 def _ngram_keys(flat: np.ndarray, doc: np.ndarray, vocab_size: int, ngram: int) -> tuple[np.ndarray, np.ndarray]:
