@@ -65,7 +65,7 @@ def _block_h(hidden: int) -> int:
 def _fits(hidden: int, dtype: torch.dtype) -> bool:
     """Whether one ``(BLOCK_H, BLOCK_H)`` tile of ``W_hh`` fits in shared memory with room to spare.
 
-    Compiled for sm_90 (Triton 3.9), streamed weights take one tile plus ~8 KiB: float32 H=128
+    Compiled for sm_90 (Triton 3.6 and 3.9), streamed weights take one tile plus ~8 KiB: float32 H=128
     72 KiB, bfloat16 H=256 136 KiB; float32 H=256 would take 272 KiB (> 227 KiB on an H100).
     """
     block_h = _block_h(hidden)
