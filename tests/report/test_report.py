@@ -133,7 +133,9 @@ def test_plots_have_one_line_per_experiment_and_bars(runs):
     fig = plot_accuracy(summaries, "test")
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["lstm (3 seeds)", "gru", "mine", "nbsvm_bigram (bag of words)"]
+    assert labels == ["lstm (3 seeds)", "gru", "mine", "_original", "_original", "original (dotted, one seed)",
+                      "nbsvm_bigram (bag of words)"]
+    assert list(ax.get_lines()[3].get_ydata()) == [0.7848, 0.8277, 0.8483]  # the original lstm, 3 epochs
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.80, 0.84, 0.84])  # mean over seeds per epoch
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 1  # only lstm has several seeds

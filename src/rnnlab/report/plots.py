@@ -72,13 +72,24 @@ def _legend(ax) -> None:
 def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Figure:
     """Accuracy per epoch on ``split`` ("test" or "train"): one line per recurrent experiment.
 
-    On the test plot each baseline is a dashed horizontal line at its test accuracy.
+    On the test plot each baseline is a dashed horizontal line at its test accuracy, and each
+    of the original's experiments has its original curve dotted, in the experiment's colour.
     """
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     fig, (ax,) = _new_figure()
     _draw_curves(ax, summaries, f"{split}_acc")
     if split == "test":
+        drawn = False
+        for i, s in enumerate(summaries):  # the original's curve, dotted, for its experiments
+            if s.original is not None and s.has_results and s.kind != "baseline":
+                n = min(len(s.original.test_acc), max(_curve(s, "test_acc")[0], default=0))
+                if n:
+                    ax.plot(range(1, n + 1), s.original.test_acc[:n], color=_color(i), linestyle=":",
+                            linewidth=1.0, alpha=0.8, label="_original")
+                    drawn = True
+        if drawn:
+            ax.plot([], [], color="gray", linestyle=":", label="original (dotted, one seed)")
         for i, s in enumerate(summaries):
             if s.kind == "baseline" and s.final_acc is not None:
                 ax.axhline(s.final_acc.mean, color=_color(i), linestyle="--", linewidth=1.2,
