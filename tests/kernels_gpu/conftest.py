@@ -17,6 +17,15 @@ ON_GPU = os.environ.get("RNNLAB_TEST_TRITON_GPU") == "1" and torch.cuda.is_avail
 if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """On a GPU, torch.nn's float32 reference must not use TF32 (cuDNN allows it by default)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture
 def device() -> torch.device:
     """CPU tensors under the interpreter; CUDA when ``RNNLAB_TEST_TRITON_GPU=1`` on a GPU machine."""

@@ -2,7 +2,7 @@
 
     python -m rnnlab.kernels.triton.bench [--modes lstm,gru] [--shapes 200x64x64,200x128x128,500x64x64]
                                           [--dtypes float32,bfloat16] [--paths triton,graphs,bptt,fused]
-                                          [--repeats 20]
+                                          [--repeats 20] [--no-tf32]
 
 Independent of the dispatch in ``rnnlab.kernels`` (it calls the layer functions directly on a
 ``torch.nn`` module's weights). For each mode, shape ``LxNxH`` (H_in = H) and dtype it first
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--paths", default="triton,graphs,bptt,fused")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--no-tf32", action="store_true", help="cuDNN/cuBLAS float32 without TF32 (torch's default allows it in cuDNN)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("rnnlab.kernels.triton.bench: needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"--paths: expected names from {', '.join(PATHS)}, got {', '.join(unknown)}")
     torch.backends.cudnn.benchmark = False
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     import triton
 
     from . import layer
