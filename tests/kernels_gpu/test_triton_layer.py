@@ -226,3 +226,32 @@ def test_double_backward_is_refused(device):
     (gx,) = torch.autograd.grad(out.square().sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         gx.sum().backward()
+
+
+def test_out_of_resources_falls_back_once_with_a_warning(device, monkeypatch):
+    """A variant this GPU cannot launch is remembered and served by the fallback path."""
+    from triton.runtime.errors import OutOfResources
+
+    calls = []
+
+    class Refusing:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(grid)
+                raise OutOfResources(300000, 232448, "shared memory")
+
+            return launch
+
+    monkeypatch.setattr(tl_layer.K, "rnn_forward_kernel", Refusing())
+    monkeypatch.setattr(tl_layer, "_declined", set())
+    m = _torch_module("gru", 3, 4, True, device)
+    x, h0, _ = _inputs("gru", 3, 2, 3, 4, device)
+    with pytest.warns(UserWarning, match="out of resource: shared memory"):
+        got = _both_directions("gru", m, x, h0, None, None)
+    got_again = _both_directions("gru", m, x, h0, None, None)  # remembered: no launch, no warning
+    assert len(calls) == 2  # one per direction
+    want = _both_directions("gru", m, x, h0, None, None, fn=functional.fused_layer)
+    for a, b, c in zip(got, got_again, want):
+        if c is not None:
+            torch.testing.assert_close(a, c, **F32)
+            torch.testing.assert_close(b, c, **F32)

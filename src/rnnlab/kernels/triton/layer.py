@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -44,6 +45,8 @@ MAX_HIDDEN = 256
 DTYPES = (torch.float32, torch.bfloat16)
 _MODE_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+#: Calls whose forward kernel this machine could not launch (out of shared memory or registers).
+_declined: set[tuple] = set()
 #: W_hh tiles are kept in registers/shared memory across the time loop up to this many bytes.
 _RESIDENT_BYTES = int(os.environ.get("RNNLAB_TRITON_RESIDENT_BYTES", 64 * 1024))
 #: Tuning overrides for a GPU session (0 = the heuristics of ``_launch_config``).
@@ -264,8 +267,8 @@ def triton_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: T
 
     x (L, N, H_in), h0 (N, H), c0 (N, H) for LSTM -> (out (L, N, H), h_n (N, H), c_n or None).
     Runs :class:`TritonRecurrence` when grad is enabled and any input requires grad, a forward
-    that saves nothing otherwise; unsupported calls (see :func:`supports`) go to
-    :func:`fallback_layer`.
+    that saves nothing otherwise; unsupported calls (see :func:`supports`) and variants whose
+    launch runs out of GPU resources (remembered, one warning) go to :func:`fallback_layer`.
     """
     if not supports(mode, x, w_hh, w_hr):
         return fallback_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
@@ -277,10 +280,21 @@ def triton_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: T
     w_hh = w_hh.contiguous()
     lens = _lengths_i32(lengths, x.device)
     tensors = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        res = TritonRecurrence.apply(mode, bool(reverse), lens, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        return (res[0], res[1], res[2]) if mode == "lstm" else (res[0], res[1], None)
-    with torch.no_grad():
-        gi, bhn = _input_gates(mode, x, w_ih, b_ih, b_hh)
-        out, h_n, c_n, _, _, _ = _forward(mode, gi, bhn, h0, c0, w_hh, reverse, lens, save=False)
-    return out, h_n, c_n
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    key = (mode, x.dtype, w_hh.shape[1], bool(reverse), lens is not None, training, x.device)
+    if key in _declined:
+        return fallback_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        if training:
+            res = TritonRecurrence.apply(mode, bool(reverse), lens, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            return (res[0], res[1], res[2]) if mode == "lstm" else (res[0], res[1], None)
+        with torch.no_grad():
+            gi, bhn = _input_gates(mode, x, w_ih, b_ih, b_hh)
+            out, h_n, c_n, _, _, _ = _forward(mode, gi, bhn, h0, c0, w_hh, reverse, lens, save=False)
+        return out, h_n, c_n
+    except OutOfResources as err:  # this GPU cannot launch the variant: remember, use the next-best path
+        _declined.add(key)
+        warnings.warn(f"rnnlab.kernels.triton: {err}; using the fallback path for {mode} H={w_hh.shape[1]} {x.dtype}")
+        return fallback_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
