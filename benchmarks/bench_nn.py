@@ -123,6 +123,29 @@ def _peak_memory(fn: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def _profile_tables(modes: list[str], shapes: list[tuple[int, int, int]], device: torch.device) -> None:
+    """Where the time goes: self time per ATen op, impl fast vs torch.nn, 5 calls each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for mode in modes:
+        for steps, batch, size in shapes:
+            models = _build(mode, size, device, ["fast"])
+            x = torch.randn(steps, batch, size, device=device)
+            xg = x.clone().requires_grad_(True)
+            for label, make in (("forward (no grad)", _forward), ("forward+backward", _train_step)):
+                for impl in ("fast", "torch"):
+                    fn = make(models[impl], x if make is _forward else xg)
+                    fn()
+                    fn()
+                    with profile(activities=activities) as prof:
+                        for _ in range(5):
+                            fn()
+                        _sync(device)
+                    print(f"## {mode} {steps}x{batch}x{size} {label}, {impl}, threads {torch.get_num_threads()}, 5 calls")
+                    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12 if impl == "fast" else 4))
+
+
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
     shapes = []
     for item in text.split(","):
@@ -145,6 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="instead of timing, print torch.profiler tables (5 calls) of impl fast and torch.nn per mode and shape",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -160,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     shapes = _parse_shapes(args.shapes)
     torch.manual_seed(args.seed)
 
+    if args.profile:
+        _profile_tables(modes, shapes, device)
+        return
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"repeats {args.repeats} (median; {args.slow_repeats} for impls other than fast), float32; "
           f"times in ms; ratio = rnnlab / torch")
