@@ -190,3 +190,16 @@ def test_retain_graph_backward_twice_and_threads_restored() -> None:
         torch.set_num_threads(threads)
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_layer_function_asks_the_gpu_dispatch_first_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA: the GPU package's answer wins; where it has none, the BPTT path answers (no GPU needed)."""
+    import rnnlab.kernels.triton as gpu
+
+    sentinel = object()
+    monkeypatch.setattr(gpu, "cuda_layer_function", lambda *a, **k: sentinel)
+    cuda = torch.device("cuda")
+    assert kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=False, training=True) is sentinel
+    monkeypatch.setattr(gpu, "cuda_layer_function", lambda *a, **k: None)
+    assert kernels.layer_function("gru", cuda, torch.float64, has_lengths=True, has_proj=False, training=False) is layer
+    assert kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=True, training=False) is None

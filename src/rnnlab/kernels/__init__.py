@@ -9,6 +9,10 @@ one in-place ``addmm_`` plus in-place activations per step, and a hand-written b
 (backpropagation through time) with the weight gradients as one GEMM each. It supports every
 mode, both directions, ``lengths``, bias on/off, float32 and float64 on any device; LSTM
 projections (``proj_size > 0``) and other dtypes fall back to the fused form.
+
+On CUDA devices :func:`rnnlab.kernels.triton.cuda_layer_function` (persistent Triton kernels
+or CUDA graphs, chosen by ``$RNNLAB_GPU_KERNEL``) answers first; where it has nothing, the
+same BPTT path as on CPU is used.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ def layer_function(
     """
     if mode not in MODES:
         raise ValueError(f"rnnlab.kernels: mode must be one of {MODES}, got {mode!r}")
+    if torch.device(device).type == "cuda":
+        from .triton import cuda_layer_function
+
+        fn = cuda_layer_function(mode, device, dtype, has_lengths=has_lengths, has_proj=has_proj, training=training)
+        if fn is not None:
+            return fn
     if has_proj or dtype not in SUPPORTED_DTYPES:
         return None
     return layer
