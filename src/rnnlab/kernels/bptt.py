@@ -155,7 +155,7 @@ class _RunningGrad:
 
     def __init__(self, grad_out: Tensor, grad_hn: Tensor, sched: Optional[_Schedule]) -> None:
         self.n = grad_hn.shape[0]
-        self.rec = grad_hn.clone()  # (N, H)
+        self.rec = grad_hn.clone(memory_format=torch.contiguous_format)  # (N, H)
         self.tmp = torch.empty_like(self.rec)  # (N, H)
         self.go = _views(grad_out, sched)
 
@@ -437,7 +437,7 @@ class _LSTMFunction(torch.autograd.Function):
             dA4.masked_fill_(sched.pad_mask(dA.dtype).unsqueeze(-1) == 0, 0.0)
         dc_from_h = torch.mul(tc_all, tc_all).neg_().add_(1.0).mul_(o)  # o (1 - tanh(c)^2), (L, N, H)
         run = _RunningGrad(grad_out, grad_hn, sched)
-        dc = grad_cn.clone()  # (N, H), running dLoss/dc
+        dc = grad_cn.clone(memory_format=torch.contiguous_format)  # (N, H), running dLoss/dc
         dA_o, dA_ifg = _views(dA4[:, :, 0], sched), _views(dA4[:, :, 1:], sched)
         dA_rows = _views(dA, sched)
         dcf_rows, f_rows = _views(dc_from_h, sched), _views(f, sched)
