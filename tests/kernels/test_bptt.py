@@ -203,3 +203,21 @@ def test_layer_function_asks_the_gpu_dispatch_first_on_cuda(monkeypatch: pytest.
     monkeypatch.setattr(gpu, "cuda_layer_function", lambda *a, **k: None)
     assert kernels.layer_function("gru", cuda, torch.float64, has_lengths=True, has_proj=False, training=False) is layer
     assert kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=True, training=False) is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chunked_inference_projection(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No grad: input projections computed a few steps at a time (chunks of 3 over 7 steps,
+    both directions, with lengths) give torch.nn's numbers."""
+    from rnnlab.kernels import bptt
+
+    monkeypatch.setattr(bptt, "INFERENCE_CHUNK", 3)
+    for reverse, lengths in itertools.product((False, True), (None, torch.tensor([7, 3, 7, 1, 5]))):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs(mode, torch.float64, bias=True, seed=3)
+        with torch.no_grad():
+            out, h_n, c_n = layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, reverse, lengths)
+            r_out, r_h, r_c = _reference(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, lengths)
+        torch.testing.assert_close(out, r_out, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(h_n, r_h, atol=1e-10, rtol=1e-10)
+        if mode == "lstm":
+            torch.testing.assert_close(c_n, r_c, atol=1e-10, rtol=1e-10)

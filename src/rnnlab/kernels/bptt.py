@@ -67,13 +67,61 @@ class _Schedule:
         return (t[:, None] < self.lens_dev[None, :]).to(dtype).unsqueeze(-1)
 
 
-def _views(buf: Tensor, sched: Optional[_Schedule]) -> list[Tensor]:
-    """Per-step views of a ``(L, N, ...)`` buffer, cut to the rows running at each step."""
+def _views(buf: Tensor, sched: Optional[_Schedule], offset: int = 0) -> list[Tensor]:
+    """Per-step views of a ``(T, N, ...)`` buffer holding steps ``offset...``, cut to the rows
+    running at each step."""
     steps = buf.unbind(0)
     if sched is None:
         return list(steps)
     n = buf.shape[1]
-    return [v if b == n else v[:b] for v, b in zip(steps, sched.bs)]
+    return [v if b == n else v[:b] for v, b in zip(steps, sched.bs[offset:])]
+
+
+#: Without grad, the input projections are computed this many steps at a time into one reused
+#: buffer (it stays in cache, and no (L, N, G*H) buffer is allocated and first touched).
+INFERENCE_CHUNK = 16
+
+
+class _Gates:
+    """The gate buffer of the time loop: ``X W_ih^T + b`` for all steps (``chunk = L``, kept for
+    backward) or ``chunk`` steps at a time into one reused buffer (no grad).
+
+    ``step(t)`` returns the views of step t: the whole ``(b_t, G*H)`` row and its G gate blocks.
+    """
+
+    def __init__(self, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], sched: Optional[_Schedule], chunk: int, gates: int) -> None:
+        self.x, self.w_t, self.bias, self.sched, self.gates = x, w_ih.t(), bias, sched, gates
+        steps, n, _ = x.shape
+        self.steps, self.chunk = steps, min(chunk, steps)
+        if self.chunk == steps:
+            self.buf = _input_projection(x, w_ih, bias)  # (L, N, G*H)
+            self._fill(0, steps, project=False)
+        else:
+            self.buf = x.new_empty((self.chunk, n, w_ih.shape[0]))  # (chunk, N, G*H), reused
+            self.t0 = self.t1 = -1
+
+    def _fill(self, t0: int, t1: int, project: bool = True) -> None:
+        buf = self.buf[: t1 - t0]
+        if project:
+            x2 = self.x[t0:t1].reshape(-1, self.x.shape[2])  # (T*N, H_in)
+            out2 = buf.view(-1, buf.shape[2])  # (T*N, G*H)
+            if self.bias is None:
+                torch.mm(x2, self.w_t, out=out2)
+            else:
+                torch.addmm(self.bias, x2, self.w_t, out=out2)
+        t, n, gh = buf.shape
+        self.rows = _views(buf, self.sched, t0)
+        self.blocks = [_views(v, self.sched, t0) for v in buf.view(t, n, self.gates, gh // self.gates).unbind(2)]
+        self.t0, self.t1 = t0, t1
+
+    def step(self, t: int, reverse: bool) -> tuple[Tensor, list[Tensor]]:
+        if not self.t0 <= t < self.t1:
+            if reverse:
+                self._fill(max(0, t + 1 - self.chunk), t + 1)
+            else:
+                self._fill(t, min(self.steps, t + self.chunk))
+        k = t - self.t0
+        return self.rows[k], [blk[k] for blk in self.blocks]
 
 
 def _prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
@@ -336,13 +384,12 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, reverse, sched, save):
     The state is kept doubled (exact) so that tanh(c) = lerp(-1, 1, sigmoid(2c)) needs no
     extra multiply: 2c_t = f 2c_{t-1} + i 2g.
     """
-    gates = _input_projection(x, w_ih, bias)  # (L, N, 4H) pre-activations o, i, f, 2a_g
-    steps, n, g4 = gates.shape
-    hid = g4 // 4
+    src = _Gates(x, w_ih, bias, sched, x.shape[0] if save else INFERENCE_CHUNK, 4)  # o, i, f, 2a_g
+    steps, n, _ = x.shape
+    hid = w_hh.shape[1]
     new = torch.zeros if sched is not None else torch.empty
     out = new((steps, n, hid), dtype=x.dtype, device=x.device)  # (L, N, H)
-    a_rows, out_rows = _views(gates, sched), _views(out, sched)
-    o_rows, i_rows, f_rows, g_rows = (_views(v, sched) for v in gates.view(steps, n, 4, hid).unbind(2))
+    out_rows = _views(out, sched)
     w_t = w_hh.t()  # (H, 4H)
     consts = _Consts(h0)
     c0_2 = 2.0 * c0  # (N, H)
@@ -358,29 +405,29 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, reverse, sched, save):
     b_prev = n
     with _LoopThreads(w_hh.numel() * n):
         for t in _order(steps, reverse):
-            a = a_rows[t]  # (b, 4H)
+            a, (o, i, f, g2) = src.step(t, reverse)  # (b, 4H) and its four (b, H) blocks
             b = a.shape[0]
             m1, p1, m2, p2 = consts.rows(b)
             h = _start_state(prev_h, h0, b_prev, b)
             a.addmm_(h, w_t)
             a.sigmoid_()  # o, i, f, sigmoid(2 a_g)
-            g2 = g_rows[t]
             torch.lerp(m2, p2, g2, out=g2)  # 2g = 2 tanh(a_g)
             if save:
                 c_prev = _start_state(prev_c, c0_2, b_prev, b)
                 c, tc = c_rows[t], tc_rows[t]
-                torch.mul(f_rows[t], c_prev, out=c)
+                torch.mul(f, c_prev, out=c)
                 prev_c = c
             else:
                 c = c_state[:b] if b < n else c_state
                 tc = tmp[:b] if b < n else tmp
-                c.mul_(f_rows[t])
-            c.addcmul_(i_rows[t], g2)  # 2c
+                c.mul_(f)
+            c.addcmul_(i, g2)  # 2c
             torch.sigmoid(c, out=tc)
             torch.lerp(m1, p1, tc, out=tc)  # tanh(c)
             h_new = out_rows[t]
-            torch.mul(o_rows[t], tc, out=h_new)
+            torch.mul(o, tc, out=h_new)
             prev_h, b_prev = h_new, b
+    gates = src.buf
     if save:
         return out, gates, c_all, tc_all
     return out, gates, c_state, None
@@ -505,14 +552,12 @@ def _gru_forward(x, h0, weights, reverse, sched, save):
     """The GRU time loop on ``_gru_weights``. Returns out (L, N, H), gates (L, N, 3H) holding
     r, z, n, and 2 hn (L, N, H) with hn = h_{t-1} W_hn^T + b_hn when ``save`` (else None)."""
     w_x, w_rz, w_n, b_x, b_hn = weights
-    gates = _input_projection(x, w_x, b_x)  # (L, N, 3H)
-    steps, n, g3 = gates.shape
-    hid = g3 // 3
+    src = _Gates(x, w_x, b_x, sched, x.shape[0] if save else INFERENCE_CHUNK, 3)  # r, z, 2a_n (input parts)
+    steps, n, _ = x.shape
+    hid = w_n.shape[0]
     new = torch.zeros if sched is not None else torch.empty
     out = new((steps, n, hid), dtype=x.dtype, device=x.device)  # (L, N, H)
     hn_all = torch.empty_like(out) if save else torch.empty_like(h0)  # (L, N, H) or (N, H)
-    rz_rows = _views(gates[:, :, : 2 * hid], sched)
-    r_rows, z_rows, n_rows = (_views(v, sched) for v in gates.view(steps, n, 3, hid).unbind(2))
     out_rows = _views(out, sched)
     hn_rows = _views(hn_all, sched) if save else None
     w_rz_t, w_n_t = w_rz.t(), w_n.t()  # (H, 2H), (H, H)
@@ -521,8 +566,9 @@ def _gru_forward(x, h0, weights, reverse, sched, save):
     b_prev = n
     with _LoopThreads((w_rz.numel() + w_n.numel()) * n):
         for t in _order(steps, reverse):
-            rz = rz_rows[t]  # (b, 2H)
-            b = rz.shape[0]
+            a, (r, z, nn_) = src.step(t, reverse)  # (b, 3H) and its three (b, H) blocks
+            b = a.shape[0]
+            rz = a[:, : 2 * hid]
             m1, p1, _, _ = consts.rows(b)
             h = _start_state(prev_h, h0, b_prev, b)
             hn = hn_rows[t] if save else (hn_all[:b] if b < n else hn_all)
@@ -532,12 +578,12 @@ def _gru_forward(x, h0, weights, reverse, sched, save):
             else:
                 torch.addmm(b_hn, h, w_n_t, out=hn)
             rz.sigmoid_()
-            nn_ = n_rows[t]
-            nn_.addcmul_(r_rows[t], hn).sigmoid_()  # sigmoid(2 a_n)
+            nn_.addcmul_(r, hn).sigmoid_()  # sigmoid(2 a_n)
             torch.lerp(m1, p1, nn_, out=nn_)  # n = tanh(a_n)
             h_new = out_rows[t]
-            torch.lerp(nn_, h, z_rows[t], out=h_new)  # n + z (h - n)
+            torch.lerp(nn_, h, z, out=h_new)  # n + z (h - n)
             prev_h, b_prev = h_new, b
+    gates = src.buf
     return out, gates, hn_all if save else None
 
 
