@@ -94,3 +94,14 @@ def test_user_errors(tmp_path, monkeypatch, capsys, args, message):
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "is not a run directory: no run.json" in capsys.readouterr().err
+
+
+def test_resume_without_preset_continues_the_run_as_it_was_set_up(tmp_path, csv_data, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(csv_data, run, "--set", "epochs=1", "--set", "hidden_size=12")) == 0
+    # Only --out, --resume and the new epoch count: the run's own config.toml supplies the rest
+    # (without it, the defaults would differ from the run's hidden_size=12 and be refused).
+    assert main(["train", "--out", str(run), "--resume", "--set", "epochs=2", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "hidden_size = 12" in (run / "config.toml").read_text()

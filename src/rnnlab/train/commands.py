@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 from typing import Any
 
@@ -57,7 +58,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data={args.data}")
     try:
-        config = load_config(preset=args.preset, config_file=args.config, overrides=overrides)
+        config_file = args.config
+        if args.resume and not args.preset and not config_file and (Path(args.out) / "config.toml").is_file():
+            config_file = Path(args.out) / "config.toml"  # `--resume` alone continues the run as it was set up
+        config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
         rows = train_and_evaluate(config, args.out, resume=args.resume, overwrite=args.overwrite,
                                   progress=not args.no_progress)
     except (ConfigError, RunDirError, TrainingError) as err:
