@@ -11,18 +11,18 @@ about 1 GB/s, so checking a full IMDB entry on every load costs tens of millisec
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from rnnlab._io import write_json
 
 #: Bump when the layout of any cache entry changes: old entries are then ignored.
 CACHE_FORMAT = 1
@@ -42,22 +42,8 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_json(path, obj, indent=1)
 
 
 def key_digest(key: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rnnlab import __version__
-from rnnlab.report._io import write_json, write_text
+from rnnlab._io import write_json, write_text
 
 #: Experiment name of the baseline in reports.
 BASELINE_NAME = "nbsvm_bigram"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rnnlab import __version__
-from rnnlab.report._io import write_text
+from rnnlab._io import write_text
 from rnnlab.report.aggregate import ExperimentSummary, summarize
 from rnnlab.report.plots import PLOTS, write_plots
 from rnnlab.report.runs import ReportError, discover_runs, read_run

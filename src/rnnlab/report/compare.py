@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, TextIO
 
 from rnnlab import __version__
-from rnnlab.report._io import write_json
+from rnnlab._io import write_json
 from rnnlab.report.baseline import BASELINE_NAME, nbsvm, write_baseline_run
 from rnnlab.report.build import Report, write_report
 from rnnlab.report.runs import ReportError, read_metrics_rows

@@ -15,7 +15,7 @@ from typing import Callable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rnnlab.report._io import atomic_write
+from rnnlab._io import atomic_write
 from rnnlab.report.aggregate import ExperimentSummary
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from rnnlab import __version__
+from rnnlab._io import torch_save, write_json, write_text
 from rnnlab.models import build_model, count_parameters
 from rnnlab.train.config import Config, ConfigError, config_from_toml
 
@@ -46,39 +47,6 @@ class RunDirError(RuntimeError):
 
 class TrainingError(RuntimeError):
     """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -109,7 +77,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -402,7 +370,7 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
             if info.get("status") != "complete":
                 info.update(status="complete", epochs=config.epochs)
                 info.pop("error", None)
-                atomic_write_json(run_dir / "run.json", info)
+                write_json(run_dir / "run.json", info)
             return rows
     if data is None:
         data = load_data(config, progress=progress)
@@ -445,15 +413,15 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
         best, bad_epochs = dict(ckpt["best"]), ckpt["bad_epochs"]
         start_epoch = ckpt["epoch"] + 1
         _write_metrics(run_dir, history)
-        atomic_write_text(run_dir / "config.toml", config.to_toml())  # the resumable fields may have changed
+        write_text(run_dir / "config.toml", config.to_toml())  # the resumable fields may have changed
         log(f"Resuming from epoch {ckpt['epoch']} ({run_dir})")
     else:
         _write_metrics(run_dir, [])
         (run_dir / "train.log").write_text("", encoding="utf-8")
-        atomic_write_text(run_dir / "config.toml", config.to_toml())
+        write_text(run_dir / "config.toml", config.to_toml())
         data.vocab.save(run_dir / "vocab.json")
-        atomic_write_json(run_dir / "tokenizer.json", data.tokenizer.to_dict())
-        atomic_write_text(run_dir / "model.txt", f"{model}\n")
+        write_json(run_dir / "tokenizer.json", data.tokenizer.to_dict())
+        write_text(run_dir / "model.txt", f"{model}\n")
         log(f"vocab_size: {vocab_size}")
         log(str(model))
         log(f"Parameters: {num_params:,}  device: {device}  train: {len(data.train)}  test: {len(data.test)}"
@@ -464,7 +432,7 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
                 "name": config.name, "seed": config.seed, "device": str(device), "label_names": label_names,
                 "num_classes": num_classes, "vocab_size": vocab_size, "best_epoch": best["epoch"],
                 "best_metric": best["metric"]}
-    atomic_write_json(run_dir / "run.json", run_info)
+    write_json(run_dir / "run.json", run_info)
     writer = _tensorboard(run_dir)
     stopped_early = False
     try:
@@ -497,12 +465,12 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
                 "bad_epochs": bad_epochs, "stopped_early": stopped_early, "config": config.to_dict(),
                 "vocab_size": vocab_size, "num_classes": num_classes, "label_names": label_names,
             }
-            atomic_torch_save(run_dir / "checkpoints" / "last.pt", ckpt_out)
+            torch_save(run_dir / "checkpoints" / "last.pt", ckpt_out)
             if improved:
                 _atomic_copy(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
             _write_metrics(run_dir, history)
             run_info.update(epochs_completed=epoch, best_epoch=best["epoch"])
-            atomic_write_json(run_dir / "run.json", run_info)
+            write_json(run_dir / "run.json", run_info)
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch":
@@ -515,14 +483,14 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     except BaseException as err:
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
         run_info.update(status="failed", error=reason)
-        atomic_write_json(run_dir / "run.json", run_info)
+        write_json(run_dir / "run.json", run_info)
         raise
     finally:
         if writer is not None:
             writer.close()
     run_info.update(status="complete", stopped_early=stopped_early)
     run_info.pop("error", None)
-    atomic_write_json(run_dir / "run.json", run_info)
+    write_json(run_dir / "run.json", run_info)
     return history
 
 

@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes, shared by every package that writes to disk (cache, run directories, reports).
+
+A reader sees the old file or the new one, never half of either: each write goes to a temporary
+file in the same folder, which ``os.replace`` then moves into place.
+"""
 
 from __future__ import annotations
 
@@ -35,5 +39,15 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: Path, obj: Any, *, indent: int = 2) -> None:
+    write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def torch_save(path: Path, obj: Any) -> None:
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
