@@ -97,9 +97,10 @@ class RNNClassifier(nn.Module):
     default model prints exactly as the original experiment's ``ImdbNet``; optional
     dropouts and non-default pooling appear in the printout only when used.
 
-    Padding: rnnlab encoders receive ``lengths=`` and behave as if each sequence ran
-    alone; a unidirectional torch.nn encoder runs over the padded batch (outputs at real
-    steps do not depend on later padding); a bidirectional one runs on a packed sequence.
+    Padding: a unidirectional encoder runs over the padded batch (outputs at real steps do
+    not depend on later padding, and pooling reads real steps only); a bidirectional one gets
+    ``lengths=`` (rnnlab) or a packed sequence (torch.nn), so that its reverse direction
+    starts at each sequence's last real step.
     """
 
     def __init__(self, vocab_size: int, num_classes: int, *, cell: str = "lstm", impl: str = "rnnlab",
@@ -154,14 +155,15 @@ class RNNClassifier(nn.Module):
         if hasattr(self, "embedding_dropout"):
             x = self.embedding_dropout(x)
         lengths_dev = lengths.to(x.device)
-        if self.impl == "torch":
-            if self.num_directions == 2:
-                packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-                out, _ = pad_packed_sequence(self.encoder(packed)[0], total_length=x.shape[0])  # (L, N, 2H)
-            else:
-                out, _ = self.encoder(x)  # (L, N, H)
+        if self.num_directions == 1:
+            # Outputs at real steps never depend on the padding after them, and the pooling
+            # reads real steps only: the padded batch needs no lengths (and no sort).
+            out, _ = self.encoder(x)  # (L, N, H)
+        elif self.impl == "torch":
+            packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            out, _ = pad_packed_sequence(self.encoder(packed)[0], total_length=x.shape[0])  # (L, N, 2H)
         else:
-            out, _ = self.encoder(x, lengths=lengths_dev)  # (L, N, D*H)
+            out, _ = self.encoder(x, lengths=lengths_dev)  # (L, N, 2H)
         return masked_pool(out, lengths_dev, self.pooling, self.num_directions)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
