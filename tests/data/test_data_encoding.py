@@ -32,6 +32,16 @@ def test_pinned_ids_lengths_and_training_only_vocabulary(tmp_path: Path) -> None
     assert ids.tolist() == [3, 6, 4, 7] and int(label) == 0
 
 
+def test_head_tail_truncation_keeps_a_quarter_of_head_and_the_rest_of_tail() -> None:
+    from rnnlab.data.encoding import _truncate
+
+    toks = [str(i) for i in range(20)]
+    assert _truncate(toks, 8, "head_tail") == ["0", "1", "14", "15", "16", "17", "18", "19"]
+    assert _truncate(toks, 3, "head_tail") == ["17", "18", "19"]  # 3 // 4 = 0 head tokens
+    assert _truncate(toks, 20, "head_tail") == toks and _truncate(toks[:5], 8, "head_tail") == toks[:5]
+    assert _truncate(toks, 8, "head") == toks[:8] and _truncate(toks, 8, "tail") == toks[-8:]
+
+
 def test_tail_truncation_no_limit_and_encode_texts(tmp_path: Path) -> None:
     tail = encode_dataset(_dataset(), max_len=3, truncate="tail", cache_dir=tmp_path, progress=False)
     assert tail.train.ids[1].tolist() == [7, 3, 2]  # "on the cat"
@@ -39,7 +49,7 @@ def test_tail_truncation_no_limit_and_encode_texts(tmp_path: Path) -> None:
     assert full.train.ids.shape == (4, 6) and full.test.ids.shape == (2, 6)
     ids, lengths = encode_texts(["the dog", "zz the cat sat"], full.tokenizer, full.vocab, max_len=3)
     assert ids.tolist() == [[3, 6, 0], [1, 3, 2]] and lengths.tolist() == [2, 3]
-    with pytest.raises(ValueError, match=r"truncate must be 'head' or 'tail', got 'middle'"):
+    with pytest.raises(ValueError, match=r"truncate must be one of head, tail, head_tail, got 'middle'"):
         encode_dataset(_dataset(), truncate="middle", cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"max_len must be an int >= 1 or None, got 0"):
         encode_dataset(_dataset(), max_len=0, cache_dir=tmp_path)
@@ -123,7 +133,7 @@ def test_parallel_tokenizing_matches_serial(tmp_path: Path) -> None:
     assert "!" in texts  # a text without tokens
     ds = TextDataset(TextSplit(texts[:40], [i % 2 for i in range(40)]), TextSplit(texts[40:60], [0, 1] * 10),
                      ["a", "b"], "memory", "fp-par", val=TextSplit(texts[60:], [0, 1] * 5))
-    for truncate in ("head", "tail"):
+    for truncate in ("head", "tail", "head_tail"):
         serial = encode_dataset(ds, max_len=5, truncate=truncate, use_cache=False, progress=False, workers=0)
         par = encode_dataset(ds, max_len=5, truncate=truncate, use_cache=False, progress=False, workers=2)
         assert par.vocab == serial.vocab and par.vocab.counts == serial.vocab.counts

@@ -59,6 +59,39 @@ def test_aggregates_pin_known_mean_and_std(runs):
     assert [r.seed for r in gru.incomplete] == [1]
 
 
+def _test_once_run(root, seed, val_accs, test):
+    """A ``test_every_epoch = false`` run: validation per epoch, one test result in run.json."""
+    run = make_run(root, "best", seed, val_accs, config={"test_every_epoch": False, "val_fraction": 0.1})
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    with open(run / "metrics.jsonl", "w") as f:
+        for row in rows:
+            acc, loss = row.pop("test_acc"), row.pop("test_loss")
+            f.write(json.dumps({**row, "val_acc": acc, "val_loss": loss}) + "\n")
+    info = json.loads((run / "run.json").read_text())
+    if test is not None:
+        info["test"] = test
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def test_test_once_runs_report_their_single_test_result(tmp_path):
+    root = tmp_path / "runs"
+    _test_once_run(root, 0, [0.88, 0.90, 0.89], {"epoch": 2, "acc": 0.905, "loss": 0.25, "n": 100})
+    _test_once_run(root, 1, [0.87, 0.91, 0.90], {"epoch": 2, "acc": 0.895, "loss": 0.27, "n": 100})
+    broken = _test_once_run(root, 2, [0.87, 0.91, 0.90], None)
+    records = [read_run(p) for p in discover_runs([root])]
+    assert [r.complete for r in records] == [True, True, False]
+    assert "no final test result" in records[2].problem and records[2].path == broken
+    (s,) = summarize(records)
+    assert s.final_acc.mean == pytest.approx(0.90) and s.final_acc.std == pytest.approx(0.00707107, abs=1e-7)
+    assert s.best_acc.mean == pytest.approx(0.90) and s.best_epochs == [2, 2]
+    assert s.final_loss.mean == pytest.approx(0.26)
+    report = write_report([root], tmp_path / "out")
+    assert (tmp_path / "out" / "val_accuracy.png").is_file() and "0.9000" in report.markdown
+    fig = plot_accuracy([s], "val")
+    assert len([ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]) == 1
+
+
 def test_report_files_table_and_csv(runs, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
@@ -149,8 +182,8 @@ def test_plots_have_one_line_per_experiment_and_bars(runs):
     assert list(orig.get_xdata()) == [0.8483, 0.8554] and list(orig.get_ydata()) == [0, 1]
     secs = [p for p in plot_epoch_seconds(summaries).axes[0].patches if isinstance(p, Rectangle)]
     assert [b.get_width() for b in secs] == [12.0, 10.0, 10.0]
-    with pytest.raises(ValueError, match="split must be 'test' or 'train', got 'val'"):
-        plot_accuracy(summaries, "val")
+    with pytest.raises(ValueError, match="split must be 'test', 'train' or 'val', got 'dev'"):
+        plot_accuracy(summaries, "dev")
 
 
 def test_report_cli(runs, tmp_path, capsys):

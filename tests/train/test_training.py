@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rnnlab.train.runner as runner
-from rnnlab.train import (FORMAT, RunDirError, TrainingError, evaluate_run, predict, read_metrics,
+from rnnlab.train import (FORMAT, ConfigError, RunDirError, TrainingError, evaluate_run, predict, read_metrics,
                           train_and_evaluate)
 
 from train_helpers import tiny_config
@@ -218,6 +218,39 @@ def test_validation_best_checkpoint_and_early_stopping(tmp_path, tiny_val_data, 
     result = evaluate_run(tmp_path / "run", data=tiny_val_data)
     assert result["epoch"] == best["epoch"] and result["checkpoint"].endswith("best.pt")
     assert result["accuracy"] == pytest.approx(best["test_acc"], abs=1e-12)
+
+
+def test_test_split_evaluated_once_on_the_best_validation_checkpoint(tmp_path, tiny_val_data, monkeypatch):
+    config = tiny_config(epochs=4, val_fraction=0.2, test_every_epoch=False)
+    calls = []
+    real_eval = runner.run_eval
+    monkeypatch.setattr(runner, "run_eval", lambda model, split, *a, **k: (
+        calls.append(split is tiny_val_data.test), real_eval(model, split, *a, **k))[1])
+    rows = train_and_evaluate(config, tmp_path / "run", data=tiny_val_data, progress=False)
+    assert calls.count(True) == 1 and calls[-1] is True  # test once, after the last epoch
+    assert all("test_acc" not in r and "val_acc" in r for r in rows)
+    best = max(rows, key=lambda r: r["val_acc"])
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    test = json.loads((tmp_path / "run" / "test.json").read_text())
+    assert info["status"] == "complete" and info["test"] == test and test["epoch"] == best["epoch"]
+    assert test["selected_by"] == "val_acc" and test["n"] == len(tiny_val_data.test)
+    result = evaluate_run(tmp_path / "run", data=tiny_val_data)  # best.pt re-evaluated: the same number
+    assert result["epoch"] == best["epoch"] and result["accuracy"] == pytest.approx(test["acc"], abs=1e-12)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"Test set (epoch {best['epoch']}, best validation accuracy)" in log and "\nTest set: " not in log
+    # Killed after training but before the test pass: resume runs only the test pass.
+    del info["test"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    (tmp_path / "run" / "test.json").unlink()
+    calls.clear()
+    train_and_evaluate(config, tmp_path / "run", data=tiny_val_data, resume=True, progress=False)
+    assert calls == [True]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["test"] == test
+
+
+def test_test_once_needs_a_validation_split():
+    with pytest.raises(ConfigError, match=r"test_every_epoch=false .* needs val_fraction > 0"):
+        tiny_config(test_every_epoch=False)
 
 
 def test_evaluate_and_predict_from_the_run_directory_alone(tmp_path, tiny_data):

@@ -29,7 +29,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-words", type=int, default=20000, help="vocabulary size without padding (default 20000)")
     p.add_argument("--min-freq", type=int, default=1, help="rarer words map to <unk> (default 1)")
     p.add_argument("--max-len", type=int, default=200, help="tokens kept per text (default 200)")
-    p.add_argument("--truncate", choices=("head", "tail"), default="head", help="keep the first or last tokens")
+    p.add_argument("--truncate", choices=("head", "tail", "head_tail"), default="head",
+                   help="keep the first, the last, or the first quarter + last three quarters of max_len tokens")
     p.add_argument("--val-fraction", type=float, default=0.0, help="validation share carved from train")
     p.add_argument("--val-split", choices=("group", "random"), default="group",
                    help="IMDB: by movie (default) or at random, stratified by label")

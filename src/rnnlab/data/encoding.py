@@ -111,12 +111,7 @@ class _Tokens:
     @classmethod
     def from_lists(cls, token_lists: list[list[str]], max_len: int | None, truncate: str) -> "_Tokens":
         total = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
-        if max_len is None:
-            kept_lists = token_lists
-        elif truncate == "head":
-            kept_lists = [t[:max_len] if len(t) > max_len else t for t in token_lists]
-        else:
-            kept_lists = [t[-max_len:] if len(t) > max_len else t for t in token_lists]
+        kept_lists = token_lists if max_len is None else [_truncate(t, max_len, truncate) for t in token_lists]
         kept = total if max_len is None else np.minimum(total, max_len)
         return cls(chain.from_iterable(kept_lists), kept, total)
 
@@ -158,10 +153,21 @@ _SHARED_LOCK = threading.Lock()
 _PARALLEL_MIN_TEXTS = 20000
 
 
+#: Allowed ``truncate`` values: keep the first, the last, or the first quarter and the last
+#: three quarters of ``max_len`` tokens (head+tail, as in Sun et al. 2019 for long reviews).
+TRUNCATE_CHOICES = ("head", "tail", "head_tail")
+
+
 def _truncate(toks: list[str], max_len: int | None, truncate: str) -> list[str]:
+    """A text's kept tokens: ``head`` toks[:L], ``tail`` toks[-L:], ``head_tail`` toks[:L//4] + toks[-(L - L//4):]."""
     if max_len is None or len(toks) <= max_len:
         return toks
-    return toks[:max_len] if truncate == "head" else toks[-max_len:]
+    if truncate == "head":
+        return toks[:max_len]
+    if truncate == "tail":
+        return toks[-max_len:]
+    head = max_len // 4
+    return toks[:head] + toks[len(toks) - (max_len - head):]
 
 
 def _count_chunk(task: tuple[int, int]) -> tuple[dict[str, int], str, np.ndarray]:
@@ -278,8 +284,8 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
                    use_cache: bool = True, workers: int | None = None) -> EncodedData:
     """Tokenise every split, build the vocabulary from the training split only, encode to ids.
 
-    Each text keeps its first ``max_len`` tokens (``truncate="head"``) or its last
-    (``"tail"``); ``max_len=None`` keeps all and pads to the longest. See :class:`Vocabulary`
+    Each text keeps its first ``max_len`` tokens (``truncate="head"``), its last (``"tail"``),
+    or its first ``max_len // 4`` and last ``max_len - max_len // 4`` (``"head_tail"``); ``max_len=None`` keeps all and pads to the longest. See :class:`Vocabulary`
     for ``max_words`` / ``min_freq`` (default: 20,001 ids, as in the original experiment).
 
     The result is cached in ``<cache_dir>/encoded/<key>/`` (default cache dir ``$RNNLAB_CACHE``
@@ -292,8 +298,8 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
     """
     t0 = time.perf_counter()
     tokenizer = tokenizer or Tokenizer()
-    if truncate not in ("head", "tail"):
-        raise ValueError(f"encode_dataset: truncate must be 'head' or 'tail', got {truncate!r}")
+    if truncate not in TRUNCATE_CHOICES:
+        raise ValueError(f"encode_dataset: truncate must be one of {', '.join(TRUNCATE_CHOICES)}, got {truncate!r}")
     if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
         raise ValueError(f"encode_dataset: max_len must be an int >= 1 or None, got {max_len!r}")
     Vocabulary.check_settings(max_words, min_freq)

@@ -4,6 +4,8 @@ For an experiment with complete runs r = 1..N (one per seed):
 
     final_acc_r = test_acc at the last epoch of run r
     best_acc_r  = max over epochs of test_acc in run r
+    (a run with test_every_epoch = false has one test result, on its best-validation epoch:
+    final_acc_r = best_acc_r = that result, best epoch = the epoch validation chose)
     mean = (1/N) sum_r x_r,    std = sqrt( sum_r (x_r - mean)^2 / (N - 1) )   (None when N = 1)
 
 Seconds per epoch is the median of ``epoch_seconds`` over every epoch of every complete run.
@@ -94,11 +96,12 @@ def summarize(runs: list[RunRecord], order: list[str] | None = None) -> list[Exp
         s = ExperimentSummary(name=name, kind=members[0].kind, runs=complete,
                               incomplete=[r for r in members if not r.complete])
         if complete:
-            s.final_acc = Stat.of([r.rows[-1]["test_acc"] for r in complete])
-            best = [max(r.rows, key=lambda row: row["test_acc"]) for r in complete]
-            s.best_acc = Stat.of([row["test_acc"] for row in best])
-            s.best_epochs = [int(row["epoch"]) for row in best]
-            s.final_loss = Stat.of([r.rows[-1]["test_loss"] for r in complete])
+            finals = [r.final_test() for r in complete]
+            s.final_acc = Stat.of([f[0] for f in finals])
+            best = [r.best_test() for r in complete]
+            s.best_acc = Stat.of([b[0] for b in best])
+            s.best_epochs = [b[1] for b in best]
+            s.final_loss = Stat.of([f[1] for f in finals])
             params = sorted({r.num_params for r in complete if r.num_params is not None})
             s.num_params = params[0] if params else None
             if len(params) > 1:

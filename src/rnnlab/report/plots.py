@@ -70,13 +70,13 @@ def _legend(ax) -> None:
 
 
 def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Figure:
-    """Accuracy per epoch on ``split`` ("test" or "train"): one line per recurrent experiment.
+    """Accuracy per epoch on ``split`` ("test", "train" or "val"): one line per recurrent experiment.
 
     On the test plot each baseline is a dashed horizontal line at its test accuracy, and each
     of the original's experiments has its original curve dotted, in the experiment's colour.
     """
-    if split not in ("test", "train"):
-        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    if split not in ("test", "train", "val"):
+        raise ValueError(f"split must be 'test', 'train' or 'val', got {split!r}")
     fig, (ax,) = _new_figure()
     _draw_curves(ax, summaries, f"{split}_acc")
     if split == "test":
@@ -94,8 +94,9 @@ def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Fi
             if s.kind == "baseline" and s.final_acc is not None:
                 ax.axhline(s.final_acc.mean, color=_color(i), linestyle="--", linewidth=1.2,
                            label=f"{s.name} (bag of words)")
-    ax.set_ylabel(f"{split} accuracy")
-    ax.set_title(f"{split.capitalize()} accuracy per epoch (mean over seeds, band: min..max)")
+    word = {"val": "validation"}.get(split, split)
+    ax.set_ylabel(f"{word} accuracy")
+    ax.set_title(f"{word.capitalize()} accuracy per epoch (mean over seeds, band: min..max)")
     _legend(ax)
     return fig
 
@@ -174,10 +175,18 @@ PLOTS: dict[str, Callable[[list[ExperimentSummary]], Figure]] = {
 }
 
 
+def _has_validation(summaries: list[ExperimentSummary]) -> bool:
+    return any("val_acc" in row for s in summaries for r in s.runs for row in r.rows)
+
+
 def write_plots(summaries: list[ExperimentSummary], out_dir: Path) -> list[Path]:
-    """Render every plot in :data:`PLOTS` into ``out_dir`` (each file written atomically)."""
+    """Render every plot in :data:`PLOTS` into ``out_dir`` (each file written atomically), and
+    ``val_accuracy.png`` when some run has a validation split."""
     written = []
-    for filename, draw in PLOTS.items():
+    plots = dict(PLOTS)
+    if _has_validation(summaries):
+        plots["val_accuracy.png"] = lambda s: plot_accuracy(s, "val")
+    for filename, draw in plots.items():
         fig = draw(summaries)
         path = Path(out_dir) / filename
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -21,6 +21,8 @@ class ReportError(ValueError):
 
 #: Keys every metrics row must hold, as finite numbers, for the run to count as a result.
 REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+#: The same for a run trained with ``test_every_epoch = false`` (its one test result is in run.json).
+REQUIRED_METRICS_FINAL_TEST = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 #: Folders inside a run directory that never hold other runs.
 _SKIP_DIRS = {"checkpoints", "__pycache__", ".git"}
@@ -53,6 +55,27 @@ class RunRecord:
     def kind(self) -> str:
         """``"baseline"`` for the bag-of-words baseline, else ``"rnn"``."""
         return str(self.info.get("kind", "rnn"))
+
+    @property
+    def test_once(self) -> bool:
+        """True for a run evaluated on test once, on its best-validation checkpoint (``test_every_epoch=false``)."""
+        return self.config.get("test_every_epoch") is False
+
+    def final_test(self) -> tuple[float, float, int]:
+        """``(test_acc, test_loss, epoch)`` of the run's result: the last epoch's test metrics, or for a
+        ``test_once`` run the single test pass on the epoch chosen by validation accuracy."""
+        if self.test_once:
+            t = self.info["test"]
+            return float(t["acc"]), float(t["loss"]), int(t["epoch"])
+        return float(self.rows[-1]["test_acc"]), float(self.rows[-1]["test_loss"]), int(self.rows[-1]["epoch"])
+
+    def best_test(self) -> tuple[float, int]:
+        """``(test_acc, epoch)``: the highest per-epoch test accuracy (for a ``test_once`` run, its one test)."""
+        if self.test_once:
+            acc, _, epoch = self.final_test()
+            return acc, epoch
+        row = max(self.rows, key=lambda r: r["test_acc"])
+        return float(row["test_acc"]), int(row["epoch"])
 
     def column(self, key: str) -> list[float]:
         """The values of one metric over epochs (rows lacking it are skipped)."""
@@ -163,9 +186,15 @@ def read_run(path: Path) -> RunRecord:
             problem = "run.json does not say how many epochs the run has"
         elif len(rows) < needed:
             problem = f"{len(rows)} of {needed} epochs in metrics.jsonl"
+    test_once = config.get("test_every_epoch") is False
+    if problem is None and test_once:
+        test = info.get("test")
+        if not (isinstance(test, dict) and all(_is_number(test.get(k)) for k in ("acc", "loss", "epoch"))):
+            problem = "test_every_epoch=false but run.json has no final test result (acc, loss, epoch)"
     if problem is None:
+        required = REQUIRED_METRICS_FINAL_TEST if test_once else REQUIRED_METRICS
         for row in rows:
-            missing = [k for k in REQUIRED_METRICS if not _is_number(row.get(k))]
+            missing = [k for k in required if not _is_number(row.get(k))]
             if missing:
                 problem = f"epoch {row['epoch']}: no finite {', '.join(missing)} in metrics.jsonl"
                 break

@@ -72,9 +72,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"rnnlab: training interrupted; the completed epochs are kept in {args.out}: continue with "
               f"the same command plus --resume", file=sys.stderr)
         raise
-    if rows:
-        last = rows[-1]
-        print(f"Done: {len(rows)} epochs, final test accuracy {last['test_acc']:.4f}; run directory {args.out}")
+    if rows and "test_acc" in rows[-1]:
+        print(f"Done: {len(rows)} epochs, final test accuracy {rows[-1]['test_acc']:.4f}; run directory {args.out}")
+    elif rows:
+        from rnnlab.train.runner import read_run_info
+
+        test = read_run_info(Path(args.out)).get("test", {})
+        print(f"Done: {len(rows)} epochs, test accuracy {test.get('acc', float('nan')):.4f} at epoch "
+              f"{test.get('epoch')} (best validation accuracy); run directory {args.out}")
     return 0
 
 

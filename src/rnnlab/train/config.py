@@ -43,7 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("cross_entropy", "nll"),
     "optimizer": ("adam", "adamw", "sgd"),
     "lr_schedule": ("none", "cosine", "linear", "step"),
-    "truncate": ("head", "tail"),
+    "truncate": ("head", "tail", "head_tail"),
     "val_split": ("group", "random"),
 }
 
@@ -90,6 +90,7 @@ class Config:
     val_fraction: float = 0.0
     val_split: str = "group"
     early_stopping: int = 0
+    test_every_epoch: bool = True
     data: str = ""
 
     def __post_init__(self) -> None:
@@ -216,6 +217,9 @@ def validate(config: Config) -> None:
     if config.early_stopping and config.val_fraction == 0:
         raise ConfigError("'early_stopping' watches validation accuracy: it needs val_fraction > 0 "
                           f"(got early_stopping={config.early_stopping}, val_fraction=0)")
+    if not config.test_every_epoch and config.val_fraction == 0:
+        raise ConfigError("test_every_epoch=false evaluates the test split once, on the checkpoint with the best "
+                          "validation accuracy: it needs val_fraction > 0 (got val_fraction=0)")
     if config.device != "auto":
         import torch
 

@@ -344,6 +344,9 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
                        overwrite: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Train ``config`` into ``run_dir``, evaluating on test (and validation) after every epoch.
 
+    With ``config.test_every_epoch`` false, each epoch is evaluated on validation only and the
+    test split once, after training, on the best-validation checkpoint (``run.json["test"]``).
+
     data: an encoded dataset (``rnnlab.data.EncodedData``) or None (load ``config.data``).
     resume: continue after the last completed epoch (a missing or empty ``run_dir`` starts
     fresh; a complete run returns its metrics). overwrite: replace an existing run.
@@ -366,6 +369,9 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
             raise RunDirError(f"cannot resume {run_dir} with epochs={config.epochs}: it has {done} epochs completed")
         if done == config.epochs or (ckpt.get("stopped_early") and info.get("epochs") == config.epochs):
             rows = read_metrics(run_dir)
+            if not config.test_every_epoch and "test" not in info:  # killed between training and the test pass
+                _final_test(run_dir, config, data if data is not None else load_data(config, progress=progress),
+                            info, _Log(run_dir / "train.log"))
             print(f"{run_dir}: already complete ({done} epochs); nothing to train")
             if info.get("status") != "complete":
                 info.update(status="complete", epochs=config.epochs)
@@ -439,8 +445,9 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
         for epoch in range(start_epoch, config.epochs + 1):
             row = _train_epoch(model, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress)
             eval_start = time.perf_counter()
-            test = run_eval(model, data.test, config, device)
-            row.update(test_loss=test["loss"], test_acc=test["acc"])
+            if config.test_every_epoch:
+                test = run_eval(model, data.test, config, device)
+                row.update(test_loss=test["loss"], test_acc=test["acc"])
             if data.val is not None:
                 val = run_eval(model, data.val, config, device)
                 row.update(val_loss=val["loss"], val_acc=val["acc"])
@@ -450,7 +457,8 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
             log(f"Train Epoch: {epoch} Loss: {row['train_loss']:.6f} Acc: {row['train_acc']:.6f}")
             if "val_acc" in row:
                 log(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {row['val_acc']:.4f}")
-            log(f"Test set: Average loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.4f}")
+            if "test_acc" in row:
+                log(f"Test set: Average loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.4f}")
             improved = row[best["metric"]] > best["value"]
             if improved:
                 best.update(epoch=epoch, value=row[best["metric"]])
@@ -488,10 +496,39 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     finally:
         if writer is not None:
             writer.close()
+    if not config.test_every_epoch:
+        run_info["stopped_early"] = stopped_early
+        _final_test(run_dir, config, data, run_info, log, model=model, device=device)
     run_info.update(status="complete", stopped_early=stopped_early)
     run_info.pop("error", None)
     write_json(run_dir / "run.json", run_info)
     return history
+
+
+def _final_test(run_dir: Path, config: Config, data: Any, run_info: dict[str, Any], log: Any, *,
+                model: nn.Module | None = None, device: torch.device | None = None) -> dict[str, Any]:
+    """The one test pass of a ``test_every_epoch=false`` run, on ``checkpoints/best.pt``.
+
+    best.pt holds the epoch with the best validation accuracy. Writes ``test.json`` and
+    ``run_info["test"] = {"epoch", "loss", "acc", "n", "selected_by"}`` (run.json is written by
+    the caller, or here when the run was already marked complete).
+    """
+    best_path = run_dir / "checkpoints" / "best.pt"
+    ckpt = _load_checkpoint(best_path)
+    device = device or select_device(config.device)
+    if model is None:
+        model = build_model(config, ckpt["vocab_size"], ckpt["num_classes"]).to(device)
+    load_model_state(model, ckpt["model"], best_path)
+    result = run_eval(model, data.test, config, device)
+    test = {"epoch": int(ckpt["epoch"]), "loss": result["loss"], "acc": result["acc"], "n": result["n"],
+            "selected_by": "val_acc"}
+    write_json(run_dir / "test.json", test)
+    run_info["test"] = test
+    if run_info.get("status") == "complete":
+        write_json(run_dir / "run.json", run_info)
+    log(f"Test set (epoch {test['epoch']}, best validation accuracy): Average loss: {test['loss']:.4f}, "
+        f"Accuracy: {test['acc']:.4f}")
+    return test
 
 
 def _read_vocab(path: Path) -> Any:
