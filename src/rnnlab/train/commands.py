@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 import sys
 from typing import Any
@@ -52,6 +53,7 @@ def add_commands(subparsers: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rnnlab.train.config import ConfigError, load_config
+    from rnnlab.train.distributed import DistributedError
     from rnnlab.train.runner import RunDirError, TrainingError, train_and_evaluate
 
     overrides = list(args.overrides)
@@ -64,14 +66,18 @@ def _train(args: argparse.Namespace) -> int:
         config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
         rows = train_and_evaluate(config, args.out, resume=args.resume, overwrite=args.overwrite,
                                   progress=not args.no_progress)
-    except (ConfigError, RunDirError, TrainingError) as err:
-        raise CLIError(str(err)) from None
+    except (ConfigError, RunDirError, TrainingError, DistributedError) as err:
+        raise CLIError(_ranked(str(err))) from None
     except _data_errors() as err:
-        raise CLIError(str(err)) from None
+        raise CLIError(_ranked(str(err))) from None
     except KeyboardInterrupt:
+        if not _is_main_rank():
+            raise
         print(f"rnnlab: training interrupted; the completed epochs are kept in {args.out}: continue with "
               f"the same command plus --resume", file=sys.stderr)
         raise
+    if not _is_main_rank():  # torchrun: rank 0 reports
+        return 0
     if rows and "test_acc" in rows[-1]:
         print(f"Done: {len(rows)} epochs, final test accuracy {rows[-1]['test_acc']:.4f}; run directory {args.out}")
     elif rows:
@@ -81,6 +87,22 @@ def _train(args: argparse.Namespace) -> int:
         print(f"Done: {len(rows)} epochs, test accuracy {test.get('acc', float('nan')):.4f} at epoch "
               f"{test.get('epoch')} (best validation accuracy); run directory {args.out}")
     return 0
+
+
+def _is_main_rank() -> bool:
+    from rnnlab.train.distributed import DistributedError, from_env
+
+    try:
+        env = from_env()
+    except DistributedError:
+        return True
+    return env is None or env[1] == 0
+
+
+def _ranked(message: str) -> str:
+    """Under torchrun, the rank in front of an error message (every rank reports the shared error)."""
+    rank = os.environ.get("RANK")
+    return f"[rank {rank}] {message}" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else message
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from torch import nn
 from rnnlab import __version__
 from rnnlab._io import torch_save, write_json, write_text
 from rnnlab.models import build_model, count_parameters
+from rnnlab.train import distributed
 from rnnlab.train.config import Config, ConfigError, config_from_toml
 
 #: Version of the run directory layout; a run directory of another format is refused.
@@ -315,12 +316,18 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: P
 
 
 class _Log:
-    """Prints console lines (above any progress bar) and appends them to ``train.log``."""
+    """Prints console lines (above any progress bar) and appends them to ``train.log``.
 
-    def __init__(self, path: Path) -> None:
+    ``enabled=False`` (ranks other than 0 of a distributed run): prints and writes nothing.
+    """
+
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
 
     def __call__(self, line: str = "", *, console: bool = True) -> None:
+        if not self.enabled:
+            return
         if console:
             from tqdm import tqdm
 
@@ -353,46 +360,84 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     Returns the metrics rows of all completed epochs. Raises ``RunDirError`` for an unusable
     run directory, ``TrainingError`` for a non-finite loss (``run.json`` status ``failed``,
     the last good checkpoint kept).
+
+    Launched by ``torchrun`` (``WORLD_SIZE > 1``, see :mod:`rnnlab.train.distributed`), every
+    rank calls this: DistributedDataParallel over contiguous slices of the same global batches,
+    metrics reduced over ranks (equal to the one-process run's up to float summation order),
+    and only rank 0 reads and writes the run directory and prints.
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a rnnlab.train.Config, got {type(config).__name__}")
     if data is not None and config.val_fraction > 0 and data.val is None:
         raise ConfigError(f"val_fraction={config.val_fraction} asks for a validation split, but the data given "
                           "has none (encode a dataset loaded with the same val_fraction)")
-    run_dir = Path(run_dir)
-    info = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-    ckpt = None
-    if info is not None and (run_dir / "checkpoints" / "last.pt").exists():
-        ckpt = _load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    with distributed.session(select_device(config.device)) as (dist, device):
+        if config.batch_size < dist.world_size:
+            raise ConfigError(f"batch_size={config.batch_size} is smaller than the number of processes "
+                              f"({dist.world_size}): every rank needs at least one example of each full batch; "
+                              f"use batch_size >= {dist.world_size} or fewer processes")
+        return _train_and_evaluate(config, Path(run_dir), data=data, resume=resume, overwrite=overwrite,
+                                   progress=progress and dist.is_main, dist=dist, device=device)
+
+
+def _load_data_ranked(config: Config, dist: distributed.Dist, progress: bool) -> Any:
+    """``load_data``: rank 0 first (it fills the on-disk caches), then the others from the cache."""
+    if not dist.enabled:
+        return load_data(config, progress=progress)
+    data = dist.on_main(lambda: load_data(config, progress=progress), share=False)
+    return data if dist.is_main else load_data(config, progress=False)
+
+
+def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: bool, overwrite: bool, progress: bool,
+                        dist: distributed.Dist, device: torch.device) -> list[dict[str, Any]]:
+    main = dist.is_main
+    last_path = run_dir / "checkpoints" / "last.pt"
+
+    def prepare() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        info = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+        if info is None or not last_path.exists():
+            return info, None
+        ckpt = _load_checkpoint(last_path)
+        if ckpt["epoch"] > config.epochs:
+            raise RunDirError(f"cannot resume {run_dir} with epochs={config.epochs}: it has {ckpt['epoch']} "
+                              "epochs completed")
+        return info, ckpt
+
+    # Rank 0 prepares the run directory and reads the checkpoint; the others get both (or its error).
+    info, ckpt = dist.on_main(prepare)
+    if ckpt is not None:
         done = ckpt["epoch"]
-        if done > config.epochs:
-            raise RunDirError(f"cannot resume {run_dir} with epochs={config.epochs}: it has {done} epochs completed")
         if done == config.epochs or (ckpt.get("stopped_early") and info.get("epochs") == config.epochs):
-            rows = read_metrics(run_dir)
+            rows = dist.on_main(lambda: read_metrics(run_dir))
             if not config.test_every_epoch and "test" not in info:  # killed between training and the test pass
-                _final_test(run_dir, config, data if data is not None else load_data(config, progress=progress),
-                            info, _Log(run_dir / "train.log"))
-            print(f"{run_dir}: already complete ({done} epochs); nothing to train")
-            if info.get("status") != "complete":
-                info.update(status="complete", epochs=config.epochs)
-                info.pop("error", None)
-                write_json(run_dir / "run.json", info)
+                _final_test(run_dir, config, data if data is not None else _load_data_ranked(config, dist, progress),
+                            info, _Log(run_dir / "train.log", enabled=main), dist=dist, device=device)
+            if main:
+                print(f"{run_dir}: already complete ({done} epochs); nothing to train")
+                if info.get("status") != "complete":
+                    info.update(status="complete", epochs=config.epochs)
+                    info.pop("error", None)
+                    write_json(run_dir / "run.json", info)
             return rows
     if data is None:
-        data = load_data(config, progress=progress)
+        data = _load_data_ranked(config, dist, progress)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = select_device(config.device)
+    elif dist.enabled and device.type == "cpu":
+        torch.set_num_threads(distributed.threads_per_rank(dist))  # torchrun sets OMP_NUM_THREADS=1
     label_names = list(data.label_names)
     num_classes = len(label_names)
     vocab_size = len(data.vocab)
     if info is not None:
-        saved_vocab = _read_vocab(run_dir / "vocab.json")
-        if saved_vocab is not None and saved_vocab != data.vocab:
-            raise RunDirError(f"cannot resume {run_dir}: the data's vocabulary ({vocab_size} ids) differs from the "
-                              f"run's vocab.json ({len(saved_vocab)} ids); train on the same data and settings")
+        def check_vocab() -> None:
+            saved_vocab = _read_vocab(run_dir / "vocab.json")
+            if saved_vocab is not None and saved_vocab != data.vocab:
+                raise RunDirError(f"cannot resume {run_dir}: the data's vocabulary ({vocab_size} ids) differs from "
+                                  f"the run's vocab.json ({len(saved_vocab)} ids); train on the same data and "
+                                  "settings")
+        dist.on_main(check_vocab, share=False)
 
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # every rank: the same initial weights (DDP also broadcasts rank 0's)
     model = build_model(config, vocab_size, num_classes).to(device)
     optimizer = make_optimizer(config, model.parameters())
     steps_per_epoch = _num_batches(_train_loader(data, config), len(data.train), config.batch_size)
@@ -401,7 +446,7 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
         s, schedule=config.lr_schedule, warmup_steps=config.warmup_steps, total_steps=total_steps,
         steps_per_epoch=steps_per_epoch))
     num_params = count_parameters(model)
-    log = _Log(run_dir / "train.log")
+    log = _Log(run_dir / "train.log", enabled=main)
 
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "metric": "val_acc" if data.val is not None else "test_acc", "value": -1.0}
@@ -409,19 +454,20 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     start_epoch = 1
     if ckpt is not None:
         if ckpt.get("vocab_size") != vocab_size or ckpt.get("num_classes") != num_classes:
-            raise RunDirError(f"{run_dir / 'checkpoints' / 'last.pt'} was trained with {ckpt.get('vocab_size')} ids "
+            raise RunDirError(f"{last_path} was trained with {ckpt.get('vocab_size')} ids "
                               f"and {ckpt.get('num_classes')} classes; the data has {vocab_size} and {num_classes}")
-        load_model_state(model, ckpt["model"], run_dir / "checkpoints" / "last.pt")
+        load_model_state(model, ckpt["model"], last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng"])  # rank 0's generators, on every rank
         history = list(ckpt["history"])
         best, bad_epochs = dict(ckpt["best"]), ckpt["bad_epochs"]
         start_epoch = ckpt["epoch"] + 1
-        _write_metrics(run_dir, history)
-        write_text(run_dir / "config.toml", config.to_toml())  # the resumable fields may have changed
+        if main:
+            _write_metrics(run_dir, history)
+            write_text(run_dir / "config.toml", config.to_toml())  # the resumable fields may have changed
         log(f"Resuming from epoch {ckpt['epoch']} ({run_dir})")
-    else:
+    elif main:
         _write_metrics(run_dir, [])
         (run_dir / "train.log").write_text("", encoding="utf-8")
         write_text(run_dir / "config.toml", config.to_toml())
@@ -431,25 +477,35 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
         log(f"vocab_size: {vocab_size}")
         log(str(model))
         log(f"Parameters: {num_params:,}  device: {device}  train: {len(data.train)}  test: {len(data.test)}"
-            + (f"  val: {len(data.val)}" if data.val is not None else ""))
+            + (f"  val: {len(data.val)}" if data.val is not None else "")
+            + (f"  processes: {dist.world_size} ({dist.backend})" if dist.enabled else ""))
+    ckpt = None  # free it
+
+    # The module that trains: DDP averages the gradients over ranks; checkpoints and evaluation use `model`.
+    trained: nn.Module = model
+    if dist.enabled:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     run_info = {"rnnlab_version": __version__, "format": FORMAT, "status": "running",
                 "epochs_completed": start_epoch - 1, "epochs": config.epochs, "num_params": num_params,
                 "name": config.name, "seed": config.seed, "device": str(device), "label_names": label_names,
                 "num_classes": num_classes, "vocab_size": vocab_size, "best_epoch": best["epoch"],
-                "best_metric": best["metric"]}
-    write_json(run_dir / "run.json", run_info)
-    writer = _tensorboard(run_dir)
+                "best_metric": best["metric"], "world_size": dist.world_size, "backend": dist.backend}
+    if main:
+        write_json(run_dir / "run.json", run_info)
+    writer = _tensorboard(run_dir) if main else None
     stopped_early = False
     try:
         for epoch in range(start_epoch, config.epochs + 1):
-            row = _train_epoch(model, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress)
+            row = _train_epoch(trained, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress,
+                               dist=dist)
             eval_start = time.perf_counter()
             if config.test_every_epoch:
-                test = run_eval(model, data.test, config, device)
+                test = _evaluate(model, data.test, config, device, dist)
                 row.update(test_loss=test["loss"], test_acc=test["acc"])
             if data.val is not None:
-                val = run_eval(model, data.val, config, device)
+                val = _evaluate(model, data.val, config, device, dist)
                 row.update(val_loss=val["loss"], val_acc=val["acc"])
             row["eval_seconds"] = time.perf_counter() - eval_start
             row = {"epoch": epoch, **{k: row[k] for k in row if k != "epoch"}}
@@ -459,6 +515,7 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
                 log(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {row['val_acc']:.4f}")
             if "test_acc" in row:
                 log(f"Test set: Average loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.4f}")
+            # The metrics are all-reduced, so every rank takes the same decisions here.
             improved = row[best["metric"]] > best["value"]
             if improved:
                 best.update(epoch=epoch, value=row[best["metric"]])
@@ -466,69 +523,103 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
             else:
                 bad_epochs += 1
             stopped_early = bool(config.early_stopping and bad_epochs >= config.early_stopping)
-            ckpt_out = {
-                "format": FORMAT, "rnnlab_version": __version__, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                "loader": {"seed": config.seed, "next_epoch": epoch + 1}, "history": history, "best": dict(best),
-                "bad_epochs": bad_epochs, "stopped_early": stopped_early, "config": config.to_dict(),
-                "vocab_size": vocab_size, "num_classes": num_classes, "label_names": label_names,
-            }
-            torch_save(run_dir / "checkpoints" / "last.pt", ckpt_out)
-            if improved:
-                _atomic_copy(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
-            _write_metrics(run_dir, history)
-            run_info.update(epochs_completed=epoch, best_epoch=best["epoch"])
-            write_json(run_dir / "run.json", run_info)
-            if writer is not None:
-                for key, value in row.items():
-                    if key != "epoch":
-                        writer.add_scalar(key, value, epoch)
-                writer.flush()
+            if main:
+                ckpt_out = {
+                    "format": FORMAT, "rnnlab_version": __version__, "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                    "loader": {"seed": config.seed, "next_epoch": epoch + 1}, "history": history,
+                    "best": dict(best), "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                    "config": config.to_dict(), "vocab_size": vocab_size, "num_classes": num_classes,
+                    "label_names": label_names,
+                }
+                torch_save(last_path, ckpt_out)
+                if improved:
+                    _atomic_copy(last_path, run_dir / "checkpoints" / "best.pt")
+                _write_metrics(run_dir, history)
+                run_info.update(epochs_completed=epoch, best_epoch=best["epoch"])
+                write_json(run_dir / "run.json", run_info)
+                if writer is not None:
+                    for key, value in row.items():
+                        if key != "epoch":
+                            writer.add_scalar(key, value, epoch)
+                    writer.flush()
             if stopped_early:
                 log(f"Early stopping: validation accuracy has not improved for {bad_epochs} epochs "
                     f"(best {best['value']:.4f} at epoch {best['epoch']})")
                 break
     except BaseException as err:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-        run_info.update(status="failed", error=reason)
-        write_json(run_dir / "run.json", run_info)
+        if main:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+            run_info.update(status="failed", error=reason)
+            write_json(run_dir / "run.json", run_info)
         raise
     finally:
         if writer is not None:
             writer.close()
     if not config.test_every_epoch:
         run_info["stopped_early"] = stopped_early
-        _final_test(run_dir, config, data, run_info, log, model=model, device=device)
-    run_info.update(status="complete", stopped_early=stopped_early)
-    run_info.pop("error", None)
-    write_json(run_dir / "run.json", run_info)
+        _final_test(run_dir, config, data, run_info, log, model=model, device=device, dist=dist)
+    if main:
+        run_info.update(status="complete", stopped_early=stopped_early)
+        run_info.pop("error", None)
+        write_json(run_dir / "run.json", run_info)
     return history
 
 
 def _final_test(run_dir: Path, config: Config, data: Any, run_info: dict[str, Any], log: Any, *,
-                model: nn.Module | None = None, device: torch.device | None = None) -> dict[str, Any]:
+                model: nn.Module | None = None, device: torch.device | None = None,
+                dist: distributed.Dist | None = None) -> dict[str, Any]:
     """The one test pass of a ``test_every_epoch=false`` run, on ``checkpoints/best.pt``.
 
     best.pt holds the epoch with the best validation accuracy. Writes ``test.json`` and
     ``run_info["test"] = {"epoch", "loss", "acc", "n", "selected_by"}`` (run.json is written by
-    the caller, or here when the run was already marked complete).
+    the caller, or here when the run was already marked complete). Distributed: rank 0 reads
+    best.pt and sends it to the others, the test split is sharded, rank 0 writes.
     """
+    dist = dist or distributed.Dist()
     best_path = run_dir / "checkpoints" / "best.pt"
-    ckpt = _load_checkpoint(best_path)
+    ckpt = dist.on_main(lambda: _load_checkpoint(best_path))
     device = device or select_device(config.device)
     if model is None:
         model = build_model(config, ckpt["vocab_size"], ckpt["num_classes"]).to(device)
     load_model_state(model, ckpt["model"], best_path)
-    result = run_eval(model, data.test, config, device)
+    result = _evaluate(model, data.test, config, device, dist)
     test = {"epoch": int(ckpt["epoch"]), "loss": result["loss"], "acc": result["acc"], "n": result["n"],
             "selected_by": "val_acc"}
-    write_json(run_dir / "test.json", test)
     run_info["test"] = test
-    if run_info.get("status") == "complete":
-        write_json(run_dir / "run.json", run_info)
+    if dist.is_main:
+        write_json(run_dir / "test.json", test)
+        if run_info.get("status") == "complete":
+            write_json(run_dir / "run.json", run_info)
     log(f"Test set (epoch {test['epoch']}, best validation accuracy): Average loss: {test['loss']:.4f}, "
         f"Accuracy: {test['acc']:.4f}")
     return test
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, split: Any, config: Config, device: torch.device,
+              dist: distributed.Dist) -> dict[str, Any]:
+    """``run_eval``'s loss, acc and n; distributed: each rank evaluates its slice of every batch, sums reduced."""
+    if not dist.enabled:
+        return run_eval(model, split, config, device)
+    from rnnlab.data import make_loader
+
+    model.eval()
+    criterion = _criterion(config)
+    loss_sum, correct, n = 0.0, 0, 0
+    loader = make_loader(split, config.eval_batch_size, shuffle=False, seed=config.seed, bucket=True)
+    for ids, lengths, labels, n_r, _ in distributed.shard_batches(loader, dist):
+        if n_r == 0:
+            continue
+        ids, labels = ids.to(device), labels.to(device)
+        out = model(ids, lengths)
+        loss_sum += float(criterion(out, labels).item()) * n_r
+        correct += int((out.argmax(-1) == labels).sum().item())
+        n += n_r
+    loss_sum, correct, n = dist.all_sum([loss_sum, correct, n])
+    if n == 0:
+        raise ValueError("cannot evaluate an empty split")
+    return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
 
 
 def _read_vocab(path: Path) -> Any:
@@ -558,24 +649,40 @@ def _train_loader(data: Any, config: Config) -> Any:
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: Any, config: Config,
-                 device: torch.device, epoch: int, steps_per_epoch: int, progress: bool) -> dict[str, Any]:
-    """One pass over the training split; returns train_loss, train_acc, timing and lr."""
+                 device: torch.device, epoch: int, steps_per_epoch: int, progress: bool, *,
+                 dist: distributed.Dist | None = None) -> dict[str, Any]:
+    """One pass over the training split; returns train_loss, train_acc, timing and lr.
+
+    Distributed (``model`` wrapped in DDP): each rank runs its slice of every global batch of
+    ``n`` examples, back-propagates ``loss_r * n_r * W / n`` so that DDP's gradient average is
+    the one-process gradient of the batch's mean loss, and the loss and accuracy sums are
+    all-reduced every step (one collective non-finite check, so all ranks stop together).
+    """
     from tqdm import tqdm
 
+    dist = dist or distributed.Dist()
     loader = _train_loader(data, config)
     loader.set_epoch(epoch - 1)
     criterion = _criterion(config)
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(loader, total=steps_per_epoch, desc=f"Epoch {epoch}/{config.epochs}", disable=not progress,
-               leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(distributed.shard_batches(loader, dist), total=steps_per_epoch, desc=f"Epoch {epoch}/{config.epochs}",
+               disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
-    for step, (ids, lengths, labels) in enumerate(bar, 1):
+    for step, (ids, lengths, labels, n_r, n) in enumerate(bar, 1):
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         out = model(ids, lengths)
         loss = criterion(out, labels)
-        loss_value = float(loss.item())
+        if dist.enabled:
+            # An empty slice runs one stand-in example with weight 0, so that DDP's all-reduce still matches.
+            step_loss, step_correct = dist.all_sum([float(loss.item()) * n_r if n_r else 0.0,
+                                                    int((out.argmax(-1) == labels).sum().item()) if n_r else 0])
+            loss_value = step_loss / n
+            loss = loss * (n_r * dist.world_size / n)
+        else:
+            loss_value = float(loss.item())
+            step_correct = int((out.argmax(-1) == labels).sum().item())
         if not math.isfinite(loss_value):
             kept = (f"The last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1
                     else "No checkpoint was written (it failed in the first epoch)")
@@ -589,9 +696,8 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        n = labels.shape[0]
         loss_sum += loss_value * n
-        correct += int((out.argmax(-1) == labels).sum().item())
+        correct += step_correct
         seen += n
         if progress and (step % 10 == 0 or step == steps_per_epoch):
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
