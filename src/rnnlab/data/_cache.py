@@ -1,20 +1,42 @@
 """Cache helpers: where the cache lives, atomic writes, checksummed array folders, file fingerprints.
 
 A cache entry is a folder ``<cache_dir>/<kind>/<key>/`` holding ``.npy``/``.bin``/``.json`` files and
-a ``manifest.json`` with the entry's key and the size and CRC-32 of every file. An entry is written
-into a temporary sibling folder and renamed into place in one ``os.rename``, so a reader sees a
-complete entry or none; a reader that finds a manifest that does not match (wrong key or format,
-missing file, size or CRC-32 mismatch) treats the entry as absent and the writer replaces it.
-CRC-32 detects truncation and corruption (not tampering: the cache is the user's own folder) at
-about 1 GB/s, so checking a full IMDB entry on every load costs tens of milliseconds.
+a ``manifest.json`` with the entry's key and, per file, its size and CRC-32 (and, for ``.npy``
+files, shape, dtype and the size and CRC-32 of the ``.npy`` header). An entry is written into a
+temporary sibling folder and renamed into place in one ``os.rename``, so a reader sees a complete
+entry or none; a reader that finds a manifest that does not match (wrong key or format, missing
+file, size, header, shape, dtype or CRC-32 mismatch) treats the entry as absent and the writer
+replaces it. CRC-32 detects truncation and corruption (not tampering: the cache is the user's own
+folder) at about 1 GB/s.
+
+Memory-mapped arrays (``mapped=True``, the encoded ids) are opened with ``np.load(mmap_mode="c")``
+instead of being read, so that a corpus larger than memory costs only the pages a batch touches.
+Reading such a file fully on every load to CRC it would defeat the purpose, so its check is:
+
+- on every load: file size, the ``.npy`` header's CRC-32, shape and dtype (catches truncation,
+  extension and header damage at no cost), and the full CRC-32 of every small file (lengths,
+  labels, vocabulary, manifest-listed);
+- the data's full CRC-32 is checked once per file identity: after a successful full check the
+  reader records ``(size, mtime_ns, ctime_ns, inode, device)`` in ``verified.json``; a later load
+  whose ``stat`` matches skips the full read. Any write to the file through the file system changes
+  ``ctime`` (which user code cannot set back), so a match means the bytes are the ones verified.
+  A file changed less than ``RACY_SECONDS`` before the check is never stamped (time stamps are
+  coarse: a write in the same clock tick would not change them), as git does for "racily clean"
+  index entries.
+
+Trade-off: damage that bypasses the file system after the first full check (a failing disk
+flipping bits in place) is not detected for the mapped data; everything written through the file
+system, every truncation and every header, length or label byte still is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -25,7 +47,13 @@ import numpy as np
 from rnnlab._io import write_json
 
 #: Bump when the layout of any cache entry changes: old entries are then ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+
+#: A mapped file is stamped as verified only when its last change is at least this old.
+RACY_SECONDS = 2.0
+
+_READ_CHUNK = 8 << 20
+_STAMPS = "verified.json"
 
 
 class DataError(ValueError):
@@ -52,76 +80,237 @@ def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def _crc(data: bytes | memoryview) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
+def _crc(data: bytes | memoryview, value: int = 0) -> int:
+    return zlib.crc32(data, value) & 0xFFFFFFFF
 
 
-def write_entry(entry: Path, key: dict[str, Any], arrays: dict[str, np.ndarray],
-                blobs: dict[str, bytes] | None = None, info: dict[str, Any] | None = None) -> None:
-    """Write a cache entry atomically: raw arrays (``<name>.npy``), byte blobs and a manifest.
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
 
-    ``arrays`` are stored as ``.npy``; ``blobs`` as raw files; ``info`` (JSON) is kept in the manifest.
+
+class ArrayWriter:
+    """Write one C-ordered ``.npy`` file of a known ``shape`` sequentially, in chunks of rows.
+
+    The CRC-32 is computed from the bytes as they are written, so a multi-GB array needs neither
+    to be in memory nor to be read back. ``write(chunk)`` appends ``chunk`` (``(n, *shape[1:])``,
+    cast to ``dtype``); ``close()`` checks that exactly ``shape[0]`` rows were written.
     """
-    entry = Path(entry)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.parent / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    try:
-        files: dict[str, dict[str, Any]] = {}
-        for name, a in arrays.items():
-            fname = f"{name}.npy"
-            np.save(tmp / fname, np.ascontiguousarray(a), allow_pickle=False)
-            data = (tmp / fname).read_bytes()
-            files[fname] = {"size": len(data), "crc32": _crc(data)}
-        for name, data in (blobs or {}).items():
-            (tmp / name).write_bytes(data)
-            files[name] = {"size": len(data), "crc32": _crc(data)}
-        manifest = {"format": CACHE_FORMAT, "key": key, "files": files, "info": info or {}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.shape, self.dtype = Path(path), tuple(int(s) for s in shape), np.dtype(dtype).newbyteorder("<")
+        self.header = _npy_header(self.shape, self.dtype)
+        self.rows = 0
+        self._f = open(self.path, "wb")
+        self._f.write(self.header)
+        self._crc = _crc(self.header)
+        self.meta: dict[str, Any] | None = None
+
+    def write(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+        if chunk.shape[1:] != self.shape[1:] or self.rows + chunk.shape[0] > self.shape[0]:
+            raise ValueError(f"{self.path.name}: chunk of shape {chunk.shape} does not fit rows {self.rows}... of "
+                             f"an array of shape {self.shape}")
+        data = chunk.reshape(-1).view(np.uint8)
+        self._f.write(data)
+        self._crc = _crc(data, self._crc)
+        self.rows += chunk.shape[0]
+
+    def close(self) -> dict[str, Any]:
+        if self.meta is None:
+            self._f.close()
+            if self.rows != self.shape[0]:
+                raise ValueError(f"{self.path.name}: {self.rows} rows written, expected {self.shape[0]}")
+            self.meta = {"size": self.path.stat().st_size, "crc32": self._crc, "shape": list(self.shape),
+                         "dtype": self.dtype.str, "header_size": len(self.header),
+                         "header_crc32": _crc(self.header)}
+        return self.meta
+
+    def abort(self) -> None:
+        self._f.close()
+
+
+class EntryWriter:
+    """Build a cache entry in a temporary folder; :meth:`commit` renames it into place atomically.
+
+    Use as a context manager: an exception (or leaving without ``commit``) removes the temporary
+    folder, so nothing half-written is ever visible. ``mapped=True`` marks an array that readers
+    memory-map (see the module docstring for how it is checked).
+    """
+
+    def __init__(self, entry: Path, key: dict[str, Any]) -> None:
+        self.entry, self.key = Path(entry), key
+        self.entry.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.entry.parent / f".{self.entry.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.tmp.mkdir()
+        self.files: dict[str, dict[str, Any]] = {}
+        self._writers: dict[str, tuple[ArrayWriter, bool]] = {}
+        self._done = False
+
+    def __enter__(self) -> "EntryWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._done:
+            self.abort()
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any, *, mapped: bool = False) -> ArrayWriter:
+        """A sequential writer for ``<name>.npy``."""
+        fname = f"{name}.npy"
+        if fname in self.files or fname in self._writers:
+            raise ValueError(f"cache entry: {fname} written twice")
+        w = ArrayWriter(self.tmp / fname, shape, dtype)
+        self._writers[fname] = (w, mapped)
+        return w
+
+    def put(self, name: str, a: np.ndarray, *, dtype: Any = None, mapped: bool = False) -> None:
+        """Write a whole array (cast to ``dtype``, default its own), a few MB of rows at a time."""
+        a = np.asarray(a)
+        if a.ndim == 0:
+            raise ValueError(f"cache entry: {name} must have at least one dimension")
+        w = self.array(name, a.shape, dtype or a.dtype, mapped=mapped)
+        row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * w.dtype.itemsize)
+        step = max(1, (16 << 20) // row_bytes)
+        for start in range(0, a.shape[0], step):
+            w.write(a[start:start + step])
+        self.files[f"{name}.npy"] = {**w.close(), "mapped": mapped}
+        del self._writers[f"{name}.npy"]
+
+    def blob(self, name: str, data: bytes) -> None:
+        (self.tmp / name).write_bytes(data)
+        self.files[name] = {"size": len(data), "crc32": _crc(data)}
+
+    def commit(self, info: dict[str, Any] | None = None) -> None:
+        for fname, (w, mapped) in list(self._writers.items()):
+            self.files[fname] = {**w.close(), "mapped": mapped}
+        self._writers.clear()
+        manifest = {"format": CACHE_FORMAT, "key": self.key, "files": self.files, "info": info or {}}
+        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+        entry = self.entry
         if entry.exists():  # stale or corrupt entry: move it aside, then replace
             trash = entry.parent / f".{entry.name}.{uuid.uuid4().hex[:8]}.old"
             os.rename(entry, trash)
             shutil.rmtree(trash, ignore_errors=True)
         try:
-            os.rename(tmp, entry)
+            os.rename(self.tmp, entry)
         except OSError:
             if not entry.exists():  # not a lost race with another writer
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self._done = True
+
+    def abort(self) -> None:
+        for w, _ in self._writers.values():
+            w.abort()
+        self._writers.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._done = True
 
 
-def read_entry(entry: Path, key: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict[str, Any]] | None:
+def write_entry(entry: Path, key: dict[str, Any], arrays: dict[str, np.ndarray],
+                blobs: dict[str, bytes] | None = None, info: dict[str, Any] | None = None,
+                mapped: tuple[str, ...] = ()) -> None:
+    """Write a cache entry atomically: arrays (``<name>.npy``), byte blobs and a manifest.
+
+    ``arrays`` are stored as ``.npy`` (those named in ``mapped`` are memory-mapped by readers);
+    ``blobs`` as raw files; ``info`` (JSON) is kept in the manifest.
+    """
+    with EntryWriter(entry, key) as w:
+        for name, a in arrays.items():
+            w.put(name, a, mapped=name in mapped)
+        for name, data in (blobs or {}).items():
+            w.blob(name, data)
+        w.commit(info)
+
+
+def _stat_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _file_crc(path: Path) -> int:
+    """CRC-32 of a file read in chunks (through the page cache, not into this process's memory)."""
+    value = 0
+    buf = bytearray(_READ_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            value = zlib.crc32(view[:n], value)
+    return value & 0xFFFFFFFF
+
+
+def _check_mapped(entry: Path, fname: str, meta: dict[str, Any], stamps: dict[str, Any],
+                  verify: bool) -> tuple[np.ndarray, bool] | None:
+    """Open a mapped ``.npy`` after the checks in the module docstring; ``(array, newly_verified)``."""
+    path = entry / fname
+    stamp = _stat_stamp(path)
+    if stamp[0] != meta["size"]:
+        return None
+    with open(path, "rb") as f:
+        header = f.read(meta["header_size"])
+    if _crc(header) != meta["header_crc32"]:
+        return None
+    fresh = False
+    if verify and stamps.get(fname) != [*stamp, meta["crc32"]]:
+        if _file_crc(path) != meta["crc32"]:
+            return None
+        fresh = time.time_ns() - stamp[2] > RACY_SECONDS * 1e9  # stamp only a settled file
+    arr = np.load(path, mmap_mode="c", allow_pickle=False)
+    if list(arr.shape) != meta["shape"] or arr.dtype.str != meta["dtype"]:
+        return None
+    return arr, fresh
+
+
+def read_entry(entry: Path, key: dict[str, Any], *,
+               verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict[str, Any]] | None:
     """Read and verify an entry; ``None`` when absent, stale (other key/format) or corrupt.
 
-    Returns ``(arrays, blobs, info)``.
+    Returns ``(arrays, blobs, info)``; mapped arrays are ``np.memmap`` (copy-on-write: writing into
+    one changes this process's copy only, never the file). ``verify=False`` skips the full CRC-32 of
+    mapped data (for the writer, which just computed it); every other check still runs.
     """
     entry = Path(entry)
     try:
         manifest = json.loads((entry / "manifest.json").read_text("utf-8"))
         if manifest.get("format") != CACHE_FORMAT or manifest.get("key") != key:
             return None
+        try:
+            stamps = json.loads((entry / _STAMPS).read_text("utf-8"))
+            stamps = stamps if isinstance(stamps, dict) else {}
+        except (OSError, ValueError):
+            stamps = {}
         arrays: dict[str, np.ndarray] = {}
         blobs: dict[str, bytes] = {}
+        verified: dict[str, Any] = {}
         for fname, meta in manifest["files"].items():
+            if meta.get("mapped"):
+                opened = _check_mapped(entry, fname, meta, stamps, verify)
+                if opened is None:
+                    return None
+                arrays[fname[:-4]] = opened[0]
+                if opened[1]:
+                    verified[fname] = [*_stat_stamp(entry / fname), meta["crc32"]]
+                continue
             data = (entry / fname).read_bytes()
             if len(data) != meta["size"] or _crc(data) != meta["crc32"]:
                 return None
             if fname.endswith(".npy"):
-                arrays[fname[:-4]] = _load_npy(data)
+                a = np.load(io.BytesIO(data), allow_pickle=False)
+                if "shape" in meta and (list(a.shape) != meta["shape"] or a.dtype.str != meta["dtype"]):
+                    return None
+                arrays[fname[:-4]] = a
             else:
                 blobs[fname] = data
+        if verified:
+            try:
+                atomic_write_json(entry / _STAMPS, {**stamps, **verified})
+            except OSError:
+                pass  # a read-only cache only costs a full check next time
         return arrays, blobs, manifest.get("info", {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def _load_npy(data: bytes) -> np.ndarray:
-    import io
-
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def file_sha256(path: Path, cache_dir: Path | None = None, *, progress: Callable[[int], None] | None = None) -> str:

@@ -1,4 +1,10 @@
-"""Tokenise, build the vocabulary and encode a :class:`TextDataset` into padded id tensors, cached on disk."""
+"""Tokenise, build the vocabulary and encode a :class:`TextDataset` into padded id tensors, cached on disk.
+
+The cache entry holds each split's ids as a memory-mapped ``(N, L)`` int64 ``.npy`` file, so a
+loaded split costs memory only for the rows a batch reads (see ``rnnlab.data._cache``); large
+CSV/TSV/JSONL files are encoded in a streaming pass straight into such files
+(``rnnlab.data.streaming``).
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rnnlab.data._cache import key_digest, read_entry, resolve_cache_dir, write_entry
-from rnnlab.data.datasets import TextDataset, TextSplit
+from rnnlab.data._cache import EntryWriter, key_digest, read_entry, resolve_cache_dir
+from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit
 from rnnlab.data.tokenizer import Tokenizer
 from rnnlab.data.vocab import Vocabulary
 
 #: Bump when the encoding itself changes (invalidates cached encodings).
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
+
+#: On-disk dtype of the cached ids: the contract's int64, so that a mapped file is the tensor itself.
+CACHED_IDS_DTYPE = np.int64
 
 
 class EncodedSplit(Dataset):
@@ -38,6 +47,8 @@ class EncodedSplit(Dataset):
     - ``num_tokens``: ``(N,)`` int64, tokens before truncation (0 for a text without tokens).
 
     Item i is ``(ids[i, :lengths[i]], labels[i])``; :func:`collate` pads a list of items back.
+    A split loaded from (or built into) the cache has ``ids`` backed by a copy-on-write memory map
+    of the cache file: rows are read from disk when a batch touches them.
     """
 
     def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
@@ -317,18 +328,17 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
            "label_names": list(dataset.label_names)}
     cache = resolve_cache_dir(cache_dir)
     entry = cache / "encoded" / key_digest(key)
+    names = list(splits)
     if use_cache:
-        hit = read_entry(entry, key)
+        hit = _load_entry(entry, key, names, tokenizer, dataset.label_names, settings, t0, verify=True)
         if hit is not None:
-            arrays, blobs, _ = hit
-            try:
-                vocab = Vocabulary.from_dict(json.loads(blobs["vocab.json"]))
-                out = {name: _split_from_arrays(arrays, name) for name in splits}
-            except (KeyError, ValueError):
-                out = None
-            if out is not None:
-                return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer,
-                                   list(dataset.label_names), settings, True, time.perf_counter() - t0)
+            return hit
+    if isinstance(dataset, FileTextDataset) and dataset.streams():
+        from rnnlab.data.streaming import encode_stream
+
+        return encode_stream(dataset, key, entry if use_cache else None, tokenizer=tokenizer, max_words=max_words,
+                             min_freq=min_freq, max_len=max_len, truncate=truncate, settings=settings,
+                             progress=progress, t0=t0)
     workers = _use_parallel(splits, workers, tokenizer)
     if workers:
         vocab, encoded = _encode_parallel(splits, tokenizer, max_words, min_freq, max_len, truncate, workers,
@@ -352,13 +362,49 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
     del encoded
     if use_cache:
         try:
-            blob = json.dumps(vocab.to_dict(), ensure_ascii=False).encode("utf-8")
-            write_entry(entry, key, arrays, {"vocab.json": blob}, {"source": dataset.source})
+            with EntryWriter(entry, key) as w:
+                for name in names:
+                    w.put(f"{name}_ids", arrays[f"{name}_ids"], dtype=CACHED_IDS_DTYPE, mapped=True)
+                    for k in ("lengths", "num_tokens", "labels"):
+                        w.put(f"{name}_{k}", arrays[f"{name}_{k}"], dtype=np.int32)
+                w.blob("vocab.json", _vocab_blob(vocab))
+                w.commit({"source": dataset.source})
         except OSError:
             pass  # an unwritable cache only costs speed
+        else:  # the splits are served from the files just written, as a later cache hit would be
+            built = _load_entry(entry, key, names, tokenizer, dataset.label_names, settings, t0, verify=False)
+            if built is not None:
+                built.from_cache = False
+                return built
     out = {name: _split_from_arrays(arrays, name) for name in splits}
     return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer, list(dataset.label_names),
                        settings, False, time.perf_counter() - t0)
+
+
+def _vocab_blob(vocab: Vocabulary) -> bytes:
+    return json.dumps(vocab.to_dict(), ensure_ascii=False).encode("utf-8")
+
+
+def _load_entry(entry: Any, key: dict[str, Any], names: list[str], tokenizer: Tokenizer,
+                label_names: Sequence[str], settings: dict[str, Any], t0: float, *,
+                verify: bool) -> EncodedData | None:
+    """The :class:`EncodedData` held by a cache entry (ids memory-mapped), or None if absent/stale/corrupt."""
+    hit = read_entry(entry, key, verify=verify)
+    if hit is None:
+        return None
+    arrays, blobs, _ = hit
+    try:
+        vocab = Vocabulary.from_dict(json.loads(blobs["vocab.json"]))
+        out = {name: _split_from_arrays(arrays, name) for name in names}
+    except (KeyError, ValueError):
+        return None
+    for sp in out.values():  # cheap consistency checks of the small arrays (they are CRC-checked too)
+        width = sp.ids.shape[1]
+        if len(sp) and (int(sp.lengths.min()) < 1 or int(sp.lengths.max()) > width
+                        or int(sp.labels.min()) < 0 or int(sp.labels.max()) >= len(label_names)):
+            return None
+    return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer, list(label_names), settings,
+                       True, time.perf_counter() - t0)
 
 
 def _tokenize(split: TextSplit, tokenizer: Tokenizer, name: str, progress: bool) -> list[list[str]]:
@@ -371,7 +417,18 @@ def _tokenize(split: TextSplit, tokenizer: Tokenizer, name: str, progress: bool)
 
 
 def _split_from_arrays(arrays: dict[str, np.ndarray], name: str) -> EncodedSplit:
+    """An :class:`EncodedSplit` over cache arrays: ids wrap a mapped int64 file as is, the rest is loaded."""
+
     def t(k: str) -> torch.Tensor:
         return torch.from_numpy(arrays[f"{name}_{k}"].astype(np.int64))
 
-    return EncodedSplit(t("ids"), t("lengths"), t("labels"), t("num_tokens"))
+    ids = arrays[f"{name}_ids"]
+    n = ids.shape[0]
+    for k in ("lengths", "labels", "num_tokens"):
+        if arrays[f"{name}_{k}"].shape != (n,):
+            raise ValueError(f"{name}_{k}: expected shape ({n},), got {arrays[f'{name}_{k}'].shape}")
+    # A mapped file (mode "c", copy-on-write) is writable for numpy and torch, so from_numpy shares it
+    # without a copy and without torch's warning about read-only arrays; nothing writes into ids.
+    ids_t = torch.from_numpy(ids) if isinstance(ids, np.memmap) and ids.dtype == np.int64 else \
+        torch.from_numpy(ids.astype(np.int64))
+    return EncodedSplit(ids_t, t("lengths"), t("labels"), t("num_tokens"))
