@@ -302,7 +302,12 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
     The result is cached in ``<cache_dir>/encoded/<key>/`` (default cache dir ``$RNNLAB_CACHE``
     or ``~/.cache/rnnlab``), keyed by the dataset's fingerprint, the split sizes and labels, the
     tokenizer (settings and version) and the settings above; a stale or corrupt entry is
-    rebuilt, never used.
+    rebuilt, never used. Each split's ``ids`` then map the entry's ``<split>_ids.npy`` (int64,
+    copy-on-write): memory holds only the rows that batches read.
+
+    A :class:`~rnnlab.data.datasets.FileTextDataset` (CSV/TSV/JSONL from :func:`load_text_dataset`)
+    whose ``streams()`` is true is encoded in a streaming pass over its files
+    (:mod:`rnnlab.data.streaming`; memory: the word counts plus a chunk of rows) with the same result.
 
     ``workers``: processes for tokenising (None: 2 when the data has >= 20,000 texts and the
     machine has 2+ cores and ``fork``; 0 or 1: in this process). The result does not depend on it.
