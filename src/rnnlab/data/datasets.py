@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -263,9 +262,11 @@ def iter_table(path: Path, text_column: str, label_column: str, group_column: st
                             "expected a string or an integer")
         n += 1
         yield where, t, (y.strip() if isinstance(y, str) else y), (row.get(group_column) if group_column else None)
+    if n == 0 and fmt == "jsonl":
+        raise DataError(f"{path}: no rows; expected one JSON object per line")
     if n == 0:
         raise DataError(f"{path}: no rows; expected a header and at least one row with {text_column!r} and "
-                        f"{label_column!r}" if fmt != "jsonl" else f"{path}: no rows; expected one JSON object per line")
+                        f"{label_column!r}")
 
 
 def _jsonl_rows(path: Path, lines: Iterator[str], text_column: str, label_column: str,
