@@ -25,6 +25,11 @@ def add_commands(subparsers: Any) -> None:
                    help="override one config key in every experiment (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bag-of-words baseline")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--jobs", type=_jobs_arg, default=1, metavar="N",
+                   help="runs trained at once, each in its own process (default 1: one after another). With "
+                        "num_threads = 0 each gets max(1, cores // N) torch threads; results equal --jobs 1's "
+                        "bit for bit only with the same thread count (--set num_threads=K in both). Worker "
+                        "output: OUT/<experiment>/seed<k>.worker.log")
     p.set_defaults(func=_compare)
 
     p = subparsers.add_parser(
@@ -36,6 +41,16 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the report (other files are kept)")
     p.add_argument("--title", default="rnnlab comparison", help="title of results.md")
     p.set_defaults(func=_report)
+
+
+def _jobs_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (runs trained at once), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (runs trained at once), got {value}")
+    return value
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -60,7 +75,8 @@ def _compare(args: argparse.Namespace) -> int:
         raise CLIError("--only needs at least one experiment name (comma-separated)")
     try:
         result = run_comparison(args.preset, args.out, seeds=args.seeds, only=only, overrides=args.overrides,
-                                data_path=args.data, baseline=not args.no_baseline, progress=not args.no_progress)
+                                data_path=args.data, baseline=not args.no_baseline, progress=not args.no_progress,
+                                jobs=args.jobs)
     except _user_errors() as err:
         raise CLIError(str(err)) from None
     if args.no_progress:

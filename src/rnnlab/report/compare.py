@@ -230,20 +230,16 @@ class _Eta:
             return statistics.fmean(v * math.sqrt(self.costs[name] / self.costs[m]) for m, v in medians.items())
         return statistics.fmean(medians.values())
 
-    def estimate(self, pending: list[tuple[str, int]]) -> tuple[float | None, str]:
-        """Seconds left for ``pending`` (experiment name, epochs to run), and how it was estimated."""
-        if not any(e > 0 for _, e in pending):
-            return 0.0, "nothing left"
-        if not self.seconds:
-            return None, "no epoch measured yet"
+    def _rates(self, names: set[str]) -> tuple[dict[str, float], str]:
+        """Estimated wall seconds per epoch of each of ``names`` (set-up factor included), and how."""
         per_name = {n: [x for v in runs.values() for x in v] for n, runs in self.seconds.items()}
         medians = {n: statistics.median(v) for n, v in per_name.items()}
-        guessed = {n for n, e in pending if n not in medians and e > 0}
-        total = sum(e * (medians[n] if n in medians else self._guess(n, medians)) for n, e in pending if e > 0)
+        guessed = {n for n in names if n not in medians}
+        rates = {n: medians[n] if n in medians else self._guess(n, medians) for n in names}
         how = f"from {sum(len(v) for v in per_name.values())} measured epochs"
         if self.trained > 0 and self.wall > self.trained:
             factor = self.wall / self.trained
-            total *= factor
+            rates = {n: v * factor for n, v in rates.items()}
             how += f", x{factor:.2f} for evaluation and set-up"
         else:
             how += ", training passes only"
@@ -251,7 +247,31 @@ class _Eta:
             scaled = all(n in self.costs for n in guessed) and all(n in self.costs for n in medians)
             how += (f"; {len(guessed)} experiment(s) not measured yet, "
                     + ("scaled from the measured ones by model size" if scaled else "assumed at the average speed"))
-        return total, how
+        return rates, how
+
+    def estimate(self, pending: list[tuple[str, int]]) -> tuple[float | None, str]:
+        """Seconds left for ``pending`` (experiment name, epochs to run), and how it was estimated."""
+        if not any(e > 0 for _, e in pending):
+            return 0.0, "nothing left"
+        if not self.seconds:
+            return None, "no epoch measured yet"
+        rates, how = self._rates({n for n, e in pending if e > 0})
+        return sum(e * rates[n] for n, e in pending if e > 0), how
+
+    def schedule(self, running: list[tuple[str, int]], queued: list[tuple[str, int]],
+                 slots: int) -> tuple[float | None, str]:
+        """Seconds left when ``slots`` runs go at once: runs on a slot (name, epochs left) finish their
+        epochs, queued runs start in order on the first slot to free up (list scheduling)."""
+        if not any(e > 0 for _, e in [*running, *queued]):
+            return 0.0, "nothing left"
+        if not self.seconds:
+            return None, "no epoch measured yet"
+        rates, how = self._rates({n for n, e in [*running, *queued] if e > 0})
+        from rnnlab.report._jobs import greedy_finish
+
+        secs = greedy_finish([e * rates[n] for n, e in running if e > 0],
+                             [e * rates[n] for n, e in queued if e > 0], slots)
+        return secs, f"{slots} runs at a time, {how}"
 
 
 class _EpochWatcher:
@@ -307,7 +327,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
                    only: list[str] | None = None, overrides: Iterable[str] | Mapping[str, Any] = (),
                    data: Any = None, data_path: str | None = None, baseline: bool = True,
                    progress: bool = True, cache_dir: str | os.PathLike | None = None,
-                   stream: TextIO | None = None) -> ComparisonResult:
+                   stream: TextIO | None = None, jobs: int = 1) -> ComparisonResult:
     """Run every experiment of the suite ``preset`` for ``seeds`` seeds into ``out_dir``, then report.
 
     Args:
@@ -319,6 +339,12 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
             ``EncodedData`` (used as is; no baseline then), instead of loading ``data_path``.
         data_path: dataset path for every experiment (same as the override ``data=PATH``).
         baseline: also fit the bag-of-words baseline (once per comparison folder).
+        jobs: runs trained at once, each in its own worker process (1: one after another, in this
+            process). With N > 1 the data is encoded once here, into the cache, before the workers
+            start; a config with ``num_threads = 0`` gets ``max(1, cores // min(N, runs))`` torch
+            threads per worker. Results equal ``jobs=1``'s bit for bit only with the same thread count
+            (GEMM partitioning changes float rounding): set ``num_threads`` to compare exactly.
+            Workers' output goes to ``DIR/<name>/seed<k>.worker.log``.
     Raises ReportError (bad folder, unknown name in ``only``, a run made with other settings)
     before anything is written.
     """
@@ -327,6 +353,8 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     log = (lambda line: _write_line(line, stream)) if progress else (lambda line: None)
     if not isinstance(seeds, int) or seeds < 1:
         raise ReportError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ReportError(f"--jobs must be an integer >= 1 (runs trained at once), got {jobs!r}")
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
     if data_path:
         overrides = ({**overrides, "data": str(data_path)} if isinstance(overrides, dict)
@@ -351,7 +379,7 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     manifest["invocations"] = [*manifest.get("invocations", []), {
         "started": now, "preset": str(preset), "seeds": seeds, "only": list(only or []),
         "overrides": overrides if isinstance(overrides, dict) else list(overrides), "baseline": baseline,
-        "machine": _machine()}]
+        "jobs": jobs, "machine": _machine()}]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MANIFEST, manifest)
 
@@ -371,6 +399,10 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     log(f"compare: {len(plan)} runs ({len(configs)} experiments x {seeds} seed(s)) into {out}; "
         f"{n_done} complete already, {len(pending)} to run")
 
+    if jobs > 1 and pending:
+        _run_parallel(pending, jobs, provider, eta, result, log, start=start, n_done=n_done, total=len(plan),
+                      cache_dir=cache_dir, progress=progress)
+        pending = []
     for i, run in enumerate(pending):
         left = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending[i:]]
         secs, how = eta.estimate(left)
@@ -416,6 +448,126 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return result
 
 
+def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider, eta: _Eta,
+                  result: ComparisonResult, log, *, start: float, n_done: int, total: int,
+                  cache_dir: str | os.PathLike | None, progress: bool) -> None:
+    """Train ``pending`` in up to ``jobs`` worker processes (see ``rnnlab.report._jobs``); fills ``result``."""
+    from rnnlab.report import _jobs
+
+    slots = min(jobs, len(pending))
+    cores = _jobs.available_cores()
+    # Encode each data setting once, here, so that the workers read it from the cache instead of
+    # all tokenising the corpus at the same time.
+    settings: dict[tuple, Config] = {}
+    for run in pending:
+        settings.setdefault(_data_keys(run.config), run.config)
+    if not provider.given_encoded:
+        for c in settings.values():
+            t0 = time.perf_counter()
+            enc = provider.encoded(c)
+            log(f"compare: data for max_words={c.max_words}, max_len={c.max_len}, truncate={c.truncate}: "
+                f"{'read from' if enc.from_cache else 'encoded into'} the cache in {time.perf_counter() - t0:.1f} s")
+    given = provider.given
+    provider._encoded, provider._texts = None, {}  # the workers hold their own copies
+    threads = {id(r): _jobs.worker_threads(r.config.num_threads, slots, cores) for r in pending}
+    log(f"compare: {len(pending)} runs on {slots} worker processes at a time ({cores} cores; torch threads per "
+        f"worker: {', '.join(sorted({str(t) for t in threads.values()}))}); worker output: "
+        f"DIR/<experiment>/seed<k>.worker.log")
+
+    order = {id(r): n_done + i + 1 for i, r in enumerate(pending)}
+    state: dict[int, int] = {}  # id(run) -> epochs done, for the runs on a slot
+    waiting = {id(r) for r in pending}  # not started yet
+
+    def label(run: PlannedRun) -> str:
+        return f"{run.config.name} seed {run.config.seed}"
+
+    def left() -> str:
+        on_slot = [(r.config.name, r.config.epochs - state[id(r)]) for r in pending if id(r) in state]
+        queued = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending
+                  if id(r) not in state and id(r) in waiting]
+        secs, how = eta.schedule(on_slot, queued, slots)
+        when = f"~{_fmt_duration(secs)} left" if secs is not None else "time left: unknown"
+        return f"elapsed {_fmt_duration(time.perf_counter() - start)}, {when} ({how})"
+
+    def now_running() -> str:
+        runs = [r for r in pending if id(r) in state]
+        return "; ".join(f"{label(r)} epoch {state[id(r)] + 1}/{r.config.epochs}" if state[id(r)] < r.config.epochs
+                         else f"{label(r)} finishing" for r in runs) or "none"
+
+    def on_start(job: _jobs.Job) -> None:
+        run = job.key
+        waiting.discard(id(run))
+        state[id(run)] = run.done_epochs
+        c = run.config
+        resuming = f", resuming after epoch {run.done_epochs}" if run.state == "resume" else ""
+        log(f"\n[{order[id(run)]}/{total}] {label(run)} ({c.cell}, impl {c.impl}, {c.epochs} epochs{resuming}) -> "
+            f"{run.run_dir}  [worker {job.slot}/{slots}, {threads[id(run)]} thread(s)]  {left()}")
+
+    def on_epoch(job: _jobs.Job, rows: list[dict[str, Any]]) -> None:
+        run = job.key
+        state[id(run)] = len(rows)
+        eta.add(run.config.name, rows, str(run.run_dir))
+        if len(rows) > run.done_epochs:
+            log(f"compare: {label(run)}: epoch {len(rows)}/{run.config.epochs} done; running: {now_running()}; "
+                f"{left()}")
+
+    def on_end(job: _jobs.Job, message: dict[str, Any], wall: float) -> None:
+        run = job.key
+        state.pop(id(run), None)
+        if message.get("status") == "ok":
+            rows = message["rows"]
+            result.trained.append(run.run_dir)
+            eta.add(run.config.name, rows, str(run.run_dir))
+            eta.add_call(wall, rows[run.done_epochs:])
+            log(f"compare: {label(run)} finished in {_fmt_duration(wall)} (final {_final_acc(rows)}); {left()}")
+        else:
+            why = message.get("error", "unknown error")
+            result.failed.append((run.run_dir, why))
+            log(f"compare: {label(run)} failed: {why} (reported as incomplete; continuing; log: {job.spec['log']})")
+
+    import pickle
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rnnlab-compare-") as tmp:
+        data_file = None
+        if given is not None:  # the caller's dataset, handed over once through a file
+            data_file = Path(tmp) / "data.pkl"
+            with open(data_file, "wb") as fh:
+                pickle.dump(given, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        job_list = []
+        for run in pending:
+            log_file = _jobs.log_path(run.run_dir)
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            spec = {"config": run.config.to_dict(), "run_dir": str(run.run_dir), "resume": run.state == "resume",
+                    "threads": None if run.config.num_threads else threads[id(run)], "log": str(log_file),
+                    "data_file": None if data_file is None else str(data_file),
+                    "cache_dir": None if cache_dir is None else str(cache_dir)}
+            job_list.append(_jobs.Job(run, spec, label(run), run.done_epochs))
+        try:
+            _jobs.run_jobs(job_list, slots, Path(tmp), on_start=on_start,
+                           on_epoch=on_epoch if progress else _no_epoch, on_end=on_end, log=log,
+                           read_rows=lambda p: read_metrics_rows(p)[0])
+        except KeyboardInterrupt:
+            log("\ncompare: interrupted; the workers were stopped (completed epochs kept); run the same command "
+                "again to resume")
+            raise
+    rank = {id(r): i for i, r in enumerate(pending)}
+    by_dir = {r.run_dir: rank[id(r)] for r in pending}
+    result.trained.sort(key=lambda p: by_dir[p])
+    result.failed.sort(key=lambda f: by_dir[f[0]])
+
+
+def _no_epoch(job: Any, rows: list[dict[str, Any]]) -> None:
+    return None
+
+
+def _final_acc(rows: list[dict[str, Any]]) -> str:
+    """``test_acc 0.8123`` of the last row (``val_acc`` when the run tests once, at the end)."""
+    last = rows[-1] if rows else {}
+    key = "test_acc" if "test_acc" in last else "val_acc"
+    return f"{key} {last[key]:.4f}" if isinstance(last.get(key), (int, float)) else "no accuracy"
+
+
 def _machine() -> str:
     """One line describing where the comparison ran (CPU, cores, torch, its threads, GPU if any)."""
     import platform
@@ -445,6 +597,8 @@ def _intro(manifest: Mapping[str, Any]) -> str:
         opts += [f"--set {k}={v}" for k, v in items]
         if not inv.get("baseline", True):
             opts.append("--no-baseline")
+        if inv.get("jobs", 1) > 1:
+            opts.append(f"--jobs {inv['jobs']}")
         state = (f"finished {inv['finished']} ({_fmt_duration(inv.get('seconds', 0))})" if inv.get("finished")
                  else "did not finish")
         lines.append(f"- `rnnlab compare {' '.join(opts)}`: started {inv.get('started')}, {state}; "
