@@ -17,6 +17,7 @@ import pytest
 from report_helpers import tiny_dataset, write_suite
 
 from rnnlab.cli import main
+from rnnlab.report import compare as compare_mod
 from rnnlab.report._jobs import greedy_finish, log_path, worker_threads
 from rnnlab.report.compare import _Eta, plan_comparison, run_comparison
 from rnnlab.report.runs import ReportError
@@ -205,7 +206,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(tmp_path):
         assert log_path(run_dir).read_text().rstrip().endswith("=== worker done: interrupted")
 
 
-def test_jobs_must_be_at_least_1(tmp_path, capsys):
+def test_jobs_must_be_at_least_1(tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path / "presets")
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ReportError, match=re.escape(f"--jobs must be an integer >= 1 (runs trained at once), "
@@ -220,6 +221,16 @@ def test_jobs_must_be_at_least_1(tmp_path, capsys):
         assert (f"rnnlab compare: error: argument --jobs: expected an integer >= 1 (runs trained at once), "
                 f"got {shown}") in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    # and a valid N reaches run_comparison
+    seen = {}
+
+    def fake(preset, out, **kw):
+        seen.update(kw)
+        raise ReportError("stop here")
+
+    monkeypatch.setattr(compare_mod, "run_comparison", fake)
+    assert main(["compare", "--preset", str(suite), "--out", str(tmp_path / "z"), "--jobs", "3"]) == 2
+    assert seen["jobs"] == 3 and "stop here" in capsys.readouterr().err
 
 
 def test_threads_per_worker():

@@ -240,13 +240,20 @@ def _stop(running: list[Job], log: Callable[[str], None]) -> None:
         if job.process.poll() is None:
             job.process.terminate()
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for job in running:
-        try:
-            job.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log(f"compare: {job.label} did not stop within {STOP_GRACE_SECONDS:.0f} s; killing it")
-            job.process.kill()
-            job.process.wait()
+    try:
+        for job in running:
+            try:
+                job.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"compare: {job.label} did not stop within {STOP_GRACE_SECONDS:.0f} s; killing it")
+                job.process.kill()
+                job.process.wait()
+    except KeyboardInterrupt:  # a second Ctrl-C: do not wait for the workers to save their state
+        for job in running:
+            if job.process.poll() is None:
+                job.process.kill()
+                job.process.wait()
+        raise
 
 
 def greedy_finish(running: list[float], queued: list[float], slots: int) -> float:
