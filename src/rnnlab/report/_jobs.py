@@ -110,8 +110,9 @@ def worker_main(spec_path: str) -> int:
         data = _DataProvider(given, cache_dir=spec["cache_dir"], progress=False).encoded(config)
         from_cache = data is given or bool(getattr(data, "from_cache", False))
         threads = config.num_threads or torch.get_num_threads()  # train_and_evaluate sets num_threads > 0
-        print(f"torch threads: {threads}; data: {len(data.train):,} train / {len(data.test):,} "
-              f"test, {'from the encoded cache' if from_cache else 'encoded here (the cache missed)'} "
+        how = ("as given (encoded by the caller)" if data is given else "from the encoded cache" if from_cache
+               else "encoded here (the cache missed)")
+        print(f"torch threads: {threads}; data: {len(data.train):,} train / {len(data.test):,} test, {how} "
               f"({time.perf_counter() - t0:.2f} s)", flush=True)
         rows = train_and_evaluate(config, Path(spec["run_dir"]), data=data, resume=spec["resume"], progress=False)
         message: dict[str, Any] = {"status": "ok", "rows": rows, "data_from_cache": from_cache,
