@@ -9,6 +9,12 @@ Determinism: Python's, NumPy's and torch's generators are seeded with ``config.s
 before the model is built; the loader's order is a function of (seed, epoch); the
 checkpoint stores every generator's state, so a resumed run continues with exactly the
 random numbers the uninterrupted run would have drawn (bit-identical on CPU).
+
+Distributed (``torchrun --nproc_per_node=N -m rnnlab train``, :mod:`rnnlab.train.distributed`):
+every rank runs ``train_and_evaluate`` on its slice of the same global batches, wrapped in
+DistributedDataParallel; metrics are all-reduced; rank 0 alone reads and writes the run
+directory (the others receive its checkpoint and its errors by broadcast) and prints.
+Checkpoints hold the plain module's state_dict, so any run resumes with any process count.
 """
 
 from __future__ import annotations
