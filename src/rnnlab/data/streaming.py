@@ -147,11 +147,15 @@ def encode_stream(dataset: FileTextDataset, key: dict[str, Any], entry: Path | N
                 w.put(f"{name}_labels", splits[name].label_array, dtype=np.int32)
             w.blob("vocab.json", _vocab_blob(vocab))
             w.commit({"source": dataset.source, "streamed": True})
-        data = _load_entry(entry, key, names, tokenizer, dataset.label_names, settings, t0, verify=False)
+        for _ in range(50):  # a concurrent writer of the same key may be swapping its equal entry in
+            data = _load_entry(entry, key, names, tokenizer, dataset.label_names, settings, t0, verify=False)
+            if data is not None:
+                break
+            time.sleep(0.1)
     finally:
         if tmp_root is not None:  # the mapped files stay readable until unmapped (POSIX)
             shutil.rmtree(tmp_root, ignore_errors=True)
-    if data is None:  # pragma: no cover - the entry was just written and checked by the writer
+    if data is None:
         raise RuntimeError(f"{entry}: the encoded entry just written could not be read back")
     data.from_cache = False
     data.seconds = time.perf_counter() - t0
