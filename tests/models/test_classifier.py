@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnlab.models import RNNClassifier, build_model, count_parameters, masked_pool
-from rnnlab.train import Config
+from rnnlab.models import RNNClassifier, bigram_ids, build_model, count_parameters, masked_pool
+from rnnlab.train import Config, ConfigError
 
 ORIGINAL_LSTM = """ImdbNet(
   (embedding): Embedding(20001, 64)
@@ -104,3 +104,32 @@ def test_bad_inputs():
     model = RNNClassifier(10, 2, impl="torch")
     with pytest.raises(ValueError, match=r"lengths must be \(N,\) = \(2,\), got \(3,\)"):
         model(torch.ones(2, 4, dtype=torch.long), torch.ones(3, dtype=torch.long))
+
+
+def test_bigram_ids_pin_the_hash_and_padding():
+    ids = torch.tensor([[5, 7, 2, 0, 0], [3, 0, 0, 0, 0]])
+    got = bigram_ids(ids, 1000)
+    want = [[(0 * 1000003 + 5) % 1000 + 1, (5 * 1000003 + 7) % 1000 + 1, (7 * 1000003 + 2) % 1000 + 1, 0, 0],
+            [4, 0, 0, 0, 0]]
+    assert got.tolist() == want and want[0][:3] == [6, 23, 24]
+
+
+def test_bigram_embedding_adds_word_pairs_and_keeps_padding_harmless():
+    torch.manual_seed(0)
+    config = Config(cell="gru", bidirectional=True, pooling="meanmax", embedding_dim=8, hidden_size=6,
+                    bigram_buckets=50)
+    model = build_model(config, 30, 2).double().eval()
+    assert model.bigram_embedding.weight.shape == (51, 8) and count_parameters(model) == count_parameters(
+        build_model(config.replace(bigram_buckets=0), 30, 2)) + 51 * 8
+    ids, lengths = torch.tensor([[4, 9, 3, 0], [9, 4, 3, 8]]), torch.tensor([3, 4])
+    words_only = build_model(config.replace(bigram_buckets=0), 30, 2).double().eval()
+    words_only.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bigram")})
+    with torch.no_grad():
+        alone = model(ids[:1, :3], lengths[:1])
+        both = model(ids, lengths)
+        assert not torch.allclose(both, words_only(ids, lengths))  # the bigrams change the input
+        model.bigram_embedding.weight.zero_()
+        torch.testing.assert_close(model(ids, lengths), words_only(ids, lengths), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(both[:1], alone, rtol=1e-12, atol=1e-12)  # padding never matters
+    with pytest.raises(ConfigError, match="'bigram_buckets' must be >= 0, got -1"):
+        Config(bigram_buckets=-1)

@@ -59,6 +59,22 @@ def masked_pool(out: torch.Tensor, lengths: torch.Tensor, pooling: str, num_dire
     raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
 
 
+#: Multiplier of the bigram hash (a prime, so that (prev, cur) pairs spread over the buckets).
+_BIGRAM_PRIME = 1_000_003
+
+
+def bigram_ids(ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Hashed bigram ids ``(N, L)`` of word ids ``(N, L)``, in 1..buckets; 0 at padding.
+
+    Position t holds the bigram ``(ids[t-1], ids[t])`` (``ids[-1]`` = 0, the padding id, so
+    position 0 is the pair (start, first word)):
+    ``b_t = (ids[t-1] * 1000003 + ids[t]) mod buckets + 1``. Different pairs can share a
+    bucket (the hashing trick, as in fastText); the mapping is fixed, so it needs no vocabulary.
+    """
+    prev = F.pad(ids, (1, 0))[:, :-1]
+    return ((prev * _BIGRAM_PRIME + ids) % buckets + 1).masked_fill(ids == 0, 0)
+
+
 def make_encoder(cell: str, impl: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, nonlinearity: str = "tanh") -> nn.Module:
     """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``)."""
@@ -90,7 +106,8 @@ def make_encoder(cell: str, impl: str, input_size: int, hidden_size: int, *, num
 class RNNClassifier(nn.Module):
     """``ids (N, L), lengths (N,) -> logits (N, C)`` (log-probabilities when ``log_softmax``).
 
-    embedding ``(L, N, E)`` -> encoder ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with
+    embedding ``(L, N, E)`` (plus a hashed bigram embedding when ``bigram_buckets`` > 0,
+    see :func:`bigram_ids`) -> encoder ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with
     P = D*H (2*D*H for meanmax) -> linear1 ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
 
     The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
@@ -107,7 +124,7 @@ class RNNClassifier(nn.Module):
                  embedding_dim: int = 64, hidden_size: int = 64, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, embedding_dropout: float = 0.0,
                  head_dropout: float = 0.0, nonlinearity: str = "tanh", pooling: str = "last",
-                 log_softmax: bool = False) -> None:
+                 log_softmax: bool = False, bigram_buckets: int = 0) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
@@ -120,6 +137,11 @@ class RNNClassifier(nn.Module):
         pooled = 2 * enc_width if pooling == "meanmax" else enc_width
 
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.bigram_buckets = int(bigram_buckets)
+        if self.bigram_buckets < 0:
+            raise ValueError(f"bigram_buckets must be >= 0, got {bigram_buckets}")
+        if self.bigram_buckets:
+            self.bigram_embedding = nn.Embedding(self.bigram_buckets + 1, embedding_dim, padding_idx=0)
         if embedding_dropout:
             self.embedding_dropout = nn.Dropout(embedding_dropout)
         setattr(self, cell, make_encoder(cell, impl, embedding_dim, hidden_size, num_layers=num_layers,
@@ -152,6 +174,8 @@ class RNNClassifier(nn.Module):
         if lengths.shape != ids.shape[:1]:
             raise ValueError(f"lengths must be (N,) = ({ids.shape[0]},), got {tuple(lengths.shape)}")
         x = self.embedding(ids.t())  # (L, N, E)
+        if self.bigram_buckets:
+            x = x + self.bigram_embedding(bigram_ids(ids, self.bigram_buckets).t())  # word + bigram (L, N, E)
         if hasattr(self, "embedding_dropout"):
             x = self.embedding_dropout(x)
         lengths_dev = lengths.to(x.device)
@@ -180,7 +204,8 @@ def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier
         vocab_size, num_classes, cell=config.cell, impl=config.impl, embedding_dim=config.embedding_dim,
         hidden_size=config.hidden_size, num_layers=config.num_layers, bidirectional=config.bidirectional,
         dropout=config.dropout, embedding_dropout=config.embedding_dropout, head_dropout=config.head_dropout,
-        nonlinearity=config.nonlinearity, pooling=config.pooling, log_softmax=config.loss == "nll")
+        nonlinearity=config.nonlinearity, pooling=config.pooling, log_softmax=config.loss == "nll",
+        bigram_buckets=getattr(config, "bigram_buckets", 0))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -66,6 +66,7 @@ class Config:
     bidirectional: bool = False
     dropout: float = 0.0
     embedding_dropout: float = 0.0
+    bigram_buckets: int = 0
     head_dropout: float = 0.0
     nonlinearity: str = "tanh"
     pooling: str = "last"
@@ -199,7 +200,7 @@ def validate(config: Config) -> None:
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key!r} must be >= 1, got {getattr(config, key)}")
-    for key in ("num_threads", "warmup_steps", "early_stopping", "seed"):
+    for key in ("num_threads", "warmup_steps", "early_stopping", "seed", "bigram_buckets"):
         if getattr(config, key) < 0:
             raise ConfigError(f"{key!r} must be >= 0, got {getattr(config, key)}")
     if config.max_words < 2:
