@@ -156,7 +156,8 @@ def test_failed_and_killed_workers_are_reported_and_the_other_run_completes(tmp_
     killer.join()
     failed = {p.relative_to(out).as_posix(): why for p, why in result.failed}
     assert list(failed) == ["diverges/seed0", "killed/seed0"]
-    assert re.fullmatch(r"non-finite training loss \((nan|-?inf)\) at epoch 1, step \d of 6; .*", failed["diverges/seed0"])
+    assert re.fullmatch(r"non-finite training loss \((nan|-?inf)\) at epoch 1, step \d of 6; .*",
+                        failed["diverges/seed0"])
     assert failed["killed/seed0"] == f"worker killed by SIGKILL; see {killed_log}"
     assert [p.relative_to(out).as_posix() for p in result.trained] == ["fine/seed0"]
     assert "TrainingError: non-finite training loss" in log_path(out / "diverges" / "seed0").read_text()
