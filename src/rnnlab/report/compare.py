@@ -472,7 +472,7 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
     threads = {id(r): _jobs.worker_threads(r.config.num_threads, slots, cores) for r in pending}
     log(f"compare: {len(pending)} runs on {slots} worker processes at a time ({cores} cores; torch threads per "
         f"worker: {', '.join(sorted({str(t) for t in threads.values()}))}); worker output: "
-        f"DIR/<experiment>/seed<k>.worker.log")
+        f"{pending[0].run_dir.parent.parent / '<experiment>' / 'seed<k>.worker.log'}")
 
     order = {id(r): n_done + i + 1 for i, r in enumerate(pending)}
     state: dict[int, int] = {}  # id(run) -> epochs done, for the runs on a slot
@@ -551,10 +551,9 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
             log("\ncompare: interrupted; the workers were stopped (completed epochs kept); run the same command "
                 "again to resume")
             raise
-    rank = {id(r): i for i, r in enumerate(pending)}
-    by_dir = {r.run_dir: rank[id(r)] for r in pending}
-    result.trained.sort(key=lambda p: by_dir[p])
-    result.failed.sort(key=lambda f: by_dir[f[0]])
+    rank = {r.run_dir: i for i, r in enumerate(pending)}  # report in plan order, as --jobs 1 does
+    result.trained.sort(key=lambda p: rank[p])
+    result.failed.sort(key=lambda f: rank[f[0]])
 
 
 def _no_epoch(job: Any, rows: list[dict[str, Any]]) -> None:
