@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -41,49 +40,33 @@ def _metrics(run_dir: Path) -> list[dict[str, float]]:
     return [{k: row[k] for k in keys} for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def test_jobs_2_gives_the_jobs_1_results_and_one_line_per_event(tmp_path):
     """The same 2 experiments x 2 seeds with --jobs 1 and --jobs 2, num_threads=1 in both."""
-    root = tmp_path_factory.mktemp("jobs")
-    before = os.environ.get("RNNLAB_CACHE")
-    os.environ["RNNLAB_CACHE"] = str(root / "cache")  # module fixture: the autouse one is per test
-    try:
-        suite = write_suite(root / "presets")
-        one = run_comparison(suite, root / "one", seeds=2, overrides=["num_threads=1"], data=tiny_dataset(),
-                             progress=False, cache_dir=root / "cache")
-        stream = io.StringIO()
-        two = run_comparison(suite, root / "two", seeds=2, overrides=["num_threads=1"], data=tiny_dataset(),
-                             cache_dir=root / "cache", jobs=2, stream=stream)
-    finally:
-        if before is None:
-            del os.environ["RNNLAB_CACHE"]
-        else:
-            os.environ["RNNLAB_CACHE"] = before
-    return suite, root, one, two, stream.getvalue()
-
-
-def test_jobs_2_gives_the_jobs_1_results(pair):
-    suite, root, one, two, _ = pair
+    suite = write_suite(tmp_path / "presets")
+    run_comparison(suite, tmp_path / "one", seeds=2, overrides=["num_threads=1"], data=tiny_dataset(),
+                   progress=False, cache_dir=tmp_path / "cache")
+    stream = io.StringIO()
+    two = run_comparison(suite, tmp_path / "two", seeds=2, overrides=["num_threads=1"], data=tiny_dataset(),
+                         cache_dir=tmp_path / "cache", jobs=2, stream=stream)
     runs = ["tiny_gru/seed0", "tiny_gru/seed1", "tiny_rnn/seed0", "tiny_rnn/seed1"]
-    assert [p.relative_to(root / "two").as_posix() for p in two.trained] == runs and two.failed == []
-    assert _csv(root / "two" / "results.csv") == _csv(root / "one" / "results.csv")
-    assert len(_csv(root / "two" / "results.csv")) == 3  # two experiments and the baseline
+    assert [p.relative_to(tmp_path / "two").as_posix() for p in two.trained] == runs and two.failed == []
+    assert _csv(tmp_path / "two" / "results.csv") == _csv(tmp_path / "one" / "results.csv")
+    assert len(_csv(tmp_path / "two" / "results.csv")) == 3  # two experiments and the baseline
     for run in runs:
-        assert _metrics(root / "two" / run) == _metrics(root / "one" / run)
-        info = json.loads((root / "two" / run / "run.json").read_text())
+        assert _metrics(tmp_path / "two" / run) == _metrics(tmp_path / "one" / run)
+        info = json.loads((tmp_path / "two" / run / "run.json").read_text())
         assert info["status"] == "complete" and info["epochs_completed"] == 2
         # the worker read the data the parent had encoded, and its output went to its log
-        log = log_path(root / "two" / run).read_text()
+        log = log_path(tmp_path / "two" / run).read_text()
         assert re.search(r"torch threads: 1; data: 192 train / 64 test, from the encoded cache", log), log
         assert "Test set: Average loss:" in log and log.rstrip().endswith("=== worker done: ok")
-    manifest = json.loads((root / "two" / "compare.json").read_text())
+    manifest = json.loads((tmp_path / "two" / "compare.json").read_text())
     assert manifest["invocations"][-1]["jobs"] == 2
     assert f"`rnnlab compare --preset {suite} --seeds 2 --set num_threads=1 --jobs 2`" in (
-        root / "two" / "results.md").read_text()
+        tmp_path / "two" / "results.md").read_text()
 
-
-def test_jobs_progress_names_runs_slots_and_time_left(pair):
-    text = pair[4]
+    # progress: which runs are on which worker, their epochs, and the time left for 2 slots
+    text = stream.getvalue()
     assert "compare: 4 runs on 2 worker processes at a time (" in text
     assert re.search(r"\[1/4\] tiny_gru seed 7 \(gru, impl torch, 2 epochs\) -> .*tiny_gru/seed0  \[worker 1/2, "
                      r"1 thread\(s\)\]  elapsed \d+s, time left: unknown \(no epoch measured yet\)", text)
@@ -95,28 +78,25 @@ def test_jobs_progress_names_runs_slots_and_time_left(pair):
                              text)
     assert len(epoch_lines) >= 4, text  # at least one per run
     assert re.search(r"compare: tiny_rnn seed 8 finished in \d+s \(final test_acc 0\.\d{4}\)", text)
-    # one line per event: no line holds two events (the parent alone prints)
-    for line in text.splitlines():
+    for line in text.splitlines():  # one event per line: the parent alone prints
         assert len(re.findall(r"compare: |\[\d/4\]", line)) <= 1, line
 
 
-def test_resume_with_jobs_2_trains_only_the_unfinished_run(pair, tmp_path):
-    suite, root, _, _, _ = pair
+def test_resume_with_jobs_2_trains_only_the_unfinished_run(tmp_path):
+    suite = write_suite(tmp_path / "presets")
     out = tmp_path / "out"
-    shutil.copytree(root / "two", out)
-    for log in out.glob("*/seed*.worker.log"):
-        log.unlink()
+    kw = dict(seeds=2, only=["tiny_rnn"], overrides=["num_threads=1"], progress=False, baseline=False,
+              cache_dir=tmp_path / "c")
+    run_comparison(suite, out, data=tiny_dataset(), **kw)  # --jobs 1
+    finished = _metrics(out / "tiny_rnn/seed1")
     info = json.loads((out / "tiny_rnn/seed1/run.json").read_text())
     (out / "tiny_rnn/seed1/run.json").write_text(json.dumps({**info, "status": "running"}))
-    result = run_comparison(suite, out, seeds=2, overrides=["num_threads=1"], data=tiny_dataset(), progress=False,
-                            cache_dir=tmp_path / "c", jobs=2)
-    assert [p.relative_to(out).as_posix() for p in result.skipped] == ["tiny_gru/seed0", "tiny_gru/seed1",
-                                                                      "tiny_rnn/seed0"]
+    result = run_comparison(suite, out, data=tiny_dataset(), jobs=2, **kw)
+    assert [p.relative_to(out).as_posix() for p in result.skipped] == ["tiny_rnn/seed0"]
     assert [p.relative_to(out).as_posix() for p in result.trained] == ["tiny_rnn/seed1"]
-    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed*.worker.log")) == [
-        "tiny_rnn/seed1.worker.log"]
+    assert [p.relative_to(out).as_posix() for p in out.glob("*/seed*.worker.log")] == ["tiny_rnn/seed1.worker.log"]
     assert "(resuming)" in (out / "tiny_rnn/seed1.worker.log").read_text()
-    assert _metrics(out / "tiny_rnn/seed1") == _metrics(root / "one" / "tiny_rnn/seed1")
+    assert _metrics(out / "tiny_rnn/seed1") == finished
     assert json.loads((out / "tiny_rnn/seed1/run.json").read_text())["status"] == "complete"
 
 
