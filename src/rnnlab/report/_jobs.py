@@ -198,7 +198,7 @@ def run_jobs(jobs: list[Job], slots: int, workdir: Path, *, on_start: Callable[[
                 job.spec.update(parent=os.getpid(), result=str(workdir / f"result{i}.json"))
                 spec_path = workdir / f"spec{i}.json"
                 spec_path.write_text(json.dumps(job.spec), encoding="utf-8")
-                env = dict(os.environ, PYTHONUNBUFFERED="1")
+                env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
                 if job.spec["threads"]:  # before torch starts its thread pools
                     env.update(OMP_NUM_THREADS=str(job.spec["threads"]), MKL_NUM_THREADS=str(job.spec["threads"]))
                 job.metrics = Path(job.spec["run_dir"]) / "metrics.jsonl"
@@ -223,6 +223,15 @@ def run_jobs(jobs: list[Job], slots: int, workdir: Path, *, on_start: Callable[[
     except BaseException:
         _stop(running, log)
         raise
+
+
+def _pythonpath() -> str:
+    """``$PYTHONPATH`` with this process's rnnlab first: the workers import the same code as the parent."""
+    import rnnlab
+
+    root = str(Path(rnnlab.__file__).resolve().parent.parent)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return os.pathsep.join([root, *rest])
 
 
 def _poll_epochs(job: Job, on_epoch, read_rows) -> None:
