@@ -8,7 +8,8 @@ Layout of a comparison folder ``DIR``::
     DIR/results.md, results.csv, *.png
 
 Running the same command again skips complete runs and resumes incomplete ones, so an
-interrupted comparison continues where it stopped.
+interrupted comparison continues where it stopped. ``--jobs N`` trains up to N runs at once in
+worker processes (``rnnlab.report._jobs``; their output in ``DIR/<name>/seed<k>.worker.log``).
 """
 
 from __future__ import annotations
