@@ -234,3 +234,18 @@ def test_eta_for_parallel_slots():
     assert secs == pytest.approx(26.0)
     assert how == "2 runs at a time, from 2 measured epochs, training passes only"
     assert eta.schedule([("a", 0)], [], 2) == (0.0, "nothing left")
+
+
+def test_longest_runs_start_first():
+    from rnnlab.report.compare import PlannedRun, _work_estimate
+    from rnnlab.train import Config
+
+    def planned(**kw):
+        return PlannedRun(Config(**kw), Path("x"), 0, "new")
+
+    small, wide, gru = planned(cell="rnn"), planned(hidden_size=128, embedding_dim=128), planned(cell="gru")
+    # multiply-adds per token: rnn 64*128, lstm-128 4*128*256, gru 3*64*128; x max_len 200 x 5 epochs
+    assert [_work_estimate(p) for p in (small, wide, gru)] == [8192 * 1000, 131072 * 1000, 24576 * 1000]
+    done = PlannedRun(Config(hidden_size=128, embedding_dim=128), Path("y"), 0, "resume", done_epochs=4)
+    assert _work_estimate(done) == 131072 * 200
+    assert sorted([small, wide, gru], key=lambda r: -_work_estimate(r)) == [wide, gru, small]

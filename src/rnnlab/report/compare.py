@@ -476,6 +476,8 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
         f"{pending[0].run_dir.parent.parent / '<experiment>' / 'seed<k>.worker.log'}")
 
     order = {id(r): n_done + i + 1 for i, r in enumerate(pending)}
+    # Longest first (LPT), so that a long run does not start last and leave a slot idle.
+    start_order = sorted(pending, key=lambda r: -_work_estimate(r))
     state: dict[int, int] = {}  # id(run) -> epochs done, for the runs on a slot
     waiting = {id(r) for r in pending}  # not started yet
 
@@ -484,7 +486,7 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
 
     def left() -> str:
         on_slot = [(r.config.name, r.config.epochs - state[id(r)]) for r in pending if id(r) in state]
-        queued = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending
+        queued = [(r.config.name, r.config.epochs - r.done_epochs) for r in start_order
                   if id(r) not in state and id(r) in waiting]
         secs, how = eta.schedule(on_slot, queued, slots)
         when = f"~{_fmt_duration(secs)} left" if secs is not None else "time left: unknown"
@@ -536,7 +538,7 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
             with open(data_file, "wb") as fh:
                 pickle.dump(given, fh, protocol=pickle.HIGHEST_PROTOCOL)
         job_list = []
-        for run in pending:
+        for run in start_order:
             log_file = _jobs.log_path(run.run_dir)
             log_file.parent.mkdir(parents=True, exist_ok=True)
             spec = {"config": run.config.to_dict(), "run_dir": str(run.run_dir), "resume": run.state == "resume",
@@ -555,6 +557,13 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
     rank = {r.run_dir: i for i, r in enumerate(pending)}  # report in plan order, as --jobs 1 does
     result.trained.sort(key=lambda p: rank[p])
     result.failed.sort(key=lambda f: rank[f[0]])
+
+
+def _work_estimate(run: PlannedRun) -> float:
+    """Relative work left in a run, for the start order of ``--jobs``: recurrent multiply-adds per
+    token x tokens per example (max_len) x epochs left (same train split size for every run)."""
+    c = run.config
+    return recurrent_cost(c) * c.max_len * max(0, c.epochs - run.done_epochs)
 
 
 def _no_epoch(job: Any, rows: list[dict[str, Any]]) -> None:
