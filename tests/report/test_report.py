@@ -88,6 +88,7 @@ def test_test_once_runs_report_their_single_test_result(tmp_path):
     assert s.final_loss.mean == pytest.approx(0.26)
     report = write_report([root], tmp_path / "out")
     assert (tmp_path / "out" / "val_accuracy.png").is_file() and "0.9000" in report.markdown
+    assert "`best`: tested once per seed, on the checkpoint with the best validation accuracy" in report.markdown
     fig = plot_accuracy([s], "val")
     assert len([ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]) == 1
 

@@ -75,6 +75,10 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
         notes.append(f"- \\* runs of {', '.join(map(str, shorter))} epoch(s): compared with the original's "
                      "test accuracy after the same number of epochs (it ran 5)")
     for s in summaries:
+        if s.runs and all(r.test_once for r in s.runs):
+            notes.append(f"- `{s.name}`: tested once per seed, on the checkpoint with the best validation accuracy "
+                         "(`test_every_epoch = false`): *final* and *best* are that one test result and the "
+                         "epoch is the one validation chose, never picked on the test set")
         if s.incomplete:
             notes.append(f"- `{s.name}`: incomplete runs, not counted: {_incomplete_text(s)}")
         for note in s.notes:
