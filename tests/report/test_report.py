@@ -89,6 +89,8 @@ def test_test_once_runs_report_their_single_test_result(tmp_path):
     report = write_report([root], tmp_path / "out")
     assert (tmp_path / "out" / "val_accuracy.png").is_file() and "0.9000" in report.markdown
     assert "`best`: tested once per seed, on the checkpoint with the best validation accuracy" in report.markdown
+    loss = plot_loss([s])  # no per-epoch test loss: the right panel shows the validation loss
+    assert loss.axes[1].get_title() == "Validation loss per epoch" and len(loss.axes[1].get_lines()) == 1
     fig = plot_accuracy([s], "val")
     assert len([ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]) == 1
 

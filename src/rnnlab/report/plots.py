@@ -102,14 +102,21 @@ def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Fi
 
 
 def plot_loss(summaries: list[ExperimentSummary]) -> Figure:
-    """Train loss (left) and test loss (right) per epoch, one line per recurrent experiment."""
+    """Train loss (left) and test loss (right) per epoch, one line per recurrent experiment.
+
+    When no run has a per-epoch test loss (every run tested once, ``test_every_epoch = false``),
+    the right panel shows the validation loss instead, and says so.
+    """
     fig, (ax_train, ax_test) = _new_figure(ncols=2, width=6.0)
     _draw_curves(ax_train, summaries, "train_loss")
-    _draw_curves(ax_test, summaries, "test_loss")
+    per_epoch_test = any("test_loss" in row for s in summaries if s.kind != "baseline" for r in s.runs
+                         for row in r.rows)
+    split = "test" if per_epoch_test or not _has_validation(summaries) else "validation"
+    _draw_curves(ax_test, summaries, "test_loss" if split == "test" else "val_loss")
     ax_train.set_ylabel("train loss")
     ax_train.set_title("Train loss per epoch")
-    ax_test.set_ylabel("test loss")
-    ax_test.set_title("Test loss per epoch")
+    ax_test.set_ylabel(f"{split} loss")
+    ax_test.set_title(f"{split.capitalize()} loss per epoch")
     _legend(ax_test)
     return fig
 
