@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.
 
 TIMING = ("epoch_seconds", "examples_per_second", "eval_seconds")
 WORLD = 2
-DEADLINE_S = 120
+DEADLINE_S = 300  # a hang guard only: a loaded 2-core CI machine can take minutes
 
 
 def _configs():

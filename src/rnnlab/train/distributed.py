@@ -180,9 +180,16 @@ def session(device: torch.device, *, timeout_s: float = 1800.0) -> Iterator[tupl
                 device if backend == "nccl" else torch.device("cpu"))
     try:
         yield dist, device
-    finally:
+    except BaseException:
         if owned and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+        raise
+    if owned and torch_dist.is_initialized():
+        # Every rank finishes its collectives before any rank tears the group down: a rank that
+        # destroyed its gloo connections while a peer was still using them made that peer abort
+        # ("terminate called without an active exception") under load.
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
 
 
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
