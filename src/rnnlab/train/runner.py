@@ -19,14 +19,12 @@ Checkpoints hold the plain module's state_dict, so any run resumes with any proc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch
 from torch import nn
 
 from rnnlab import __version__
-from rnnlab._io import torch_save, write_json, write_text
+from rnnlab._io import atomic_write, torch_save, write_json, write_text
 from rnnlab.models import build_model, count_parameters
 from rnnlab.train import distributed
 from rnnlab.train.config import Config, ConfigError, config_from_toml
@@ -637,15 +635,7 @@ def _read_vocab(path: Path) -> Any:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _train_loader(data: Any, config: Config) -> Any:
