@@ -1,3 +1,3 @@
-from rnnlab.cli import main
+from rnnlab.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

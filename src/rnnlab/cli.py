@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from rnnlab import __version__
 
@@ -55,5 +57,41 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _exit_status(code: object) -> int:
+    """``SystemExit.code`` as a process exit status (None -> 0, a message -> 1, printed)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def entry() -> int:
+    """The process entry point (the ``rnnlab`` script, ``python -m rnnlab``): ``main()``.
+
+    In a ``torchrun`` worker (``WORLD_SIZE`` > 1) the process then ends with ``os._exit`` after
+    flushing its output, as ``multiprocessing`` workers do: once the run directory is written
+    and the process group destroyed, the normal interpreter shutdown of a torch 2.13 gloo worker
+    aborted now and then in C++ static destruction ("terminate called without an active
+    exception", SIGABRT; 1 in 19 runs on a loaded machine), failing a finished job.
+    """
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):
+        return main()
+    try:
+        code = main()
+    except SystemExit as err:
+        code = _exit_status(err.code)
+    except BaseException:  # noqa: BLE001 - report it as the interpreter would, then exit hard
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -272,13 +272,38 @@ def test_torchrun_cli_trains(tmp_path):
         words[rng.randrange(len(words))] = rng.choice(["good", "great"] if i % 2 else ["bad", "dull"])
         lines.append(f"{' '.join(words)},{('neg', 'pos')[i % 2]}")
     (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "RNNLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: a worker that dies on a signal prints where (its Python stack, if any).
+    env = {**os.environ, "RNNLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     args = ["train", "--set", "embedding_dim=8", "--set", "hidden_size=8", "--set", "epochs=1", "--set",
             "batch_size=16", "--set", "device=cpu", "--data", str(tmp_path / "reviews.csv"), "--out",
             str(tmp_path / "run"), "--no-progress"]
     done = _torchrun(args, env, _free_ports(1)[0])
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-3000:]}"
     assert done.stdout.count("Done: 1 epochs, final test accuracy") == 1, done.stdout
     assert done.stdout.count("Train Epoch: 1 Loss: ") == 1
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (info["status"], info["world_size"], info["backend"]) == ("complete", 2, "gloo")
+
+
+def _entry(argv, world_size):
+    """``rnnlab.cli.entry`` in a fresh interpreter with stdout/stderr piped (block-buffered)."""
+    import subprocess
+
+    code = f"import sys; sys.argv = ['rnnlab', *{argv!r}]; from rnnlab.cli import entry; raise SystemExit(entry())"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    if world_size is not None:
+        env["WORLD_SIZE"] = str(world_size)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("world_size", [None, 2])
+def test_entry_exit_status_and_output(world_size):
+    """A torchrun worker ends with os._exit: its buffered output still arrives, its status is main()'s."""
+    from rnnlab import __version__
+
+    done = _entry(["--version"], world_size)
+    assert (done.returncode, done.stdout.strip()) == (0, f"rnnlab {__version__}")
+    done = _entry(["train", "--no-such-option"], world_size)  # argparse: usage on stderr, status 2
+    assert done.returncode == 2 and "the following arguments are required: --out" in done.stderr, done.stderr
+    done = _entry(["report", "/nonexistent/rnnlab-run", "--out", "/nonexistent/out"], world_size)  # a user error
+    assert done.returncode == 2 and done.stderr.startswith("rnnlab: error:"), done.stderr

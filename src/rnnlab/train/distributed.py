@@ -185,9 +185,9 @@ def session(device: torch.device, *, timeout_s: float = 1800.0) -> Iterator[tupl
             torch_dist.destroy_process_group()
         raise
     if owned and torch_dist.is_initialized():
-        # Every rank finishes its collectives before any rank tears the group down: a rank that
-        # destroyed its gloo connections while a peer was still using them made that peer abort
-        # ("terminate called without an active exception") under load.
+        # Every rank finishes its collectives before any rank closes its gloo connections. (The
+        # occasional SIGABRT of a finished worker happens later, in C++ static destruction at
+        # interpreter exit; rnnlab.cli.entry ends torchrun workers with os._exit for that.)
         torch_dist.barrier()
         torch_dist.destroy_process_group()
 
