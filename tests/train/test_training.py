@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,40 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data, cell, impl):
     assert _values(resumed) == _values(full)
     _assert_same_weights(_weights(tmp_path / "cut"), _weights(tmp_path / "full"))
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("after", ["last.pt", "metrics.jsonl"])
+def test_interrupt_between_the_epoch_end_writes_leaves_them_agreeing(tmp_path, tiny_data, after):
+    """Ctrl-C right after one of epoch 2's writes: run.json, metrics.jsonl and last.pt all say 2 epochs."""
+    config = tiny_config(epochs=3)
+    full = train_and_evaluate(config, tmp_path / "full", data=tiny_data, progress=False)
+    fired = []
+
+    def interrupting(fn, hit):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if not fired and hit(*args):
+                fired.append(True)
+                raise KeyboardInterrupt
+            return out
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        if after == "last.pt":
+            mp.setattr(runner, "torch_save", interrupting(
+                runner.torch_save, lambda path, obj: Path(path).name == "last.pt" and obj["epoch"] == 2))
+        else:
+            mp.setattr(runner, "_write_metrics", interrupting(runner._write_metrics, lambda run_dir, rows: len(rows) == 2))
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(config, tmp_path / "cut", data=tiny_data, progress=False)
+    assert fired
+    info = json.loads((tmp_path / "cut" / "run.json").read_text())
+    last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert (info["status"], info["error"]) == ("failed", "interrupted")
+    assert info["epochs_completed"] == len(read_metrics(tmp_path / "cut")) == last["epoch"] == 2
+    assert info["best_epoch"] == last["best"]["epoch"]
+    resumed = train_and_evaluate(config, tmp_path / "cut", data=tiny_data, resume=True, progress=False)
+    assert _values(resumed) == _values(full)
 
 
 def test_train_one_epoch_then_resume_to_two(tmp_path, tiny_data):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from rnnlab import __version__
-from rnnlab._io import atomic_write, torch_save, write_json, write_text
+from rnnlab._io import torch_save, write_json, write_text
 from rnnlab.models import build_model, count_parameters
 from rnnlab.train import distributed
 from rnnlab.train.config import Config, ConfigError, config_from_toml
@@ -500,6 +500,9 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
         write_json(run_dir / "run.json", run_info)
     writer = _tensorboard(run_dir) if main else None
     stopped_early = False
+    # What a resume would continue from is last.pt: on an error or interrupt, metrics.jsonl and
+    # run.json are rewritten to match it, whichever of the epoch's writes had happened.
+    committed = {"epoch": start_epoch - 1, "best_epoch": best["epoch"], "history": list(history)}
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             row = _train_epoch(trained, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress,
@@ -536,9 +539,9 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
                     "config": config.to_dict(), "vocab_size": vocab_size, "num_classes": num_classes,
                     "label_names": label_names,
                 }
+                if improved:  # best.pt before last.pt: a last.pt of an improving epoch always has its best.pt
+                    torch_save(run_dir / "checkpoints" / "best.pt", ckpt_out)
                 torch_save(last_path, ckpt_out)
-                if improved:
-                    _atomic_copy(last_path, run_dir / "checkpoints" / "best.pt")
                 _write_metrics(run_dir, history)
                 run_info.update(epochs_completed=epoch, best_epoch=best["epoch"])
                 write_json(run_dir / "run.json", run_info)
@@ -554,7 +557,16 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
     except BaseException as err:
         if main:
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-            run_info.update(status="failed", error=reason)
+            if last_path.exists():  # the interrupt may land anywhere, even just after last.pt was replaced
+                try:
+                    saved = _load_checkpoint(last_path)
+                    committed = {"epoch": saved["epoch"], "best_epoch": saved["best"]["epoch"],
+                                 "history": saved["history"]}
+                except (RunDirError, KeyError, TypeError):
+                    pass
+            _write_metrics(run_dir, committed["history"])
+            run_info.update(status="failed", error=reason, epochs_completed=committed["epoch"],
+                            best_epoch=committed["best_epoch"])
             write_json(run_dir / "run.json", run_info)
         raise
     finally:
@@ -632,10 +644,6 @@ def _read_vocab(path: Path) -> Any:
     from rnnlab.data import Vocabulary
 
     return Vocabulary.load(path)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _train_loader(data: Any, config: Config) -> Any:
