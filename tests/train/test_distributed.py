@@ -303,7 +303,7 @@ def test_entry_exit_status_and_output(world_size):
 
     done = _entry(["--version"], world_size)
     assert (done.returncode, done.stdout.strip()) == (0, f"rnnlab {__version__}")
-    done = _entry(["train", "--no-such-option"], world_size)  # argparse: usage on stderr, status 2
+    done = _entry(["train"], world_size)  # an argparse error (no --out): usage on stderr, status 2
     assert done.returncode == 2 and "the following arguments are required: --out" in done.stderr, done.stderr
     done = _entry(["report", "/nonexistent/rnnlab-run", "--out", "/nonexistent/out"], world_size)  # a user error
     assert done.returncode == 2 and done.stderr.startswith("rnnlab: error:"), done.stderr
