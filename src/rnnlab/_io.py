@@ -8,31 +8,29 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it into place."""
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it into place.
+
+    The temporary file ``.<name>.<random>.tmp`` is created (``O_EXCL``, mode 0o666 less the umask)
+    inside the ``try``, so an exception raised at any point, including the ``KeyboardInterrupt``
+    that a signal handler raises between two bytecodes, removes it: no ``*.tmp`` is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        if not (isinstance(err, FileExistsError) and err.filename == os.fspath(tmp)):  # not ours
+            tmp.unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path: Path, text: str) -> None:
