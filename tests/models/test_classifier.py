@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnlab.models import RNNClassifier, bigram_ids, build_model, count_parameters, masked_pool
+from rnnlab.models import RNNClassifier, bigram_ids, build_model, count_parameters, drop_words, masked_pool
 from rnnlab.train import Config, ConfigError
 
 ORIGINAL_LSTM = """ImdbNet(
@@ -94,6 +94,47 @@ def test_meanmax_widths_and_optional_dropouts():
                                embedding_dropout=0.1, head_dropout=0.2), 10, 2)
     assert (model.linear1.in_features, model.linear1.out_features) == (20, 10)
     assert model.embedding_dropout.p == 0.1 and model.head_dropout.p == 0.2
+
+
+def test_drop_words_replaces_real_tokens_by_unk_at_rate_p():
+    torch.manual_seed(0)
+    ids = torch.randint(2, 1000, (200, 300))
+    ids[:, 250:] = 0  # padding
+    out = drop_words(ids, 0.25)
+    dropped = out != ids
+    assert torch.all(out[dropped] == 1)  # dropped words become <unk>
+    assert not dropped[:, 250:].any()  # the padding stays padding
+    rate = dropped[:, :250].double().mean().item()
+    assert abs(rate - 0.25) < 0.005, rate  # 50,000 draws: 5 sigma is 0.001
+    assert torch.equal(drop_words(ids, 0.0), ids)
+
+
+def test_word_dropout_acts_in_training_only_and_prints():
+    model = build_model(Config(impl="torch", word_dropout=0.5, hidden_size=4, embedding_dim=4), 50, 2)
+    assert "word_dropout=0.5" in str(model)
+    ids, lengths = torch.randint(2, 50, (3, 20)), torch.tensor([20, 11, 5])
+    seen = []
+    model.embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].t().clone()))
+    model.eval()
+    model(ids, lengths)
+    assert torch.equal(seen[-1], ids)  # evaluation sees every word
+    model.train()
+    torch.manual_seed(1)
+    model(ids, lengths)
+    fed = seen[-1]
+    assert ((fed == ids) | (fed == 1)).all() and (fed == 1).any()
+    torch.manual_seed(1)
+    model(ids, lengths)
+    assert torch.equal(seen[-1], fed)  # drawn from the seeded global generator
+    assert "word_dropout" not in str(build_model(Config(impl="torch"), 50, 2))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_word_dropout_out_of_range_is_refused(p):
+    with pytest.raises(ValueError, match=rf"word_dropout must be in \[0, 1\), got {p}"):
+        RNNClassifier(10, 2, word_dropout=p)
+    with pytest.raises(ConfigError, match=rf"'word_dropout' must be in \[0, 1\), got {p}"):
+        Config(word_dropout=p)
 
 
 def test_bad_inputs():

@@ -60,7 +60,7 @@ def test_learns_and_writes_the_run_directory(tmp_path, tiny_data, capsys):
 
 
 def test_same_seed_same_metrics_and_weights(tmp_path, tiny_data):
-    config = tiny_config(embedding_dropout=0.2, head_dropout=0.2, bucket=True)
+    config = tiny_config(embedding_dropout=0.2, head_dropout=0.2, word_dropout=0.1, bucket=True)
     a = train_and_evaluate(config, tmp_path / "a", data=tiny_data, progress=False)
     b = train_and_evaluate(config, tmp_path / "b", data=tiny_data, progress=False)
     assert _values(a) == _values(b)
@@ -71,7 +71,7 @@ def test_same_seed_same_metrics_and_weights(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("cell,impl", [("lstm", "rnnlab"), ("gru", "torch")])
 def test_resume_equals_uninterrupted(tmp_path, tiny_data, cell, impl):
-    config = tiny_config(cell=cell, impl=impl, embedding_dropout=0.2, lr_schedule="cosine", warmup_steps=3,
+    config = tiny_config(cell=cell, impl=impl, embedding_dropout=0.2, word_dropout=0.1, lr_schedule="cosine", warmup_steps=3,
                          optimizer="adamw", weight_decay=0.01, grad_clip=1.0, bucket=True)
     full = train_and_evaluate(config, tmp_path / "full", data=tiny_data, progress=False)
     # The run is killed during epoch 2, at its 3rd step.

@@ -103,11 +103,23 @@ def make_encoder(cell: str, impl: str, input_size: int, hidden_size: int, *, num
     return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs)
 
 
+def drop_words(ids: torch.Tensor, p: float, unk_id: int = 1) -> torch.Tensor:
+    """Word dropout: ``ids (N, L)`` with each real token (id != 0, the padding) replaced by
+    ``unk_id`` with probability ``p``, independently (draws from torch's global generator).
+
+    Unlike element-wise dropout on the embeddings, the model loses whole words, as if they
+    were out of its vocabulary, so it cannot lean on a few strong words in a review.
+    """
+    drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids != 0)
+    return ids.masked_fill(drop, unk_id)
+
+
 class RNNClassifier(nn.Module):
     """``ids (N, L), lengths (N,) -> logits (N, C)`` (log-probabilities when ``log_softmax``).
 
     embedding ``(L, N, E)`` (plus a hashed bigram embedding when ``bigram_buckets`` > 0,
-    see :func:`bigram_ids`) -> encoder ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with
+    see :func:`bigram_ids`; in training, ``word_dropout`` p replaces each real token by
+    ``<unk>`` (id 1) with probability p before the lookup) -> encoder ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with
     P = D*H (2*D*H for meanmax) -> linear1 ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
 
     The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
@@ -124,7 +136,7 @@ class RNNClassifier(nn.Module):
                  embedding_dim: int = 64, hidden_size: int = 64, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, embedding_dropout: float = 0.0,
                  head_dropout: float = 0.0, nonlinearity: str = "tanh", pooling: str = "last",
-                 log_softmax: bool = False, bigram_buckets: int = 0) -> None:
+                 log_softmax: bool = False, bigram_buckets: int = 0, word_dropout: float = 0.0) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
@@ -136,6 +148,9 @@ class RNNClassifier(nn.Module):
         enc_width = hidden_size * self.num_directions
         pooled = 2 * enc_width if pooling == "meanmax" else enc_width
 
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        self.word_dropout = float(word_dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.bigram_buckets = int(bigram_buckets)
         if self.bigram_buckets < 0:
@@ -165,6 +180,8 @@ class RNNClassifier(nn.Module):
             parts.append(f"pooling={self.pooling}")
         if self.log_softmax:
             parts.append("log_softmax=True")
+        if self.word_dropout:
+            parts.append(f"word_dropout={self.word_dropout}")
         return ", ".join(parts)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -173,6 +190,8 @@ class RNNClassifier(nn.Module):
             raise ValueError(f"ids must be (N, L), got shape {tuple(ids.shape)}")
         if lengths.shape != ids.shape[:1]:
             raise ValueError(f"lengths must be (N,) = ({ids.shape[0]},), got {tuple(lengths.shape)}")
+        if self.word_dropout and self.training:
+            ids = drop_words(ids, self.word_dropout)
         x = self.embedding(ids.t())  # (L, N, E)
         if self.bigram_buckets:
             x = x + self.bigram_embedding(bigram_ids(ids, self.bigram_buckets).t())  # word + bigram (L, N, E)
@@ -205,7 +224,7 @@ def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier
         hidden_size=config.hidden_size, num_layers=config.num_layers, bidirectional=config.bidirectional,
         dropout=config.dropout, embedding_dropout=config.embedding_dropout, head_dropout=config.head_dropout,
         nonlinearity=config.nonlinearity, pooling=config.pooling, log_softmax=config.loss == "nll",
-        bigram_buckets=getattr(config, "bigram_buckets", 0))
+        bigram_buckets=getattr(config, "bigram_buckets", 0), word_dropout=getattr(config, "word_dropout", 0.0))
 
 
 def count_parameters(model: nn.Module) -> int:

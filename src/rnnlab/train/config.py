@@ -68,6 +68,7 @@ class Config:
     embedding_dropout: float = 0.0
     bigram_buckets: int = 0
     head_dropout: float = 0.0
+    word_dropout: float = 0.0
     nonlinearity: str = "tanh"
     pooling: str = "last"
     loss: str = "cross_entropy"
@@ -205,7 +206,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key!r} must be >= 0, got {getattr(config, key)}")
     if config.max_words < 2:
         raise ConfigError(f"'max_words' must be >= 2 (<unk> and at least one word), got {config.max_words}")
-    for key in ("dropout", "embedding_dropout", "head_dropout", "val_fraction"):
+    for key in ("dropout", "embedding_dropout", "head_dropout", "word_dropout", "val_fraction"):
         value = getattr(config, key)
         if not (0.0 <= value < 1.0):
             raise ConfigError(f"{key!r} must be in [0, 1), got {value}")
