@@ -71,8 +71,8 @@ def test_same_seed_same_metrics_and_weights(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("cell,impl", [("lstm", "rnnlab"), ("gru", "torch")])
 def test_resume_equals_uninterrupted(tmp_path, tiny_data, cell, impl):
-    config = tiny_config(cell=cell, impl=impl, embedding_dropout=0.2, word_dropout=0.1, lr_schedule="cosine", warmup_steps=3,
-                         optimizer="adamw", weight_decay=0.01, grad_clip=1.0, bucket=True)
+    config = tiny_config(cell=cell, impl=impl, embedding_dropout=0.2, word_dropout=0.1, lr_schedule="cosine",
+                         warmup_steps=3, optimizer="adamw", weight_decay=0.01, grad_clip=1.0, bucket=True)
     full = train_and_evaluate(config, tmp_path / "full", data=tiny_data, progress=False)
     # The run is killed during epoch 2, at its 3rd step.
     original = runner._train_epoch
@@ -123,7 +123,8 @@ def test_interrupt_between_the_epoch_end_writes_leaves_them_agreeing(tmp_path, t
             mp.setattr(runner, "torch_save", interrupting(
                 runner.torch_save, lambda path, obj: Path(path).name == "last.pt" and obj["epoch"] == 2))
         else:
-            mp.setattr(runner, "_write_metrics", interrupting(runner._write_metrics, lambda run_dir, rows: len(rows) == 2))
+            mp.setattr(runner, "_write_metrics",
+                       interrupting(runner._write_metrics, lambda run_dir, rows: len(rows) == 2))
         with pytest.raises(KeyboardInterrupt):
             train_and_evaluate(config, tmp_path / "cut", data=tiny_data, progress=False)
     assert fired
