@@ -214,3 +214,19 @@ def test_report_out_must_be_a_folder(runs, tmp_path):
     with pytest.raises(ReportError, match="is a file; expected a folder"):
         write_report([runs], tmp_path / "file")
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "wd", 0, [0.80], config={"word_dropout": 0.2, "embedding_dropout": 0.1, "truncate": "head_tail",
+                                            "lr_schedule": "linear", "max_len": 500})
+    make_run(root, "old", 0, [0.80], config={"embedding_dropout": 0.0})  # made before word_dropout existed
+    md = write_report([root], tmp_path / "out").markdown
+    settings = md.split("## Settings")[1]
+    head = settings.strip().splitlines()[0].strip("| ").split(" | ")
+    rows = {line.split(" | ")[0].strip("| `"): dict(zip(head, line.strip("| ").split(" | ")))
+            for line in settings.strip().splitlines()[2:] if line.startswith("| `")}
+    assert head[-5:] == ["max_len", "truncate", "max_words", "embedding_dropout", "word_dropout"]
+    assert (rows["wd"]["word_dropout"], rows["wd"]["embedding_dropout"], rows["wd"]["truncate"],
+            rows["wd"]["lr_schedule"]) == ("0.2", "0.1", "head_tail", "linear")
+    assert rows["old"]["word_dropout"] == "0.0" and rows["old"]["truncate"] == ""

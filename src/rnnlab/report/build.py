@@ -17,7 +17,10 @@ from rnnlab.report.tables import csv_table, markdown_table
 
 #: Config fields shown in the settings table, in order.
 SETTINGS = ("cell", "impl", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "pooling",
-            "loss", "optimizer", "lr", "batch_size", "epochs", "max_len", "max_words")
+            "loss", "optimizer", "lr", "lr_schedule", "batch_size", "epochs", "max_len", "truncate", "max_words",
+            "embedding_dropout", "word_dropout")
+#: Values of settings that runs made before the key existed had (their config.toml lacks the key).
+LATER_KEYS = {"word_dropout": 0.0}
 
 
 @dataclass
@@ -34,7 +37,8 @@ def _settings_table(summaries: list[ExperimentSummary]) -> str:
         if s.kind == "baseline" or not runs or not runs[0].config:
             continue
         cfg = runs[0].config
-        rows.append("| " + " | ".join([f"`{s.name}`"] + [str(cfg.get(k, "")) for k in SETTINGS]) + " |")
+        values = [str(cfg.get(k, LATER_KEYS.get(k, ""))) for k in SETTINGS]
+        rows.append("| " + " | ".join([f"`{s.name}`", *values]) + " |")
     if not rows:
         return ""
     head = "| experiment | " + " | ".join(SETTINGS) + " |\n|---|" + "---|" * len(SETTINGS) + "\n"
