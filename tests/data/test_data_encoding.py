@@ -27,7 +27,8 @@ def test_pinned_ids_lengths_and_training_only_vocabulary(tmp_path: Path) -> None
     assert data.train.num_tokens.tolist() == [3, 6, 2, 0]
     assert data.test.ids.tolist() == [[3, 1, 2, 0], [6, 6, 6, 6]]  # "unseen" never in train -> <unk>
     assert data.train.labels.dtype == torch.int64 and data.test.labels.tolist() == [1, 0]
-    assert data.train.ids.dtype == torch.int64 and data.val is None and data.label_names == ["neg", "pos"]
+    assert data.train.ids.dtype == torch.int16 and data.val is None and data.label_names == ["neg", "pos"]
+    assert data.train[1][0].dtype == torch.int64  # items (and batches) are int64
     ids, label = data.train[1]
     assert ids.tolist() == [3, 6, 4, 7] and int(label) == 0
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.data import (DataError, EncodedData, FileTextDataset, TextDataset, TextSplit, encode_dataset, encode_files,
-                         load_dataset, load_text_dataset)
+from rnnlab.data import (DataError, EncodedData, EncodedSplit, FileTextDataset, TextDataset, TextSplit, encode_dataset,
+                         encode_files, load_dataset, load_text_dataset, make_loader)
 from rnnlab.data import _cache, datasets, encoding, streaming
 
 
@@ -29,7 +29,7 @@ def _equal(a: EncodedData, b: EncodedData) -> None:
     assert a.vocab.itos == b.vocab.itos and a.vocab.counts == b.vocab.counts and a.label_names == b.label_names
     assert list(a.splits()) == list(b.splits())
     for x, y in zip(a.splits().values(), b.splits().values()):
-        assert x.ids.dtype == y.ids.dtype == torch.int64 and torch.equal(x.ids, y.ids)
+        assert x.ids.dtype == y.ids.dtype == torch.int16 and torch.equal(x.ids, y.ids)
         for k in ("lengths", "num_tokens", "labels"):
             assert torch.equal(getattr(x, k), getattr(y, k)), k
 
@@ -277,3 +277,44 @@ def test_streaming_read_back_waits_for_a_concurrent_writer(tmp_path: Path, monke
     monkeypatch.setattr(streaming.time, "sleep", lambda s: None)
     _equal(encode_files(path, max_len=5, cache_dir=tmp_path / "c", progress=False), expected)
     assert len(calls) == 2
+
+
+def test_ids_dtype_is_the_narrowest_signed_type_for_the_vocabulary() -> None:
+    assert encoding.ids_dtype(20001) is np.int16 and encoding.ids_dtype(1 << 15) is np.int16
+    assert encoding.ids_dtype((1 << 15) + 1) is np.int32 and encoding.ids_dtype(1 << 31) is np.int32
+    with pytest.raises(ValueError, match=r"at most 2\*\*31 ids are supported, got a vocabulary of 2147483649"):
+        encoding.ids_dtype((1 << 31) + 1)
+
+
+def test_a_vocabulary_over_32768_ids_is_stored_as_int32_and_batches_are_int64(tmp_path: Path) -> None:
+    words = [f"w{i}" for i in range(40000)]  # about 36,000 in the training rows: too many ids for int16
+    rows = [{"text": " ".join(words[i:i + 100]), "label": i // 100 % 2, "doc": str(i)} for i in range(0, 40000, 100)]
+    rows += [{"text": " ".join(words[-3:] + ["unseen"]), "label": 0, "doc": "t"}] * 40
+    path = _write(tmp_path / "big.jsonl", rows)
+    kw = dict(max_words=50000, max_len=120, progress=False)
+    streamed = encode_files(path, test_fraction=0.1, seed=0, cache_dir=tmp_path / "c", **kw)
+    lazy = load_text_dataset(path, test_fraction=0.1, seed=0, stream=False)
+    memory = encode_dataset(_in_memory(lazy), use_cache=False, workers=0, **kw)
+    cached = encode_dataset(lazy, cache_dir=tmp_path / "c", **kw)
+    assert cached.from_cache and len(memory.vocab) > 1 << 15
+    for data in (streamed, memory, cached):
+        assert data.train.ids.dtype == torch.int32 and int(data.train.ids.max()) >= 1 << 15
+        assert torch.equal(data.train.ids, memory.train.ids) and torch.equal(data.test.ids, memory.test.ids)
+    (entry,) = (tmp_path / "c" / "encoded").iterdir()
+    assert np.load(entry / "train_ids.npy", mmap_mode="r").dtype == np.int32
+    ids, lengths, labels = next(iter(make_loader(cached.train, 8, shuffle=False)))
+    assert ids.dtype == lengths.dtype == labels.dtype == torch.int64 and int(ids.max()) >= 1 << 15
+
+
+def test_default_vocabulary_ids_take_two_bytes_per_token_on_disk(tmp_path: Path) -> None:
+    data = encode_dataset(_memory_dataset(), max_len=5, cache_dir=tmp_path, progress=False)
+    (entry,) = (tmp_path / "encoded").iterdir()
+    mapped = np.load(entry / "train_ids.npy", mmap_mode="r")
+    assert mapped.dtype == np.int16 and data.train.ids.dtype == torch.int16
+    assert (entry / "train_ids.npy").stat().st_size == mapped.offset + 20 * 5 * 2
+    assert data.train[0][0].dtype == torch.int64
+
+
+def test_an_encoded_split_refuses_non_integer_ids() -> None:
+    with pytest.raises(ValueError, match="EncodedSplit: expected integer ids, got dtype torch.float32"):
+        EncodedSplit(torch.zeros(2, 3), torch.ones(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))

@@ -10,7 +10,7 @@ See docs/ARCHITECTURE.md (section rnnlab.data) for the contract.
 
 from rnnlab.data._cache import DataError, default_cache_dir
 from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit, load_text_dataset
-from rnnlab.data.encoding import EncodedData, EncodedSplit, collate, encode_dataset, encode_texts
+from rnnlab.data.encoding import EncodedData, EncodedSplit, collate, encode_dataset, encode_texts, ids_dtype
 from rnnlab.data.imdb import IMDB_SHA256, IMDB_URL, download_imdb, load_imdb
 from rnnlab.data.loader import BatchLoader, make_loader
 from rnnlab.data.sources import load_dataset
@@ -22,5 +22,5 @@ __all__ = [
     "BatchLoader", "DataError", "EncodedData", "EncodedSplit", "FileTextDataset", "IMDB_SHA256", "IMDB_URL",
     "TextDataset",
     "TextSplit", "Tokenizer", "Vocabulary", "collate", "default_cache_dir", "download_imdb", "encode_dataset",
-    "encode_files", "encode_texts", "load_dataset", "load_imdb", "load_text_dataset", "make_loader",
+    "encode_files", "encode_texts", "ids_dtype", "load_dataset", "load_imdb", "load_text_dataset", "make_loader",
 ]

@@ -1,7 +1,8 @@
 """Tokenise, build the vocabulary and encode a :class:`TextDataset` into padded id tensors, cached on disk.
 
-The cache entry holds each split's ids as a memory-mapped ``(N, L)`` int64 ``.npy`` file, so a
-loaded split costs memory only for the rows a batch reads (see ``rnnlab.data._cache``); large
+The cache entry holds each split's ids as a memory-mapped ``(N, L)`` ``.npy`` file of the narrowest
+signed integer type that holds the vocabulary (:func:`ids_dtype`: int16, 2 bytes per token, up to
+32,768 ids), so a loaded split costs memory only for the rows a batch reads (see ``rnnlab.data._cache``); large
 CSV/TSV/JSONL files are encoded in a streaming pass straight into such files
 (``rnnlab.data.streaming``).
 """
@@ -29,10 +30,17 @@ from rnnlab.data.tokenizer import Tokenizer
 from rnnlab.data.vocab import Vocabulary
 
 #: Bump when the encoding itself changes (invalidates cached encodings).
-ENCODING_VERSION = 2
+#: 3: ids stored as int16/int32 (:func:`ids_dtype`) instead of int64.
+ENCODING_VERSION = 3
 
-#: On-disk dtype of the cached ids: the contract's int64, so that a mapped file is the tensor itself.
-CACHED_IDS_DTYPE = np.int64
+
+def ids_dtype(vocab_size: int) -> type:
+    """Storage type of encoded ids for a vocabulary of ``vocab_size`` ids (0 ... vocab_size - 1):
+    ``np.int16`` up to 32,768 ids (the default 20,001 included), else ``np.int32``. Batches and
+    items are int64 (``.long()`` of the rows read), as ``nn.Embedding`` and the models expect."""
+    if vocab_size > 1 << 31:
+        raise ValueError(f"ids_dtype: at most 2**31 ids are supported, got a vocabulary of {vocab_size}")
+    return np.int16 if vocab_size <= 1 << 15 else np.int32
 
 
 class EncodedSplit(Dataset):
@@ -40,13 +48,15 @@ class EncodedSplit(Dataset):
 
     Attributes (N examples, ``L = max_len``, or the longest sequence when ``max_len`` is None):
 
-    - ``ids``: ``(N, L)`` int64; row i holds ``lengths[i]`` ids then zeros;
+    - ``ids``: ``(N, L)`` integers; row i holds ``lengths[i]`` ids then zeros. Encoded splits
+      store them as :func:`ids_dtype` (int16 for up to 32,768 ids); any integer dtype is accepted;
     - ``lengths``: ``(N,)`` int64, ``1 <= lengths[i] <= L`` (a text without any token is encoded
       as a single ``<unk>``);
     - ``labels``: ``(N,)`` int64;
     - ``num_tokens``: ``(N,)`` int64, tokens before truncation (0 for a text without tokens).
 
-    Item i is ``(ids[i, :lengths[i]], labels[i])``; :func:`collate` pads a list of items back.
+    Item i is ``(ids[i, :lengths[i]] as int64, labels[i])``; :func:`collate` pads a list of items
+    back; the loaders' batches are int64 too.
     A split loaded from (or built into) the cache has ``ids`` backed by a copy-on-write memory map
     of the cache file: rows are read from disk when a batch touches them.
     """
@@ -57,6 +67,8 @@ class EncodedSplit(Dataset):
         if ids.dim() != 2 or lengths.shape != (n,) or labels.shape != (n,):
             raise ValueError(f"EncodedSplit: expected ids (N, L), lengths (N,), labels (N,); got "
                              f"{tuple(ids.shape)}, {tuple(lengths.shape)}, {tuple(labels.shape)}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"EncodedSplit: expected integer ids, got dtype {ids.dtype}")
         self.ids, self.lengths, self.labels = ids, lengths, labels
         self.num_tokens = num_tokens if num_tokens is not None else lengths.clone()
 
@@ -64,7 +76,7 @@ class EncodedSplit(Dataset):
         return self.ids.shape[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ids[i, : int(self.lengths[i])], self.labels[i]
+        return self.ids[i, : int(self.lengths[i])].long(), self.labels[i]
 
     def __repr__(self) -> str:
         return f"EncodedSplit(N={len(self)}, max_len={self.ids.shape[1]})"
@@ -302,8 +314,8 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
     The result is cached in ``<cache_dir>/encoded/<key>/`` (default cache dir ``$RNNLAB_CACHE``
     or ``~/.cache/rnnlab``), keyed by the dataset's fingerprint, the split sizes and labels, the
     tokenizer (settings and version) and the settings above; a stale or corrupt entry is
-    rebuilt, never used. Each split's ``ids`` then map the entry's ``<split>_ids.npy`` (int64,
-    copy-on-write): memory holds only the rows that batches read.
+    rebuilt, never used. Each split's ``ids`` then map the entry's ``<split>_ids.npy``
+    (:func:`ids_dtype`, copy-on-write): memory holds only the rows that batches read.
 
     A :class:`~rnnlab.data.datasets.FileTextDataset` (CSV/TSV/JSONL from :func:`load_text_dataset`)
     whose ``streams()`` is true is encoded in a streaming pass over its files
@@ -362,14 +374,14 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
         del tokens
     arrays: dict[str, np.ndarray] = {}
     for name, (ids, lengths, ntok) in encoded.items():
-        arrays.update({f"{name}_ids": ids, f"{name}_lengths": lengths, f"{name}_num_tokens": ntok,
+        arrays.update({f"{name}_ids": ids.astype(ids_dtype(len(vocab)), copy=False), f"{name}_lengths": lengths, f"{name}_num_tokens": ntok,
                        f"{name}_labels": np.asarray(splits[name].labels, np.int32)})
     del encoded
     if use_cache:
         try:
             with EntryWriter(entry, key) as w:
                 for name in names:
-                    w.put(f"{name}_ids", arrays[f"{name}_ids"], dtype=CACHED_IDS_DTYPE, mapped=True)
+                    w.put(f"{name}_ids", arrays[f"{name}_ids"], mapped=True)
                     for k in ("lengths", "num_tokens", "labels"):
                         w.put(f"{name}_{k}", arrays[f"{name}_{k}"], dtype=np.int32)
                 w.blob("vocab.json", _vocab_blob(vocab))
@@ -422,7 +434,7 @@ def _tokenize(split: TextSplit, tokenizer: Tokenizer, name: str, progress: bool)
 
 
 def _split_from_arrays(arrays: dict[str, np.ndarray], name: str) -> EncodedSplit:
-    """An :class:`EncodedSplit` over cache arrays: ids wrap a mapped int64 file as is, the rest is loaded."""
+    """An :class:`EncodedSplit` over cache arrays: ids wrap the (mapped) array as is, the rest is loaded."""
 
     def t(k: str) -> torch.Tensor:
         return torch.from_numpy(arrays[f"{name}_{k}"].astype(np.int64))
@@ -432,8 +444,9 @@ def _split_from_arrays(arrays: dict[str, np.ndarray], name: str) -> EncodedSplit
     for k in ("lengths", "labels", "num_tokens"):
         if arrays[f"{name}_{k}"].shape != (n,):
             raise ValueError(f"{name}_{k}: expected shape ({n},), got {arrays[f'{name}_{k}'].shape}")
+    if ids.ndim != 2 or ids.dtype not in (np.int16, np.int32, np.int64):
+        raise ValueError(f"{name}_ids: expected an (N, L) int16/int32/int64 array, got {ids.dtype} {ids.shape}")
     # A mapped file (mode "c", copy-on-write) is writable for numpy and torch, so from_numpy shares it
     # without a copy and without torch's warning about read-only arrays; nothing writes into ids.
-    ids_t = torch.from_numpy(ids) if isinstance(ids, np.memmap) and ids.dtype == np.int64 else \
-        torch.from_numpy(ids.astype(np.int64))
+    ids_t = torch.from_numpy(ids)
     return EncodedSplit(ids_t, t("lengths"), t("labels"), t("num_tokens"))

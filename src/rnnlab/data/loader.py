@@ -82,7 +82,7 @@ class BatchLoader:
         for idx in self.batches():
             width = int(lens[idx].max()) if len(idx) else 0
             t = torch.from_numpy(idx)
-            yield ids[:, :width].index_select(0, t), lengths.index_select(0, t), labels.index_select(0, t)
+            yield ids[:, :width].index_select(0, t).long(), lengths.index_select(0, t), labels.index_select(0, t)
 
 
 def make_loader(split: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0, bucket: bool = False,

@@ -2,7 +2,7 @@
 
     from rnnlab.data import encode_files
     data = encode_files("reviews.jsonl", val_fraction=0.1, max_len=64)   # any size
-    data.train.ids                                    # (N, 64) int64, mapped from the cache file
+    data.train.ids                                    # (N, 64) int16, mapped from the cache file
 
 Three sequential reads of the files, none of which holds the corpus:
 
@@ -36,8 +36,7 @@ import numpy as np
 
 from rnnlab.data._cache import EntryWriter
 from rnnlab.data.datasets import _SIDES, FileTextDataset, load_text_dataset
-from rnnlab.data.encoding import (CACHED_IDS_DTYPE, EncodedData, _load_entry, _Tokens, _vocab_blob,
-                                  encode_dataset)
+from rnnlab.data.encoding import EncodedData, _load_entry, _Tokens, _vocab_blob, encode_dataset, ids_dtype
 from rnnlab.data.tokenizer import Tokenizer
 from rnnlab.data.vocab import Vocabulary
 
@@ -120,7 +119,8 @@ def encode_stream(dataset: FileTextDataset, key: dict[str, Any], entry: Path | N
         entry = tmp_root / "entry"
     try:
         with EntryWriter(entry, key) as w:
-            ids_out = {name: w.array(f"{name}_ids", (len(splits[name]), widths[name]), CACHED_IDS_DTYPE, mapped=True)
+            ids_out = {name: w.array(f"{name}_ids", (len(splits[name]), widths[name]), ids_dtype(len(vocab)),
+                                      mapped=True)
                        for name in names}
             small = {name: {"lengths": [], "num_tokens": []} for name in names}  # type: dict[str, dict[str, list]]
             pending: dict[str, list[list[str]]] = {name: [] for name in names}
