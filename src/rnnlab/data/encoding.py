@@ -2,9 +2,9 @@
 
 The cache entry holds each split's ids as a memory-mapped ``(N, L)`` ``.npy`` file of the narrowest
 signed integer type that holds the vocabulary (:func:`ids_dtype`: int16, 2 bytes per token, up to
-32,768 ids), so a loaded split costs memory only for the rows a batch reads (see ``rnnlab.data._cache``); large
-CSV/TSV/JSONL files are encoded in a streaming pass straight into such files
-(``rnnlab.data.streaming``).
+32,768 ids), so a loaded split costs memory only for the rows a batch reads (see
+``rnnlab.data._cache``); large CSV/TSV/JSONL files are encoded in a streaming pass straight into
+such files (``rnnlab.data.streaming``).
 """
 
 from __future__ import annotations
@@ -374,8 +374,8 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
         del tokens
     arrays: dict[str, np.ndarray] = {}
     for name, (ids, lengths, ntok) in encoded.items():
-        arrays.update({f"{name}_ids": ids.astype(ids_dtype(len(vocab)), copy=False), f"{name}_lengths": lengths, f"{name}_num_tokens": ntok,
-                       f"{name}_labels": np.asarray(splits[name].labels, np.int32)})
+        arrays.update({f"{name}_ids": ids.astype(ids_dtype(len(vocab)), copy=False), f"{name}_lengths": lengths,
+                       f"{name}_num_tokens": ntok, f"{name}_labels": np.asarray(splits[name].labels, np.int32)})
     del encoded
     if use_cache:
         try:

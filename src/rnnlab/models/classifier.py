@@ -119,8 +119,9 @@ class RNNClassifier(nn.Module):
 
     embedding ``(L, N, E)`` (plus a hashed bigram embedding when ``bigram_buckets`` > 0,
     see :func:`bigram_ids`; in training, ``word_dropout`` p replaces each real token by
-    ``<unk>`` (id 1) with probability p before the lookup) -> encoder ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with
-    P = D*H (2*D*H for meanmax) -> linear1 ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
+    ``<unk>`` (id 1) with probability p before the lookup, see :func:`drop_words`) -> encoder
+    ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with P = D*H (2*D*H for meanmax) -> linear1
+    ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
 
     The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
     default model prints exactly as the original experiment's ``ImdbNet``; optional
