@@ -38,8 +38,14 @@ def run(path: Path, cache: Path, workers: int | None) -> dict[str, float]:
     data = encode_dataset(ds, cache_dir=cache, progress=False, workers=workers)
     w2, c2 = time.perf_counter(), cpu_seconds()
     assert len(data.train) == len(data.test) == 25000 and len(data.vocab) == 20001
-    return {"load": w1 - w0, "encode": w2 - w1, "total": w2 - w0, "cpu": c2 - c0, "cached": data.from_cache,
-            "data": data}
+    return {
+        "load": w1 - w0,
+        "encode": w2 - w1,
+        "total": w2 - w0,
+        "cpu": c2 - c0,
+        "cached": data.from_cache,
+        "data": data,
+    }
 
 
 def main() -> None:
@@ -56,20 +62,26 @@ def main() -> None:
         for k in range(args.repeat):
             cache = Path(tmp) / f"cache{k}"
             r = run(args.data, cache, args.workers)
-            print(f"cold   : load {r['load']:5.2f} s + encode {r['encode']:5.2f} s = {r['total']:5.2f} s wall "
-                  f"({r['cpu']:5.2f} s CPU)   target <= 10 s")
+            print(
+                f"cold   : load {r['load']:5.2f} s + encode {r['encode']:5.2f} s = {r['total']:5.2f} s wall "
+                f"({r['cpu']:5.2f} s CPU)   target <= 10 s"
+            )
         r = run(args.data, cache, args.workers)
         assert r["cached"]
-        print(f"cached : load {r['load']:5.2f} s + encode {r['encode']:5.2f} s = {r['total']:5.2f} s wall "
-              f"({r['cpu']:5.2f} s CPU)   target <= 1 s")
+        print(
+            f"cached : load {r['load']:5.2f} s + encode {r['encode']:5.2f} s = {r['total']:5.2f} s wall "
+            f"({r['cpu']:5.2f} s CPU)   target <= 1 s"
+        )
         train = r["data"].train
         for bucket in (False, True):
             loader = make_loader(train, 64, shuffle=True, bucket=bucket)
             t = time.perf_counter()
             cells = sum(ids.numel() for ids, _, _ in loader)
             dt = time.perf_counter() - t
-            print(f"loader : one train epoch, batch 64, bucket={bucket!s:5}: {dt * 1e3:6.1f} ms, "
-                  f"{len(loader)} batches, padding {1 - int(train.lengths.sum()) / cells:5.1%}")
+            print(
+                f"loader : one train epoch, batch 64, bucket={bucket!s:5}: {dt * 1e3:6.1f} ms, "
+                f"{len(loader)} batches, padding {1 - int(train.lengths.sum()) / cells:5.1%}"
+            )
 
 
 if __name__ == "__main__":

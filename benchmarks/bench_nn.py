@@ -26,8 +26,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -112,7 +112,9 @@ def _peak_memory(fn: Callable[[], None], device: torch.device) -> int:
 
     peaks = []
     for _ in range(3):  # the profiler occasionally misses allocations: keep the largest peak
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
             fn()
         live = peak = 0
         for _, action, (key, _version), size in MemoryProfile(prof.profiler.kineto_results).timeline:
@@ -146,8 +148,12 @@ def _profile_tables(modes: list[str], shapes: list[tuple[int, int, int]], device
                         for _ in range(5):
                             fn()
                         _sync(device)
-                    print(f"## {mode} {steps}x{batch}x{size} {label}, {impl}, threads {torch.get_num_threads()}, 5 calls")
-                    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12 if impl == "fast" else 4))
+                    print(
+                        f"## {mode} {steps}x{batch}x{size} {label}, {impl}, threads {torch.get_num_threads()}, 5 calls"
+                    )
+                    print(
+                        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12 if impl == "fast" else 4)
+                    )
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--profile", action="store_true",
+        "--profile",
+        action="store_true",
         help="instead of timing, print torch.profiler tables (5 calls) of impl fast and torch.nn per mode and shape",
     )
     args = parser.parse_args(argv)
@@ -194,9 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         _profile_tables(modes, shapes, device)
         return
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"repeats {args.repeats} (median; {args.slow_repeats} for impls other than fast), float32; "
-          f"times in ms; ratio = rnnlab / torch")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"repeats {args.repeats} (median; {args.slow_repeats} for impls other than fast), float32; "
+        f"times in ms; ratio = rnnlab / torch"
+    )
     header = f"{'mode':5} {'L x N x H':>12} {'pass':9} {'torch':>9}"
     for impl in impls:
         header += f" {impl:>9} {'ratio':>6}"

@@ -32,17 +32,28 @@ from pathlib import Path
 
 import numpy as np
 
-SENTIMENT = {"pos": ["great", "wonderful", "superb", "loved", "brilliant", "moving", "charming", "excellent",
-                     "delightful", "masterpiece"],
-             "neg": ["awful", "boring", "terrible", "hated", "dull", "waste", "poor", "mess", "worst",
-                     "tedious"]}
+SENTIMENT = {
+    "pos": [
+        "great",
+        "wonderful",
+        "superb",
+        "loved",
+        "brilliant",
+        "moving",
+        "charming",
+        "excellent",
+        "delightful",
+        "masterpiece",
+    ],
+    "neg": ["awful", "boring", "terrible", "hated", "dull", "waste", "poor", "mess", "worst", "tedious"],
+}
 
 
 def _pseudo_words(n: int) -> np.ndarray:
     """n distinct pseudo-words: "q" + the 4-letter base-26 spelling of 0..n-1 (no sentiment word starts with q)."""
-    assert n <= 26 ** 4
+    assert n <= 26**4
     letters = "abcdefghijklmnopqrstuvwxyz"
-    return np.array(["q" + "".join(letters[i // 26 ** k % 26] for k in (3, 2, 1, 0)) for i in range(n)], dtype=object)
+    return np.array(["q" + "".join(letters[i // 26**k % 26] for k in (3, 2, 1, 0)) for i in range(n)], dtype=object)
 
 
 def generate(path: Path, n: int, seed: int, vocab: int = 50000, chunk: int = 50000) -> None:
@@ -63,7 +74,7 @@ def generate(path: Path, n: int, seed: int, vocab: int = 50000, chunk: int = 500
             lines = []
             offsets = np.concatenate([[0], np.cumsum(lens)])
             for j in range(m):
-                toks = list(flat[offsets[j]:offsets[j + 1]])
+                toks = list(flat[offsets[j] : offsets[j + 1]])
                 own, other = (pos, neg) if labels[j] else (neg, pos)
                 extra = list(rng.choice(own, n_own[j])) + list(rng.choice(other, n_other[j]))
                 for w in extra:
@@ -96,8 +107,14 @@ def child(phase: str, data: Path, cache: Path) -> dict[str, float]:
     t1 = time.perf_counter()
     enc = encode_dataset(ds, max_len=64, cache_dir=cache, progress=False)
     t2 = time.perf_counter()
-    res = {"scan_s": t1 - t0, "encode_s": t2 - t1, "from_cache": float(enc.from_cache), "base_anon": base,
-           "n_train": len(enc.train), "vocab": len(enc.vocab)}
+    res = {
+        "scan_s": t1 - t0,
+        "encode_s": t2 - t1,
+        "from_cache": float(enc.from_cache),
+        "base_anon": base,
+        "n_train": len(enc.train),
+        "vocab": len(enc.vocab),
+    }
     if phase == "epoch":
         from rnnlab.models import build_model
         from rnnlab.train import Config
@@ -121,16 +138,21 @@ def child(phase: str, data: Path, cache: Path) -> dict[str, float]:
             total += len(labels)
             correct += int((out.argmax(-1) == labels).sum())
             loss_sum += float(loss) * len(labels)
-        res.update(epoch_s=time.perf_counter() - t3, train_acc=correct / total, train_loss=loss_sum / total,
-                   examples=total)
+        res.update(
+            epoch_s=time.perf_counter() - t3, train_acc=correct / total, train_loss=loss_sum / total, examples=total
+        )
     res.update(_mem())
     return res
 
 
 def _run_child(phase: str, data: Path, cache: Path) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--child", phase, "--data", str(data), "--cache", str(cache)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", phase, "--data", str(data), "--cache", str(cache)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.exit(f"bench_scale: the {phase} child failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -139,8 +161,12 @@ def _run_child(phase: str, data: Path, cache: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="reviews to generate (default 1,000,000)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the corpus and cache (default: a temp dir, "
-                                                           "removed afterwards)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the corpus and cache (default: a temp dir, removed afterwards)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child", choices=["encode", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -162,20 +188,30 @@ def main() -> None:
         ep = _run_child("epoch", data, cache)
         assert not enc["from_cache"] and ep["from_cache"], (enc, ep)
         ids_mb = sum(f.stat().st_size for f in cache.rglob("*_ids.npy")) / 2**20
-        print(f"corpus: {args.n:,} reviews, {data.stat().st_size / 2**20:.0f} MiB JSONL ({gen_s:.0f} s to generate); "
-              f"vocab {int(enc['vocab']):,} ids; train {int(enc['n_train']):,}; ids files {ids_mb:.0f} MiB; "
-              f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"corpus: {args.n:,} reviews, {data.stat().st_size / 2**20:.0f} MiB JSONL ({gen_s:.0f} s to generate); "
+            f"vocab {int(enc['vocab']):,} ids; train {int(enc['n_train']):,}; ids files {ids_mb:.0f} MiB; "
+            f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}"
+        )
         print(f"{'phase':<8} {'seconds':>28} {'peak RSS':>10} {'RssAnon':>9} {'RssFile':>9} {'imports':>9}")
-        print(f"{'encode':<8} {'scan %.1f + encode %.1f' % (enc['scan_s'], enc['encode_s']):>28} "
-              f"{enc['VmHWM']:>6.0f} MiB {enc['RssAnon']:>5.0f} MiB {enc['RssFile']:>5.0f} MiB "
-              f"{enc['base_anon']:>5.0f} MiB")
-        print(f"{'epoch':<8} {'load %.1f + epoch %.1f' % (ep['scan_s'] + ep['encode_s'], ep['epoch_s']):>28} "
-              f"{ep['VmHWM']:>6.0f} MiB {ep['RssAnon']:>5.0f} MiB {ep['RssFile']:>5.0f} MiB "
-              f"{ep['base_anon']:>5.0f} MiB")
+        enc_s = f"scan {enc['scan_s']:.1f} + encode {enc['encode_s']:.1f}"
+        epoch_s = f"load {ep['scan_s'] + ep['encode_s']:.1f} + epoch {ep['epoch_s']:.1f}"
+        print(
+            f"{'encode':<8} {enc_s:>28} "
+            f"{enc['VmHWM']:>6.0f} MiB {enc['RssAnon']:>5.0f} MiB {enc['RssFile']:>5.0f} MiB "
+            f"{enc['base_anon']:>5.0f} MiB"
+        )
+        print(
+            f"{'epoch':<8} {epoch_s:>28} "
+            f"{ep['VmHWM']:>6.0f} MiB {ep['RssAnon']:>5.0f} MiB {ep['RssFile']:>5.0f} MiB "
+            f"{ep['base_anon']:>5.0f} MiB"
+        )
         ok = ep["VmHWM"] < 2048
-        print(f"epoch: {int(ep['examples']):,} examples, {ep['examples'] / ep['epoch_s']:,.0f} examples/s, train acc "
-              f"{ep['train_acc']:.3f}, loss {ep['train_loss']:.3f}; peak RSS {ep['VmHWM']:.0f} MiB "
-              f"{'<' if ok else '>='} 2048 MiB target: {'met' if ok else 'MISSED'}")
+        print(
+            f"epoch: {int(ep['examples']):,} examples, {ep['examples'] / ep['epoch_s']:,.0f} examples/s, train acc "
+            f"{ep['train_acc']:.3f}, loss {ep['train_loss']:.3f}; peak RSS {ep['VmHWM']:.0f} MiB "
+            f"{'<' if ok else '>='} 2048 MiB target: {'met' if ok else 'MISSED'}"
+        )
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -31,9 +31,29 @@ def csv_data(tmp_path, monkeypatch):
 
 
 def _train_args(csv_data, out, *extra):
-    return ["train", "--set", "impl=rnnlab", "--set", "embedding_dim=16", "--set", "hidden_size=16",
-            "--set", "lr=0.05", "--set", "epochs=3", "--set", "batch_size=32", "--set", "device=cpu",
-            "--data", str(csv_data), "--out", str(out), "--no-progress", *extra]
+    return [
+        "train",
+        "--set",
+        "impl=rnnlab",
+        "--set",
+        "embedding_dim=16",
+        "--set",
+        "hidden_size=16",
+        "--set",
+        "lr=0.05",
+        "--set",
+        "epochs=3",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "device=cpu",
+        "--data",
+        str(csv_data),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_train_evaluate_predict(tmp_path, csv_data, capsys, monkeypatch):
@@ -75,14 +95,20 @@ def test_train_evaluate_predict(tmp_path, csv_data, capsys, monkeypatch):
     assert "text 2 ('') is empty: it has no words to classify" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--set", "hiden_size=3", "--out", "X"], "unknown config key 'hiden_size' (did you mean 'hidden_size'?)"),
-    (["train", "--set", "epochs=two", "--out", "X"], "'epochs' expects an integer, got 'two'"),
-    (["train", "--preset", "nope", "--out", "X"], "unknown preset 'nope'"),
-    (["train", "--preset", "seed", "--out", "X"], "is a suite of experiments"),
-    (["evaluate", "missing_run"], "run directory not found: missing_run"),
-    (["predict", "missing_run", "text"], "run directory not found: missing_run"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["train", "--set", "hiden_size=3", "--out", "X"],
+            "unknown config key 'hiden_size' (did you mean 'hidden_size'?)",
+        ),
+        (["train", "--set", "epochs=two", "--out", "X"], "'epochs' expects an integer, got 'two'"),
+        (["train", "--preset", "nope", "--out", "X"], "unknown preset 'nope'"),
+        (["train", "--preset", "seed", "--out", "X"], "is a suite of experiments"),
+        (["evaluate", "missing_run"], "run directory not found: missing_run"),
+        (["predict", "missing_run", "text"], "run directory not found: missing_run"),
+    ],
+)
 def test_user_errors(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2

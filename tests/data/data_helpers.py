@@ -8,21 +8,31 @@ from pathlib import Path
 
 # (split, label) -> list of (id, rating, text); ids are the line numbers in urls_<label>.txt.
 TINY = {
-    ("train", "pos"): [(0, 9, "A great film.<br /><br />Loved it!"), (1, 10, "Wonderful acting, great story."),
-                       (2, 8, "Great fun; don't miss it.")],
-    ("train", "neg"): [(0, 1, "Awful. Just awful film."), (1, 2, "Boring plot, bad acting."),
-                       (2, 3, "I didn't like it: bad.")],
+    ("train", "pos"): [
+        (0, 9, "A great film.<br /><br />Loved it!"),
+        (1, 10, "Wonderful acting, great story."),
+        (2, 8, "Great fun; don't miss it."),
+    ],
+    ("train", "neg"): [
+        (0, 1, "Awful. Just awful film."),
+        (1, 2, "Boring plot, bad acting."),
+        (2, 3, "I didn't like it: bad."),
+    ],
     ("test", "pos"): [(0, 7, "Great great movie."), (1, 9, "A lovely film.")],
     ("test", "neg"): [(0, 4, "Bad, bad movie."), (1, 2, "Dull and zzzunseen.")],
 }
 # review id -> movie url (train: reviews 0 and 1 are about the same movie)
 URLS = {
-    ("train", "pos"): ["http://www.imdb.com/title/tt0000001/usercomments",
-                       "http://www.imdb.com/title/tt0000001/usercomments",
-                       "http://www.imdb.com/title/tt0000002/usercomments"],
-    ("train", "neg"): ["http://www.imdb.com/title/tt0000003/usercomments",
-                       "http://www.imdb.com/title/tt0000003/usercomments",
-                       "http://www.imdb.com/title/tt0000004/usercomments"],
+    ("train", "pos"): [
+        "http://www.imdb.com/title/tt0000001/usercomments",
+        "http://www.imdb.com/title/tt0000001/usercomments",
+        "http://www.imdb.com/title/tt0000002/usercomments",
+    ],
+    ("train", "neg"): [
+        "http://www.imdb.com/title/tt0000003/usercomments",
+        "http://www.imdb.com/title/tt0000003/usercomments",
+        "http://www.imdb.com/title/tt0000004/usercomments",
+    ],
     ("test", "pos"): ["http://www.imdb.com/title/tt0000005/usercomments"] * 2,
     ("test", "neg"): ["http://www.imdb.com/title/tt0000006/usercomments"] * 2,
 }
@@ -53,8 +63,9 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
     return base
 
 
-def tar_bytes(files: dict[str, bytes], *, gz: bool = True, prefix: str = "aclImdb",
-              fmt: int = tarfile.GNU_FORMAT) -> bytes:
+def tar_bytes(
+    files: dict[str, bytes], *, gz: bool = True, prefix: str = "aclImdb", fmt: int = tarfile.GNU_FORMAT
+) -> bytes:
     """A (gzip-compressed) tar archive holding ``files`` under ``prefix/``, with directory entries."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=fmt) as tf:

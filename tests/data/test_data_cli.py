@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-
 from data_helpers import tiny_files, write_archive
+
 from rnnlab.cli import main
 
 
 def test_inspect_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     archive = write_archive(tmp_path / "a.tar.gz", tiny_files())
-    rc = main(["data", "inspect", "--data", str(archive), "--cache-dir", str(tmp_path / "c"), "--json",
-               "--max-len", "4"])
+    rc = main(
+        ["data", "inspect", "--data", str(archive), "--cache-dir", str(tmp_path / "c"), "--json", "--max-len", "4"]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert r["label_names"] == ["neg", "pos"]
@@ -34,8 +35,11 @@ def test_inspect_table_and_cache(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1] == "labels: neg, pos"
-    assert [line.split()[0] for line in out if line.split()[:1] in (["train"], ["val"], ["test"])] == \
-        ["train", "val", "test"] * 2
+    assert [line.split()[0] for line in out if line.split()[:1] in (["train"], ["val"], ["test"])] == [
+        "train",
+        "val",
+        "test",
+    ] * 2
     assert out[-1].startswith("loaded in ") and "(from cache)" in out[-1]
 
 
@@ -52,8 +56,21 @@ def test_inspect_own_csv_with_columns(tmp_path: Path, capsys: pytest.CaptureFixt
     path = tmp_path / "reviews.csv"
     rows = [f'"{"nice film" if i % 2 else "bad film"} {i}",{"pos" if i % 2 else "neg"}' for i in range(10)]
     path.write_text("body,stars\n" + "\n".join(rows) + "\n")
-    rc = main(["data", "inspect", "--data", str(path), "--text-column", "body", "--label-column", "stars",
-               "--cache-dir", str(tmp_path / "c"), "--json"])
+    rc = main(
+        [
+            "data",
+            "inspect",
+            "--data",
+            str(path),
+            "--text-column",
+            "body",
+            "--label-column",
+            "stars",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--json",
+        ]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert r["label_names"] == ["neg", "pos"] and r["source"] == str(path)

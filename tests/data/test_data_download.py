@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from data_helpers import tar_bytes, tiny_files
+
 from rnnlab.data import DataError, download_imdb, load_imdb
 from rnnlab.data import imdb as imdb_mod
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.data import (EncodedSplit, TextDataset, TextSplit, Tokenizer, collate, encode_dataset, encode_texts)
-from rnnlab.data import _cache
+from rnnlab.data import EncodedSplit, TextDataset, TextSplit, Tokenizer, _cache, collate, encode_dataset, encode_texts
 
 
 def _dataset(fingerprint: str = "fp-1") -> TextDataset:
@@ -58,7 +57,9 @@ def test_tail_truncation_no_limit_and_encode_texts(tmp_path: Path) -> None:
         encode_dataset(_dataset(), min_freq=0, cache_dir=tmp_path)
     ds = _dataset()
     ds.test.labels[1] = 2
-    with pytest.raises(ValueError, match=r"test split has label 2; expected ids 0...1 for label_names \['neg', 'pos'\]"):
+    with pytest.raises(
+        ValueError, match=r"test split has label 2; expected ids 0...1 for label_names \['neg', 'pos'\]"
+    ):
         encode_dataset(ds, cache_dir=tmp_path)
 
 
@@ -133,8 +134,14 @@ def test_parallel_tokenizing_matches_serial(tmp_path: Path) -> None:
     words = ["alpha", "beta", "gamma", "don't", "it's", "x"]
     texts = [" ".join(rng.choice(words, size=rng.integers(0, 12))) + "!" for _ in range(70)]
     assert "!" in texts  # a text without tokens
-    ds = TextDataset(TextSplit(texts[:40], [i % 2 for i in range(40)]), TextSplit(texts[40:60], [0, 1] * 10),
-                     ["a", "b"], "memory", "fp-par", val=TextSplit(texts[60:], [0, 1] * 5))
+    ds = TextDataset(
+        TextSplit(texts[:40], [i % 2 for i in range(40)]),
+        TextSplit(texts[40:60], [0, 1] * 10),
+        ["a", "b"],
+        "memory",
+        "fp-par",
+        val=TextSplit(texts[60:], [0, 1] * 5),
+    )
     for truncate in ("head", "tail", "head_tail"):
         serial = encode_dataset(ds, max_len=5, truncate=truncate, use_cache=False, progress=False, workers=0)
         par = encode_dataset(ds, max_len=5, truncate=truncate, use_cache=False, progress=False, workers=2)

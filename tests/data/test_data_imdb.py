@@ -6,15 +6,22 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from data_helpers import TINY, tiny_files, write_archive, write_tree
+
 from rnnlab.data import DataError, load_imdb
 from rnnlab.data import imdb as imdb_mod
 
 
 def _flat(split):
-    return list(zip(split.texts, split.labels, [m.get("rating") for m in split.meta],
-                    [m.get("group") for m in split.meta], [m["path"] for m in split.meta]))
+    return list(
+        zip(
+            split.texts,
+            split.labels,
+            [m.get("rating") for m in split.meta],
+            [m.get("group") for m in split.meta],
+            [m["path"] for m in split.meta],
+        )
+    )
 
 
 @pytest.fixture
@@ -29,7 +36,11 @@ def test_archive_contents_order_and_metadata(archive: Path, tmp_path: Path) -> N
     assert ds.train.texts == [t for _, _, t in TINY[("train", "neg")]] + [t for _, _, t in TINY[("train", "pos")]]
     assert ds.train.labels == [0, 0, 0, 1, 1, 1]
     assert ds.test.labels == [0, 0, 1, 1]
-    assert ds.train.meta[3] == {"rating": 9, "path": "train/pos/0_9.txt", "group": "http://www.imdb.com/title/tt0000001"}
+    assert ds.train.meta[3] == {
+        "rating": 9,
+        "path": "train/pos/0_9.txt",
+        "group": "http://www.imdb.com/title/tt0000001",
+    }
     assert [m["rating"] for m in ds.test.meta] == [4, 2, 7, 9]
     assert ds.val is None and len(ds.fingerprint) == 64
 
@@ -67,8 +78,9 @@ def test_validation_split_by_movie_and_random(archive: Path, tmp_path: Path) -> 
     assert sorted(rnd.val.labels) == [0, 1]  # stratified: one of each label's three
 
 
-def test_parsed_archive_cache_hit_corrupt_and_stale(archive: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parsed_archive_cache_hit_corrupt_and_stale(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     first = load_imdb(archive, cache_dir=cache, progress=False)
     calls = []
@@ -131,7 +143,9 @@ def test_folder_missing_split_and_short_urls(tmp_path: Path) -> None:
         load_imdb(base, cache_dir=tmp_path / "c")
     files["train/urls_pos.txt"] = b"http://www.imdb.com/title/tt0000001/usercomments\n"
     path = write_archive(tmp_path / "b.tar.gz", files)
-    with pytest.raises(DataError, match=r"train/urls_pos.txt has 1 lines; expected a line for review train/pos/1_10.txt"):
+    with pytest.raises(
+        DataError, match=r"train/urls_pos.txt has 1 lines; expected a line for review train/pos/1_10.txt"
+    ):
         load_imdb(path, cache_dir=tmp_path / "c")
 
 

@@ -11,9 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.data import (DataError, EncodedData, EncodedSplit, FileTextDataset, TextDataset, TextSplit, encode_dataset,
-                         encode_files, load_dataset, load_text_dataset, make_loader)
-from rnnlab.data import _cache, datasets, encoding, streaming
+from rnnlab.data import (
+    DataError,
+    EncodedData,
+    EncodedSplit,
+    FileTextDataset,
+    TextDataset,
+    TextSplit,
+    _cache,
+    datasets,
+    encode_dataset,
+    encode_files,
+    encoding,
+    load_dataset,
+    load_text_dataset,
+    make_loader,
+    streaming,
+)
 
 
 def _memory_dataset(fingerprint: str = "fp-mm") -> TextDataset:
@@ -21,8 +35,14 @@ def _memory_dataset(fingerprint: str = "fp-mm") -> TextDataset:
     words = ["good", "bad", "film", "plot", "don't", "it's", "x", "the"]
     texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 9)))) + "!" for _ in range(30)]
     labels = [i % 2 for i in range(30)]
-    return TextDataset(TextSplit(texts[:20], labels[:20]), TextSplit(texts[20:26], labels[20:26]), ["neg", "pos"],
-                       "memory", fingerprint, val=TextSplit(texts[26:], labels[26:]))
+    return TextDataset(
+        TextSplit(texts[:20], labels[:20]),
+        TextSplit(texts[20:26], labels[20:26]),
+        ["neg", "pos"],
+        "memory",
+        fingerprint,
+        val=TextSplit(texts[26:], labels[26:]),
+    )
 
 
 def _equal(a: EncodedData, b: EncodedData) -> None:
@@ -86,9 +106,21 @@ def _damage(entry: Path, damage: str) -> None:
         raise AssertionError(damage)
 
 
-@pytest.mark.parametrize("damage", ["flip_lengths", "flip_labels", "flip_num_tokens", "flip_ids", "truncate_ids",
-                                    "ids_header", "manifest", "missing_test_ids.npy", "missing_val_labels.npy",
-                                    "missing_vocab.json"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "flip_lengths",
+        "flip_labels",
+        "flip_num_tokens",
+        "flip_ids",
+        "truncate_ids",
+        "ids_header",
+        "manifest",
+        "missing_test_ids.npy",
+        "missing_val_labels.npy",
+        "missing_vocab.json",
+    ],
+)
 def test_corrupt_entry_is_detected_and_rebuilt(tmp_path: Path, damage: str) -> None:
     expected = encode_dataset(_memory_dataset(), max_len=5, use_cache=False, progress=False)
     encode_dataset(_memory_dataset(), max_len=5, cache_dir=tmp_path, progress=False)
@@ -103,7 +135,8 @@ def test_corrupt_entry_is_detected_and_rebuilt(tmp_path: Path, damage: str) -> N
 
 
 def test_full_check_once_then_stamp_and_a_write_after_the_stamp_is_caught(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_cache, "RACY_SECONDS", 0.0)
     real_crc, calls = _cache._file_crc, []
     monkeypatch.setattr(_cache, "_file_crc", lambda p: calls.append(Path(p).name) or real_crc(p))
@@ -143,8 +176,7 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         k = int(rng.integers(0, 14))
         text = " ".join(rng.choice(WORDS, size=k)) + ("!" if i % 7 else " <br />?")
-        rows.append({"text": text if text.strip() else "?", "label": ["neg", "pos", "mid"][i % 3],
-                     "doc": f"d{i // 3}"})
+        rows.append({"text": text if text.strip() else "?", "label": ["neg", "pos", "mid"][i % 3], "doc": f"d{i // 3}"})
     return rows
 
 
@@ -165,30 +197,46 @@ def _in_memory(ds: TextDataset) -> TextDataset:
     return TextDataset(copy["train"], copy["test"], list(ds.label_names), ds.source, ds.fingerprint, copy.get("val"))
 
 
-@pytest.mark.parametrize("fmt,val_fraction,group,max_len,truncate", [
-    ("csv", 0.0, None, 6, "head"), ("tsv", 0.25, None, 6, "tail"), ("jsonl", 0.0, None, None, "head"),
-    ("jsonl", 0.2, "doc", 5, "head_tail"), ("csv", 0.3, "doc", 4, "tail")])
-def test_streaming_encoder_equals_the_in_memory_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str,
-                                                     val_fraction: float, group: str | None, max_len: int | None,
-                                                     truncate: str) -> None:
+@pytest.mark.parametrize(
+    "fmt,val_fraction,group,max_len,truncate",
+    [
+        ("csv", 0.0, None, 6, "head"),
+        ("tsv", 0.25, None, 6, "tail"),
+        ("jsonl", 0.0, None, None, "head"),
+        ("jsonl", 0.2, "doc", 5, "head_tail"),
+        ("csv", 0.3, "doc", 4, "tail"),
+    ],
+)
+def test_streaming_encoder_equals_the_in_memory_path(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    val_fraction: float,
+    group: str | None,
+    max_len: int | None,
+    truncate: str,
+) -> None:
     monkeypatch.setattr(streaming, "CHUNK_ROWS", 7)  # several chunks per split
     path = _write(tmp_path / f"d.{fmt}", _rows(90))
     kw = dict(val_fraction=val_fraction, group_column=group, seed=3, test_fraction=0.25)
-    streamed = encode_files(path, max_words=8, max_len=max_len, truncate=truncate, cache_dir=tmp_path / "c",
-                            progress=False, **kw)
+    streamed = encode_files(
+        path, max_words=8, max_len=max_len, truncate=truncate, cache_dir=tmp_path / "c", progress=False, **kw
+    )
     lazy = load_text_dataset(path, stream=False, **kw)
     assert isinstance(lazy, FileTextDataset)
-    memory = encode_dataset(_in_memory(lazy), max_words=8, max_len=max_len, truncate=truncate, use_cache=False,
-                            progress=False, workers=0)
+    memory = encode_dataset(
+        _in_memory(lazy), max_words=8, max_len=max_len, truncate=truncate, use_cache=False, progress=False, workers=0
+    )
     _equal(streamed, memory)
     assert len(streamed.train) + len(streamed.test) + (len(streamed.val) if streamed.val else 0) == 90
     assert (streamed.val is not None) == (val_fraction > 0)
     if group:  # whole groups on one side, as in memory
         sides = [{m["group"] for m in s.meta} for s in lazy.splits().values()]
-        assert all(not (a & b) for i, a in enumerate(sides) for b in sides[i + 1:])
+        assert all(not (a & b) for i, a in enumerate(sides) for b in sides[i + 1 :])
     # the same cache entry serves the in-memory path of the same file (identical key and content)
-    again = encode_dataset(lazy, max_words=8, max_len=max_len, truncate=truncate, cache_dir=tmp_path / "c",
-                           progress=False)
+    again = encode_dataset(
+        lazy, max_words=8, max_len=max_len, truncate=truncate, cache_dir=tmp_path / "c", progress=False
+    )
     assert again.from_cache
     _equal(again, memory)
 
@@ -197,17 +245,24 @@ def test_separate_test_file_and_uncached_streaming(tmp_path: Path) -> None:
     rows = _rows(40, seed=5)
     train, test = _write(tmp_path / "train.jsonl", rows[:30]), _write(tmp_path / "test.csv", rows[30:])
     streamed = encode_files(train, test, max_len=5, use_cache=False, progress=False)
-    memory = encode_dataset(_in_memory(load_text_dataset(train, test, stream=False)), max_len=5, use_cache=False,
-                            progress=False, workers=0)
+    memory = encode_dataset(
+        _in_memory(load_text_dataset(train, test, stream=False)), max_len=5, use_cache=False, progress=False, workers=0
+    )
     _equal(streamed, memory)
     assert len(streamed.test) == 10 and streamed.test.ids.tolist() == memory.test.ids.tolist()
 
 
-def test_load_dataset_streams_large_files_through_encode_dataset(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_dataset_streams_large_files_through_encode_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _write(tmp_path / "big.jsonl", _rows(60))
-    expected = encode_dataset(_in_memory(load_text_dataset(path, val_fraction=0.2, stream=False)), max_len=6,
-                              use_cache=False, progress=False, workers=0)
+    expected = encode_dataset(
+        _in_memory(load_text_dataset(path, val_fraction=0.2, stream=False)),
+        max_len=6,
+        use_cache=False,
+        progress=False,
+        workers=0,
+    )
     monkeypatch.setattr(datasets, "STREAM_MIN_BYTES", 0)  # every file counts as large
     fail = lambda *a, **k: pytest.fail("in-memory encoding used for a large file")  # noqa: E731
     monkeypatch.setattr(encoding, "_tokenize", fail)
@@ -238,8 +293,11 @@ def test_bad_inputs_give_the_same_errors_when_streaming(tmp_path: Path) -> None:
         encode_files(path, use_cache=False, progress=False)
     jl = tmp_path / "d.jsonl"
     jl.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1.5}\n', "utf-8")
-    with pytest.raises(DataError, match=r"d.jsonl:2: missing or invalid label in column 'label': 1.5; expected a "
-                                        r"string or an integer"):
+    with pytest.raises(
+        DataError,
+        match=r"d.jsonl:2: missing or invalid label in column 'label': 1.5; expected a "
+        r"string or an integer",
+    ):
         encode_files(jl, use_cache=False, progress=False)
     empty = tmp_path / "e.jsonl"
     empty.write_text("\n\n", "utf-8")
@@ -288,7 +346,7 @@ def test_ids_dtype_is_the_narrowest_signed_type_for_the_vocabulary() -> None:
 
 def test_a_vocabulary_over_32768_ids_is_stored_as_int32_and_batches_are_int64(tmp_path: Path) -> None:
     words = [f"w{i}" for i in range(40000)]  # about 36,000 in the training rows: too many ids for int16
-    rows = [{"text": " ".join(words[i:i + 100]), "label": i // 100 % 2, "doc": str(i)} for i in range(0, 40000, 100)]
+    rows = [{"text": " ".join(words[i : i + 100]), "label": i // 100 % 2, "doc": str(i)} for i in range(0, 40000, 100)]
     rows += [{"text": " ".join(words[-3:] + ["unseen"]), "label": 0, "doc": "t"}] * 40
     path = _write(tmp_path / "big.jsonl", rows)
     kw = dict(max_words=50000, max_len=120, progress=False)

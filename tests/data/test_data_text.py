@@ -36,8 +36,12 @@ def test_csv_string_labels_stratified_test_split(tmp_path: Path) -> None:
 
 
 def test_tsv_custom_columns_and_separate_test(tmp_path: Path) -> None:
-    train = _csv(tmp_path / "train.tsv", [("nice", "pos"), ("awful", "neg"), ("fine", "pos")],
-                 header="review\tsentiment", sep="\t")
+    train = _csv(
+        tmp_path / "train.tsv",
+        [("nice", "pos"), ("awful", "neg"), ("fine", "pos")],
+        header="review\tsentiment",
+        sep="\t",
+    )
     test = _csv(tmp_path / "test.tsv", [("meh", "neg")], header="review\tsentiment", sep="\t")
     ds = load_text_dataset(train, test, text_column="review", label_column="sentiment")
     assert (ds.train.texts, ds.train.labels) == (["nice", "awful", "fine"], [1, 0, 1])
@@ -56,8 +60,7 @@ def test_jsonl_integer_labels_sorted_numerically_and_validation(tmp_path: Path) 
 
 def test_group_column_keeps_groups_on_one_side(tmp_path: Path) -> None:
     rows = [{"text": f"t{i}", "label": i % 2, "doc": f"g{i // 4}"} for i in range(40)]
-    ds = load_text_dataset(_jsonl(tmp_path / "d.jsonl", rows), group_column="doc", test_fraction=0.3,
-                           val_fraction=0.2)
+    ds = load_text_dataset(_jsonl(tmp_path / "d.jsonl", rows), group_column="doc", test_fraction=0.3, val_fraction=0.2)
     sides = [{m["group"] for m in s.meta} for s in (ds.train, ds.val, ds.test)]
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
     assert sum(map(len, sides)) == 10 and len(ds.test) == 12  # 3 groups of 4 = 30% exactly
@@ -84,8 +87,11 @@ def test_missing_path(tmp_path: Path) -> None:
 
 def test_csv_without_named_columns(tmp_path: Path) -> None:
     path = _csv(tmp_path / "d.csv", [("x", "y")], header="body,label")
-    with pytest.raises(DataError, match=r"d.csv: no column\(s\) \['text'\]; expected columns \['text', 'label'\], "
-                                        r"found \['body', 'label'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"d.csv: no column\(s\) \['text'\]; expected columns \['text', 'label'\], "
+        r"found \['body', 'label'\]",
+    ):
         load_text_dataset(path)
 
 

@@ -13,14 +13,17 @@ from rnnlab.data import Tokenizer, Vocabulary
 from rnnlab.data import tokenizer as tok_mod
 
 
-@pytest.mark.parametrize("text, tokens", [
-    ("Don't stop<br />the 80's!", ["don't", "stop", "the", "80's"]),
-    ("A <br /><br />GREAT film, isn't it?", ["a", "great", "film", "isn't", "it"]),
-    ("'Quoted' words'' and rock'n'roll", ["quoted", "words", "and", "rock'n'roll"]),
-    ("snake_case<BR/>tab\tnew\nline<br>end", ["snake", "case", "tab", "new", "line", "end"]),
-    ("Café Ünïcode naïve l'été", ["café", "ünïcode", "naïve", "l'été"]),
-    ("...!!!", []),
-])
+@pytest.mark.parametrize(
+    "text, tokens",
+    [
+        ("Don't stop<br />the 80's!", ["don't", "stop", "the", "80's"]),
+        ("A <br /><br />GREAT film, isn't it?", ["a", "great", "film", "isn't", "it"]),
+        ("'Quoted' words'' and rock'n'roll", ["quoted", "words", "and", "rock'n'roll"]),
+        ("snake_case<BR/>tab\tnew\nline<br>end", ["snake", "case", "tab", "new", "line", "end"]),
+        ("Café Ünïcode naïve l'été", ["café", "ünïcode", "naïve", "l'été"]),
+        ("...!!!", []),
+    ],
+)
 def test_tokenize_rules(text: str, tokens: list[str]) -> None:
     assert Tokenizer().tokenize(text) == tokens
 

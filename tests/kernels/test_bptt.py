@@ -8,7 +8,6 @@ The reference runs torch.nn.RNN/LSTM/GRU (weights copied) on each sequence alone
 from __future__ import annotations
 
 import itertools
-from typing import Optional
 
 import pytest
 import torch
@@ -45,7 +44,7 @@ def _torch_module(mode: str, h_in: int, hid: int, bias: bool, dtype: torch.dtype
     return torch.nn.RNN(h_in, hid, nonlinearity=mode[4:], bias=bias, dtype=dtype)
 
 
-def _reference(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool, lengths: Optional[torch.Tensor]):
+def _reference(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool, lengths: torch.Tensor | None):
     """torch.nn on each sequence alone: (out, h_n, c_n), differentiable w.r.t. all inputs."""
     steps, batch, h_in = x.shape
     hid = h0.shape[1]
@@ -142,12 +141,26 @@ def test_only_needed_gradients_and_frozen_weights() -> None:
 
 
 def test_layer_function_dispatch() -> None:
-    fn = kernels.layer_function("gru", torch.device("cpu"), torch.float32, has_lengths=True, has_proj=False, training=True)
+    fn = kernels.layer_function(
+        "gru", torch.device("cpu"), torch.float32, has_lengths=True, has_proj=False, training=True
+    )
     assert fn is layer
-    assert kernels.layer_function("lstm", torch.device("cpu"), torch.float32, has_lengths=False, has_proj=True, training=False) is None
-    assert kernels.layer_function("rnn_tanh", torch.device("cpu"), torch.bfloat16, has_lengths=False, has_proj=False, training=False) is None
+    assert (
+        kernels.layer_function(
+            "lstm", torch.device("cpu"), torch.float32, has_lengths=False, has_proj=True, training=False
+        )
+        is None
+    )
+    assert (
+        kernels.layer_function(
+            "rnn_tanh", torch.device("cpu"), torch.bfloat16, has_lengths=False, has_proj=False, training=False
+        )
+        is None
+    )
     with pytest.raises(ValueError, match="mode must be one of .* got 'lstmx'"):
-        kernels.layer_function("lstmx", torch.device("cpu"), torch.float32, has_lengths=False, has_proj=False, training=False)
+        kernels.layer_function(
+            "lstmx", torch.device("cpu"), torch.float32, has_lengths=False, has_proj=False, training=False
+        )
 
 
 def test_bad_lengths_and_projection_rejected() -> None:
@@ -199,7 +212,10 @@ def test_layer_function_asks_the_gpu_dispatch_first_on_cuda(monkeypatch: pytest.
     sentinel = object()
     monkeypatch.setattr(gpu, "cuda_layer_function", lambda *a, **k: sentinel)
     cuda = torch.device("cuda")
-    assert kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=False, training=True) is sentinel
+    assert (
+        kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=False, training=True)
+        is sentinel
+    )
     monkeypatch.setattr(gpu, "cuda_layer_function", lambda *a, **k: None)
     assert kernels.layer_function("gru", cuda, torch.float64, has_lengths=True, has_proj=False, training=False) is layer
     assert kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=True, training=False) is None

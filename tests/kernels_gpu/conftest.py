@@ -17,6 +17,7 @@ ON_GPU = os.environ.get("RNNLAB_TEST_TRITON_GPU") == "1" and torch.cuda.is_avail
 if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 
+
 @pytest.fixture(autouse=True)
 def _no_tf32():
     """On a GPU, torch.nn's float32 reference must not use TF32 (cuDNN allows it by default)."""

@@ -21,8 +21,12 @@ def test_graphed_layer_matches_fused_form(mode, with_lengths):
     dev = torch.device("cuda")
     gates = 4 if mode == "lstm" else 3
     steps, batch, h_in, hidden = 7, 5, 6, 8
-    w = [torch.randn(gates * hidden, h_in, device=dev, requires_grad=True), torch.randn(gates * hidden, hidden, device=dev, requires_grad=True),
-         torch.randn(gates * hidden, device=dev, requires_grad=True), torch.randn(gates * hidden, device=dev, requires_grad=True)]
+    w = [
+        torch.randn(gates * hidden, h_in, device=dev, requires_grad=True),
+        torch.randn(gates * hidden, hidden, device=dev, requires_grad=True),
+        torch.randn(gates * hidden, device=dev, requires_grad=True),
+        torch.randn(gates * hidden, device=dev, requires_grad=True),
+    ]
     for trial in range(3):  # the first call captures, the next ones replay with new values
         x = torch.randn(steps, batch, h_in, device=dev, requires_grad=True)
         h0 = torch.randn(batch, hidden, device=dev)

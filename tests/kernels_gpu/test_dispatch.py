@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed (pip install 'rnnlab[gpu]'): the Triton kernels are not tested")
+pytest.importorskip(
+    "triton", reason="triton is not installed (pip install 'rnnlab[gpu]'): the Triton kernels are not tested"
+)
 
 import rnnlab.kernels  # noqa: E402
 import rnnlab.nn as rnn  # noqa: E402

@@ -9,17 +9,26 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-pytest.importorskip("triton", reason="triton is not installed (pip install 'rnnlab[gpu]'): the Triton kernels are not tested")
+pytest.importorskip(
+    "triton", reason="triton is not installed (pip install 'rnnlab[gpu]'): the Triton kernels are not tested"
+)
 
 from rnnlab.kernels.triton import layer as tl_layer  # noqa: E402
 from rnnlab.kernels.triton.layer import triton_layer  # noqa: E402
 from rnnlab.nn import functional  # noqa: E402
 
-TORCH = {"lstm": ("LSTM", {}), "gru": ("GRU", {}), "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"nonlinearity": "relu"})}
+TORCH = {
+    "lstm": ("LSTM", {}),
+    "gru": ("GRU", {}),
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+}
 F32 = dict(atol=2e-5, rtol=1e-4)
 
 
-def _torch_module(mode: str, h_in: int, hidden: int, bias: bool, device: torch.device, seed: int = 0) -> torch.nn.Module:
+def _torch_module(
+    mode: str, h_in: int, hidden: int, bias: bool, device: torch.device, seed: int = 0
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     name, kwargs = TORCH[mode]
     return getattr(torch.nn, name)(h_in, hidden, bias=bias, bidirectional=True, **kwargs).to(device)
@@ -32,7 +41,9 @@ def _weights(m: torch.nn.Module, reverse: bool) -> list:
 
 def _both_directions(mode, m, x, h0, c0, lengths, fn=triton_layer):
     """Run ``fn`` for both directions of a one-layer bidirectional module: (out (L, N, 2H), h_n (2, N, H), c_n)."""
-    res = [fn(mode, x, h0[d], None if c0 is None else c0[d], *_weights(m, d == 1), None, d == 1, lengths) for d in (0, 1)]
+    res = [
+        fn(mode, x, h0[d], None if c0 is None else c0[d], *_weights(m, d == 1), None, d == 1, lengths) for d in (0, 1)
+    ]
     out = torch.cat([r[0] for r in res], 2)
     h_n = torch.stack([r[1] for r in res])
     c_n = torch.stack([r[2] for r in res]) if c0 is not None else None
@@ -50,7 +61,9 @@ def _inputs(mode, steps, batch, h_in, hidden, device, dtype=torch.float32):
 def _loss(out, h_n, c_n, seed=2):
     """A loss that weights every output, h_n and c_n entry differently (random upstream gradients)."""
     g = torch.Generator().manual_seed(seed)
-    total = (out * torch.randn(out.shape, generator=g).to(out)).sum() + (h_n * torch.randn(h_n.shape, generator=g).to(h_n)).sum()
+    total = (out * torch.randn(out.shape, generator=g).to(out)).sum() + (
+        h_n * torch.randn(h_n.shape, generator=g).to(h_n)
+    ).sum()
     if c_n is not None:
         total = total + (c_n * torch.randn(c_n.shape, generator=g).to(c_n)).sum()
     return total
@@ -155,7 +168,9 @@ def test_streamed_weights_equal_resident_weights(mode, device, monkeypatch):
     monkeypatch.setattr(tl_layer, "_RESIDENT_BYTES", 0)
     streamed = _both_directions(mode, m, x, h0, c0, None)
     g_str = _grads(_loss(*streamed), [x, h0, *m.parameters()])
-    for a, b in zip([t for t in resident if t is not None] + list(g_res), [t for t in streamed if t is not None] + list(g_str)):
+    for a, b in zip(
+        [t for t in resident if t is not None] + list(g_res), [t for t in streamed if t is not None] + list(g_str)
+    ):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 

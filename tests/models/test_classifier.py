@@ -45,24 +45,27 @@ def test_masked_pool_values():
     assert masked_pool(bi, lengths, "last", num_directions=2).tolist() == [[2.0, 10.0], [-2.0, 40.0]]
 
 
-CASES = [(cell, impl, bi, pooling)
-         for cell, impl in [("lstm", "torch"), ("lstm", "rnnlab"), ("gru", "rnnlab"), ("rnn", "torch"),
-                            ("gru", "reference")]
-         for bi in (False, True) for pooling in ("last", "mean", "max", "meanmax")]
+CASES = [
+    (cell, impl, bi, pooling)
+    for cell, impl in [("lstm", "torch"), ("lstm", "rnnlab"), ("gru", "rnnlab"), ("rnn", "torch"), ("gru", "reference")]
+    for bi in (False, True)
+    for pooling in ("last", "mean", "max", "meanmax")
+]
 
 
 @pytest.mark.parametrize("cell,impl,bi,pooling", CASES)
 def test_padding_never_changes_the_result(cell, impl, bi, pooling):
     """Each sequence alone (no padding) == in a padded batch with garbage ids after its end."""
     torch.manual_seed(0)
-    config = Config(cell=cell, impl=impl, bidirectional=bi, pooling=pooling, embedding_dim=8, hidden_size=6,
-                    num_layers=2)
+    config = Config(
+        cell=cell, impl=impl, bidirectional=bi, pooling=pooling, embedding_dim=8, hidden_size=6, num_layers=2
+    )
     model = build_model(config, 30, 3).double().eval()
     lengths = torch.tensor([7, 2, 5, 1])
     ids = torch.randint(1, 30, (4, 11))  # padded region filled with real (non-zero) ids on purpose
     with torch.no_grad():
         batched = model(ids, lengths)
-        alone = torch.cat([model(ids[i:i + 1, :n], lengths[i:i + 1]) for i, n in enumerate(lengths.tolist())])
+        alone = torch.cat([model(ids[i : i + 1, :n], lengths[i : i + 1]) for i, n in enumerate(lengths.tolist())])
         zero_pad = ids.clone()
         zero_pad[torch.arange(11)[None, :] >= lengths[:, None]] = 0
         batched_zero = model(zero_pad[:, :7], lengths)
@@ -73,11 +76,13 @@ def test_padding_never_changes_the_result(cell, impl, bi, pooling):
 def test_impls_share_weights_and_outputs():
     torch.manual_seed(1)
     ids, lengths = torch.randint(1, 40, (5, 9)), torch.tensor([9, 4, 1, 6, 2])
-    ref = build_model(Config(impl="torch", bidirectional=True, pooling="meanmax", hidden_size=8,
-                             embedding_dim=8), 40, 2).double()
+    ref = build_model(
+        Config(impl="torch", bidirectional=True, pooling="meanmax", hidden_size=8, embedding_dim=8), 40, 2
+    ).double()
     for impl in ("rnnlab", "reference"):
-        other = build_model(Config(impl=impl, bidirectional=True, pooling="meanmax", hidden_size=8,
-                                   embedding_dim=8), 40, 2).double()
+        other = build_model(
+            Config(impl=impl, bidirectional=True, pooling="meanmax", hidden_size=8, embedding_dim=8), 40, 2
+        ).double()
         other.load_state_dict(ref.state_dict())
         torch.testing.assert_close(other(ids, lengths), ref(ids, lengths), rtol=1e-10, atol=1e-12)
 
@@ -90,8 +95,13 @@ def test_nll_model_outputs_log_probabilities():
 
 
 def test_meanmax_widths_and_optional_dropouts():
-    model = build_model(Config(impl="torch", bidirectional=True, pooling="meanmax", hidden_size=5,
-                               embedding_dropout=0.1, head_dropout=0.2), 10, 2)
+    model = build_model(
+        Config(
+            impl="torch", bidirectional=True, pooling="meanmax", hidden_size=5, embedding_dropout=0.1, head_dropout=0.2
+        ),
+        10,
+        2,
+    )
     assert (model.linear1.in_features, model.linear1.out_features) == (20, 10)
     assert model.embedding_dropout.p == 0.1 and model.head_dropout.p == 0.2
 
@@ -150,18 +160,23 @@ def test_bad_inputs():
 def test_bigram_ids_pin_the_hash_and_padding():
     ids = torch.tensor([[5, 7, 2, 0, 0], [3, 0, 0, 0, 0]])
     got = bigram_ids(ids, 1000)
-    want = [[(0 * 1000003 + 5) % 1000 + 1, (5 * 1000003 + 7) % 1000 + 1, (7 * 1000003 + 2) % 1000 + 1, 0, 0],
-            [4, 0, 0, 0, 0]]
+    want = [
+        [(0 * 1000003 + 5) % 1000 + 1, (5 * 1000003 + 7) % 1000 + 1, (7 * 1000003 + 2) % 1000 + 1, 0, 0],
+        [4, 0, 0, 0, 0],
+    ]
     assert got.tolist() == want and want[0][:3] == [6, 23, 24]
 
 
 def test_bigram_embedding_adds_word_pairs_and_keeps_padding_harmless():
     torch.manual_seed(0)
-    config = Config(cell="gru", bidirectional=True, pooling="meanmax", embedding_dim=8, hidden_size=6,
-                    bigram_buckets=50)
+    config = Config(
+        cell="gru", bidirectional=True, pooling="meanmax", embedding_dim=8, hidden_size=6, bigram_buckets=50
+    )
     model = build_model(config, 30, 2).double().eval()
-    assert model.bigram_embedding.weight.shape == (51, 8) and count_parameters(model) == count_parameters(
-        build_model(config.replace(bigram_buckets=0), 30, 2)) + 51 * 8
+    assert (
+        model.bigram_embedding.weight.shape == (51, 8)
+        and count_parameters(model) == count_parameters(build_model(config.replace(bigram_buckets=0), 30, 2)) + 51 * 8
+    )
     ids, lengths = torch.tensor([[4, 9, 3, 0], [9, 4, 3, 8]]), torch.tensor([3, 4])
     words_only = build_model(config.replace(bigram_buckets=0), 30, 2).double().eval()
     words_only.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bigram")})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,9 @@ KINDS: dict[str, tuple[str, dict[str, Any]]] = {
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def make_pair(kind: str, input_size: int, hidden_size: int, dtype: torch.dtype, impl: str = "fused", **kwargs: Any) -> tuple[nn.Module, nn.Module]:
+def make_pair(
+    kind: str, input_size: int, hidden_size: int, dtype: torch.dtype, impl: str = "fused", **kwargs: Any
+) -> tuple[nn.Module, nn.Module]:
     """A torch.nn module with fresh weights and an rnnlab copy of it."""
     name, extra = KINDS[kind]
     ref = getattr(nn, name)(input_size, hidden_size, **extra, **kwargs, dtype=dtype)
@@ -31,11 +33,13 @@ def make_pair(kind: str, input_size: int, hidden_size: int, dtype: torch.dtype, 
     return ref, ours
 
 
-def leaf(t: Optional[Tensor]) -> Optional[Tensor]:
+def leaf(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().clone().requires_grad_(True)
 
 
-def run_with_grads(module: nn.Module, x: Tensor, state: Any, is_lstm: bool, seed: int = 123, **kwargs: Any) -> dict[str, Tensor]:
+def run_with_grads(
+    module: nn.Module, x: Tensor, state: Any, is_lstm: bool, seed: int = 123, **kwargs: Any
+) -> dict[str, Tensor]:
     """Forward, then backward of a random linear function of every output.
 
     Returns output, h_n (and c_n), and the gradients of the input, initial states and every

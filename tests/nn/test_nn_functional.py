@@ -65,7 +65,9 @@ def test_module_gradcheck() -> None:
         out, (h, c) = torch.func.functional_call(lstm, dict(zip(names, params)), (x, (h0, c0)), {"lengths": lengths})
         return out, h, c
 
-    assert torch.autograd.gradcheck(f, (x, h0, c0, *[p.detach().requires_grad_() for p in lstm.parameters()]), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(
+        f, (x, h0, c0, *[p.detach().requires_grad_() for p in lstm.parameters()]), eps=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("mode, proj", MODES, ids=[m + ("_proj" if p else "") for m, p in MODES])
@@ -130,7 +132,12 @@ def test_fast_uses_the_kernel_it_is_given(monkeypatch) -> None:
     with torch.no_grad():
         out, _ = lstm(x.transpose(0, 1).contiguous().transpose(0, 1), lengths=torch.tensor([5, 3]))
     assert asked == [("lstm", x.device, x.dtype, True, True, False)]
-    assert calls == [((5, 2, 3), False, True), ((5, 2, 3), True, True), ((5, 2, 4), False, True), ((5, 2, 4), True, True)]
+    assert calls == [
+        ((5, 2, 3), False, True),
+        ((5, 2, 3), True, True),
+        ((5, 2, 4), False, True),
+        ((5, 2, 4), True, True),
+    ]
     lstm(x)
     assert asked[-1] == ("lstm", x.device, x.dtype, False, True, True)  # parameters need gradients
     reference = rnn.LSTM.from_torch(lstm.to_torch(), impl="reference")
@@ -177,7 +184,11 @@ def test_no_torch_recurrent_kernels(monkeypatch) -> None:
     with pytest.raises(AssertionError):
         nn.LSTM(3, 4)(torch.randn(2, 1, 3))  # the patch is effective
     for impl in rnn.IMPLS:
-        for module in (rnn.RNN(3, 4, bidirectional=True, impl=impl), rnn.LSTM(3, 4, proj_size=2, impl=impl), rnn.GRU(3, 4, num_layers=2, impl=impl)):
+        for module in (
+            rnn.RNN(3, 4, bidirectional=True, impl=impl),
+            rnn.LSTM(3, 4, proj_size=2, impl=impl),
+            rnn.GRU(3, 4, num_layers=2, impl=impl),
+        ):
             out, _ = module(torch.randn(5, 2, 3), lengths=torch.tensor([5, 2]))
             out.sum().backward()
         for cell in (rnn.RNNCell(3, 4, impl=impl), rnn.GRUCell(3, 4, impl=impl)):

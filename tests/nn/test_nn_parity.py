@@ -7,12 +7,11 @@ import zlib
 
 import pytest
 import torch
+from nn_helpers import IMPLS, KINDS, TOL, assert_same, make_pair, run_with_grads
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import rnnlab.nn as rnn
-
-from nn_helpers import IMPLS, KINDS, TOL, assert_same, make_pair, run_with_grads
 
 L, N, H_IN, H = 4, 3, 3, 4
 
@@ -27,8 +26,12 @@ def test_grid_parity(kind: str, num_layers: int, bidirectional: bool, dtype: tor
     tol = TOL[dtype]
     for batch_first, bias, batched, given in itertools.product([False, True], repeat=4):
         where = f"{kind} layers={num_layers} bi={bidirectional} {dtype} batch_first={batch_first} bias={bias} batched={batched} h0={given}"
-        torch.manual_seed(zlib.crc32(repr((kind, num_layers, bidirectional, batch_first, bias, batched, given)).encode()))
-        ref, _ = make_pair(kind, H_IN, H, dtype, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+        torch.manual_seed(
+            zlib.crc32(repr((kind, num_layers, bidirectional, batch_first, bias, batched, given)).encode())
+        )
+        ref, _ = make_pair(
+            kind, H_IN, H, dtype, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias
+        )
         shape = ((N, L) if batch_first else (L, N)) if batched else (L,)
         x = torch.randn(*shape, H_IN, dtype=dtype)
         state = None
@@ -132,7 +135,12 @@ def test_lengths_equals_each_sequence_alone(kind: str, impl: str) -> None:
             torch.testing.assert_close(a[:, k], b, atol=1e-12, rtol=1e-12)
 
 
-CELLS = {"rnn_tanh": ("RNNCell", {"nonlinearity": "tanh"}), "rnn_relu": ("RNNCell", {"nonlinearity": "relu"}), "lstm": ("LSTMCell", {}), "gru": ("GRUCell", {})}
+CELLS = {
+    "rnn_tanh": ("RNNCell", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNNCell", {"nonlinearity": "relu"}),
+    "lstm": ("LSTMCell", {}),
+    "gru": ("GRUCell", {}),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -145,7 +153,14 @@ def test_cell_parity(kind: str, dtype: torch.dtype) -> None:
         torch.manual_seed(zlib.crc32(repr((kind, bias, batched, given)).encode()))
         ref = getattr(nn, name)(H_IN, H, bias=bias, dtype=dtype, **extra)
         x = torch.randn(*((N,) if batched else ()), H_IN, dtype=dtype, requires_grad=True)
-        state = [torch.randn(*((N,) if batched else ()), H, dtype=dtype, requires_grad=True) for _ in range(2 if is_lstm else 1)] if given else []
+        state = (
+            [
+                torch.randn(*((N,) if batched else ()), H, dtype=dtype, requires_grad=True)
+                for _ in range(2 if is_lstm else 1)
+            ]
+            if given
+            else []
+        )
         results = []
         for module in [ref] + [getattr(rnn, name).from_torch(ref, impl=impl) for impl in IMPLS]:
             hx = None if not given else (tuple(state) if is_lstm else state[0])
@@ -156,7 +171,13 @@ def test_cell_parity(kind: str, dtype: torch.dtype) -> None:
             results.append(outs + list(grads))
         for impl, got in zip(IMPLS, results[1:]):
             for a, b in zip(results[0], got):
-                torch.testing.assert_close(b, a, atol=TOL[dtype], rtol=TOL[dtype], msg=lambda m: f"{kind} {impl} bias={bias} batched={batched}: {m}")
+                torch.testing.assert_close(
+                    b,
+                    a,
+                    atol=TOL[dtype],
+                    rtol=TOL[dtype],
+                    msg=lambda m: f"{kind} {impl} bias={bias} batched={batched}: {m}",
+                )
 
 
 @pytest.mark.parametrize("kind", list(KINDS) + list(CELLS))
@@ -214,7 +235,9 @@ def test_cell_state_dict_round_trip() -> None:
 
 
 def test_repr_matches_torch() -> None:
-    assert repr(rnn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True)) == repr(nn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True))
+    assert repr(rnn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True)) == repr(
+        nn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True)
+    )
     assert repr(rnn.GRU(3, 4, impl="reference")) == "GRU(3, 4, impl='reference')"
 
 
@@ -227,5 +250,7 @@ def test_empty_batch_like_torch(kind: str) -> None:
         ours.impl = impl
         (out, hidden), (ref_out, ref_hidden) = ours(x), ref(x)
         assert out.shape == ref_out.shape
-        for a, b in zip(hidden if kind.startswith("lstm") else (hidden,), ref_hidden if kind.startswith("lstm") else (ref_hidden,)):
+        for a, b in zip(
+            hidden if kind.startswith("lstm") else (hidden,), ref_hidden if kind.startswith("lstm") else (ref_hidden,)
+        ):
             assert a.shape == b.shape

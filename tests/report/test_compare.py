@@ -28,8 +28,7 @@ def done(tmp_path_factory):
     """One finished comparison: 2 experiments x 2 seeds + the baseline."""
     root = tmp_path_factory.mktemp("compare")
     suite = write_suite(root / "presets")
-    result = run_comparison(suite, root / "out", seeds=2, data=tiny_dataset(), progress=False,
-                            cache_dir=root / "cache")
+    result = run_comparison(suite, root / "out", seeds=2, data=tiny_dataset(), progress=False, cache_dir=root / "cache")
     return suite, root / "out", result
 
 
@@ -50,7 +49,11 @@ class CountingTrain:
 def test_compare_writes_runs_table_csv_and_plots(done, tmp_path):
     suite, out, result = done
     assert [p.relative_to(out).as_posix() for p in result.trained] == [
-        "tiny_gru/seed0", "tiny_gru/seed1", "tiny_rnn/seed0", "tiny_rnn/seed1"]
+        "tiny_gru/seed0",
+        "tiny_gru/seed1",
+        "tiny_rnn/seed0",
+        "tiny_rnn/seed1",
+    ]
     seeds = [json.loads((p / "run.json").read_text())["seed"] for p in result.trained]
     assert seeds == [7, 8, 7, 8]  # config.seed + k
     manifest = json.loads((out / MANIFEST).read_text())
@@ -59,8 +62,10 @@ def test_compare_writes_runs_table_csv_and_plots(done, tmp_path):
     rows = {r["experiment"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert list(rows) == ["tiny_gru", "tiny_rnn", "nbsvm_bigram"]
     for name in ("tiny_gru", "tiny_rnn"):
-        finals = [json.loads((out / name / s / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
-                  for s in ("seed0", "seed1")]
+        finals = [
+            json.loads((out / name / s / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
+            for s in ("seed0", "seed1")
+        ]
         assert rows[name]["n_seeds"] == "2"
         assert float(rows[name]["final_test_acc_mean"]) == pytest.approx(sum(finals) / 2)
     # the sentiment words decide every label: the bag of words separates the classes
@@ -74,7 +79,10 @@ def test_compare_writes_runs_table_csv_and_plots(done, tmp_path):
         assert mpimg.imread(out / name).ndim == 3
     summaries = result.report.summaries
     assert [ln.get_label() for ln in plot_accuracy(summaries).axes[0].get_lines()] == [
-        "tiny_gru (2 seeds)", "tiny_rnn (2 seeds)", "nbsvm_bigram (bag of words)"]
+        "tiny_gru (2 seeds)",
+        "tiny_rnn (2 seeds)",
+        "nbsvm_bigram (bag of words)",
+    ]
     assert len(plot_best_accuracy(summaries).axes[0].patches) == 3
     # `rnnlab report` on the folder keeps the suite's order (tiny_rnn would sort after tiny_gru anyway:
     # reverse it in the manifest to see the order come from there)
@@ -102,8 +110,7 @@ def test_resume_skips_complete_runs(done, tmp_path, monkeypatch):
     assert train.calls == [("tiny_rnn/seed1", True)]
     assert json.loads((out / "tiny_rnn/seed1/run.json").read_text())["status"] == "complete"
     # a third seed only trains the new runs
-    run_comparison(suite, out, seeds=3, data=tiny_dataset(), progress=False, cache_dir=tmp_path / "c",
-                   baseline=False)
+    run_comparison(suite, out, seeds=3, data=tiny_dataset(), progress=False, cache_dir=tmp_path / "c", baseline=False)
     assert train.calls[1:] == [("tiny_gru/seed2", False), ("tiny_rnn/seed2", False)]
     assert "| `tiny_gru` | 3 |" in (out / "results.md").read_text()
 
@@ -116,16 +123,18 @@ def test_interrupted_comparison_continues(tmp_path, monkeypatch):
         run_comparison(suite, out, data=tiny_dataset(), progress=False, baseline=False, cache_dir=tmp_path / "c")
     assert not (out / "results.md").exists()
     train.interrupt_at = None
-    result = run_comparison(suite, out, data=tiny_dataset(), progress=False, baseline=False,
-                            cache_dir=tmp_path / "c")
+    result = run_comparison(suite, out, data=tiny_dataset(), progress=False, baseline=False, cache_dir=tmp_path / "c")
     assert train.calls == [("tiny_gru/seed0", False), ("tiny_rnn/seed0", False), ("tiny_rnn/seed0", False)]
     assert [p.name for p in result.skipped] == ["seed0"] and (out / "results.md").exists()
 
 
 def test_bad_input(done, tmp_path):
     suite, finished, _ = done
-    with pytest.raises(ReportError, match=r"unknown experiment\(s\) in --only: nope; the suite .* has: "
-                                          "tiny_gru, tiny_rnn"):
+    with pytest.raises(
+        ReportError,
+        match=r"unknown experiment\(s\) in --only: nope; the suite .* has: "
+        "tiny_gru, tiny_rnn",
+    ):
         run_comparison(suite, tmp_path / "a", only=["tiny_rnn", "nope"], data=tiny_dataset(), progress=False)
     assert not (tmp_path / "a").exists()
 
@@ -139,8 +148,11 @@ def test_bad_input(done, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished, out)
     before = (out / MANIFEST).read_text()
-    with pytest.raises(ReportError, match=r"tiny_gru/seed0 was run with another config \(lr: run has 0.05, "
-                                          r"now 0.01\)"):
+    with pytest.raises(
+        ReportError,
+        match=r"tiny_gru/seed0 was run with another config \(lr: run has 0.05, "
+        r"now 0.01\)",
+    ):
         run_comparison(suite, out, seeds=2, overrides=["lr=0.01"], data=tiny_dataset(), progress=False)
     assert (out / MANIFEST).read_text() == before
 
@@ -155,8 +167,9 @@ def test_eta_uses_measured_epochs():
     eta.add("b", [{"epoch_seconds": 3.0}])
     secs, how = eta.estimate([("a", 2), ("c", 4)])
     assert secs == pytest.approx(2 * 11.0 + 4 * (11.0 + 3.0) / 2)  # c: the mean of the measured medians
-    assert how == ("from 4 measured epochs, training passes only; 1 experiment(s) not measured yet, "
-                   "assumed at the average speed")
+    assert how == (
+        "from 4 measured epochs, training passes only; 1 experiment(s) not measured yet, assumed at the average speed"
+    )
     eta.add_call(45.0, [{"epoch_seconds": 10.0}, {"epoch_seconds": 14.0}, {"epoch_seconds": 11.0}])
     secs2, how = eta.estimate([("a", 2), ("c", 4)])
     assert secs2 == pytest.approx(secs * 45 / 35)
@@ -174,8 +187,9 @@ def test_recurrent_cost():
     from rnnlab.train import Config
 
     assert recurrent_cost(Config(cell="lstm", embedding_dim=64, hidden_size=64)) == 4 * 64 * 128
-    assert recurrent_cost(Config(cell="gru", embedding_dim=32, hidden_size=16, num_layers=2, bidirectional=True)) \
-        == 2 * 3 * 16 * (32 + 16) + 2 * 3 * 16 * (32 + 16)
+    assert recurrent_cost(
+        Config(cell="gru", embedding_dim=32, hidden_size=16, num_layers=2, bidirectional=True)
+    ) == 2 * 3 * 16 * (32 + 16) + 2 * 3 * 16 * (32 + 16)
 
 
 def test_compare_cli_on_a_csv_file(tmp_path, capsys):
@@ -184,8 +198,21 @@ def test_compare_cli_on_a_csv_file(tmp_path, capsys):
     data = tmp_path / "reviews.csv"
     data.write_text("text,label\n" + "".join(f"{t},{['neg', 'pos'][y]}\n" for t, y in zip(texts, labels)))
     out = tmp_path / "out"
-    code = main(["compare", "--preset", str(suite), "--data", str(data), "--out", str(out), "--only", "tiny_rnn",
-                 "--no-baseline", "--no-progress"])
+    code = main(
+        [
+            "compare",
+            "--preset",
+            str(suite),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--only",
+            "tiny_rnn",
+            "--no-baseline",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     md = (out / "results.md").read_text()
     assert "| `tiny_rnn` | 1 |" in md and "tiny_gru" not in md.split("## Settings")[0]
@@ -200,16 +227,19 @@ def test_progress_names_experiment_seed_and_time_left(tmp_path):
 
     suite = write_suite(tmp_path / "presets")
     stream = io.StringIO()
-    run_comparison(suite, tmp_path / "out", data=tiny_dataset(), baseline=False, cache_dir=tmp_path / "c",
-                   stream=stream)
+    run_comparison(
+        suite, tmp_path / "out", data=tiny_dataset(), baseline=False, cache_dir=tmp_path / "c", stream=stream
+    )
     text = stream.getvalue()
     assert "compare: 2 runs (2 experiments x 1 seed(s))" in text
     assert "[1/2] tiny_gru seed 7 (gru, impl torch, 2 epochs)" in text
     assert "time left: unknown (no epoch measured yet)" in text
     assert "[2/2] tiny_rnn seed 7 (rnn, impl rnnlab, 2 epochs)" in text
     assert "left (from 2 measured epochs, x" in text
-    assert "for evaluation and set-up; 1 experiment(s) not measured yet, scaled from the measured ones by model " \
-           "size)" in text
+    assert (
+        "for evaluation and set-up; 1 experiment(s) not measured yet, scaled from the measured ones by model "
+        "size)" in text
+    )
 
 
 def test_epoch_watcher_reports_new_epochs(tmp_path):
@@ -237,16 +267,19 @@ def test_a_failed_run_is_reported_and_the_rest_continue(tmp_path, monkeypatch):
     def train(config, run_dir, **kw):
         if config.name == "tiny_gru":
             run_dir.mkdir(parents=True)
-            (run_dir / "run.json").write_text(json.dumps({"status": "failed", "name": "tiny_gru", "seed": 7,
-                                                          "epochs": 2, "epochs_completed": 0}))
+            (run_dir / "run.json").write_text(
+                json.dumps({"status": "failed", "name": "tiny_gru", "seed": 7, "epochs": 2, "epochs_completed": 0})
+            )
             raise TrainingError("non-finite loss at step 3")
         return real(config, run_dir, **kw)
 
     monkeypatch.setattr(compare_mod, "train_and_evaluate", train)
-    result = run_comparison(suite, tmp_path / "out", data=tiny_dataset(), progress=False, baseline=False,
-                            cache_dir=tmp_path / "c")
+    result = run_comparison(
+        suite, tmp_path / "out", data=tiny_dataset(), progress=False, baseline=False, cache_dir=tmp_path / "c"
+    )
     assert [(p.relative_to(tmp_path / "out").as_posix(), why) for p, why in result.failed] == [
-        ("tiny_gru/seed0", "non-finite loss at step 3")]
+        ("tiny_gru/seed0", "non-finite loss at step 3")
+    ]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| `tiny_gru` | 1 incomplete |" in md and "| `tiny_rnn` | 1 |" in md
     assert "seed 7: status 'failed', 0 of 2 epochs done" in md

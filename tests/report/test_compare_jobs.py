@@ -43,11 +43,26 @@ def _metrics(run_dir: Path) -> list[dict[str, float]]:
 def test_jobs_2_gives_the_jobs_1_results_and_one_line_per_event(tmp_path):
     """The same 2 experiments x 2 seeds with --jobs 1 and --jobs 2, num_threads=1 in both."""
     suite = write_suite(tmp_path / "presets")
-    run_comparison(suite, tmp_path / "one", seeds=2, overrides=["num_threads=1"], data=tiny_dataset(),
-                   progress=False, cache_dir=tmp_path / "cache")
+    run_comparison(
+        suite,
+        tmp_path / "one",
+        seeds=2,
+        overrides=["num_threads=1"],
+        data=tiny_dataset(),
+        progress=False,
+        cache_dir=tmp_path / "cache",
+    )
     stream = io.StringIO()
-    two = run_comparison(suite, tmp_path / "two", seeds=2, overrides=["num_threads=1"], data=tiny_dataset(),
-                         cache_dir=tmp_path / "cache", jobs=2, stream=stream)
+    two = run_comparison(
+        suite,
+        tmp_path / "two",
+        seeds=2,
+        overrides=["num_threads=1"],
+        data=tiny_dataset(),
+        cache_dir=tmp_path / "cache",
+        jobs=2,
+        stream=stream,
+    )
     runs = ["tiny_gru/seed0", "tiny_gru/seed1", "tiny_rnn/seed0", "tiny_rnn/seed1"]
     assert [p.relative_to(tmp_path / "two").as_posix() for p in two.trained] == runs and two.failed == []
     assert _csv(tmp_path / "two" / "results.csv") == _csv(tmp_path / "one" / "results.csv")
@@ -62,20 +77,27 @@ def test_jobs_2_gives_the_jobs_1_results_and_one_line_per_event(tmp_path):
         assert "Test set: Average loss:" in log and log.rstrip().endswith("=== worker done: ok")
     manifest = json.loads((tmp_path / "two" / "compare.json").read_text())
     assert manifest["invocations"][-1]["jobs"] == 2
-    assert f"`rnnlab compare --preset {suite} --seeds 2 --set num_threads=1 --jobs 2`" in (
-        tmp_path / "two" / "results.md").read_text()
+    assert (
+        f"`rnnlab compare --preset {suite} --seeds 2 --set num_threads=1 --jobs 2`"
+        in (tmp_path / "two" / "results.md").read_text()
+    )
 
     # progress: which runs are on which worker, their epochs, and the time left for 2 slots
     text = stream.getvalue()
     assert "compare: 4 runs on 2 worker processes at a time (" in text
-    assert re.search(r"\[1/4\] tiny_gru seed 7 \(gru, impl torch, 2 epochs\) -> .*tiny_gru/seed0  \[worker 1/2, "
-                     r"1 thread\(s\)\]  elapsed \d+s, time left: unknown \(no epoch measured yet\)", text)
+    assert re.search(
+        r"\[1/4\] tiny_gru seed 7 \(gru, impl torch, 2 epochs\) -> .*tiny_gru/seed0  \[worker 1/2, "
+        r"1 thread\(s\)\]  elapsed \d+s, time left: unknown \(no epoch measured yet\)",
+        text,
+    )
     assert re.search(r"\[2/4\] tiny_gru seed 8 .*\[worker 2/2, 1 thread\(s\)\]", text)
     # (an epoch line may cover two epochs: the parent polls metrics.jsonl, and tiny epochs are fast)
     run = r"tiny_(gru|rnn) seed [78] (epoch [12]/2|finishing)"
-    epoch_lines = re.findall(rf"compare: tiny_\w+ seed [78]: epoch [12]/2 done; running: {run}(; {run})*; "
-                             r"elapsed \d+s, ~\d+s left \((2 runs at a time, from \d+ measured epochs|nothing left)",
-                             text)
+    epoch_lines = re.findall(
+        rf"compare: tiny_\w+ seed [78]: epoch [12]/2 done; running: {run}(; {run})*; "
+        r"elapsed \d+s, ~\d+s left \((2 runs at a time, from \d+ measured epochs|nothing left)",
+        text,
+    )
     assert len(epoch_lines) >= 4, text  # at least one per run
     assert re.search(r"compare: tiny_rnn seed 8 finished in \d+s \(final test_acc 0\.\d{4}\)", text)
     for line in text.splitlines():  # one event per line: the parent alone prints
@@ -85,8 +107,14 @@ def test_jobs_2_gives_the_jobs_1_results_and_one_line_per_event(tmp_path):
 def test_resume_with_jobs_2_trains_only_the_unfinished_run(tmp_path):
     suite = write_suite(tmp_path / "presets")
     out = tmp_path / "out"
-    kw = dict(seeds=2, only=["tiny_rnn"], overrides=["num_threads=1"], progress=False, baseline=False,
-              cache_dir=tmp_path / "c")
+    kw = dict(
+        seeds=2,
+        only=["tiny_rnn"],
+        overrides=["num_threads=1"],
+        progress=False,
+        baseline=False,
+        cache_dir=tmp_path / "c",
+    )
     run_comparison(suite, out, data=tiny_dataset(), **kw)  # --jobs 1
     finished = _metrics(out / "tiny_rnn/seed1")
     info = json.loads((out / "tiny_rnn/seed1/run.json").read_text())
@@ -106,17 +134,22 @@ def _suite(folder: Path, experiments: dict[str, str]) -> Path:
     (folder / "suite.toml").write_text(
         f"experiments = {json.dumps(list(experiments))}\n[set]\nembedding_dim = 8\nhidden_size = 8\n"
         'batch_size = 32\neval_batch_size = 64\nmax_words = 60\nmax_len = 16\ndevice = "cpu"\nseed = 7\n'
-        'num_threads = 1\n')
+        "num_threads = 1\n"
+    )
     for name, body in experiments.items():
         (folder / f"{name}.toml").write_text(body)
     return folder / "suite.toml"
 
 
 def test_failed_and_killed_workers_are_reported_and_the_other_run_completes(tmp_path):
-    suite = _suite(tmp_path / "presets", {
-        "diverges": 'cell = "rnn"\nimpl = "torch"\nepochs = 2\noptimizer = "sgd"\nlr = 1e30\n',
-        "killed": 'cell = "gru"\nimpl = "torch"\nepochs = 400\nlr = 0.05\n',
-        "fine": 'cell = "rnn"\nimpl = "rnnlab"\nepochs = 2\nlr = 0.05\n'})
+    suite = _suite(
+        tmp_path / "presets",
+        {
+            "diverges": 'cell = "rnn"\nimpl = "torch"\nepochs = 2\noptimizer = "sgd"\nlr = 1e30\n',
+            "killed": 'cell = "gru"\nimpl = "torch"\nepochs = 400\nlr = 0.05\n',
+            "fine": 'cell = "rnn"\nimpl = "rnnlab"\nepochs = 2\nlr = 0.05\n',
+        },
+    )
     out = tmp_path / "out"
     killed_log = log_path(out / "killed" / "seed0")
 
@@ -131,13 +164,15 @@ def test_failed_and_killed_workers_are_reported_and_the_other_run_completes(tmp_
 
     killer = threading.Thread(target=kill_when_started, daemon=True)
     killer.start()
-    result = run_comparison(suite, out, data=tiny_dataset(), progress=False, baseline=False,
-                            cache_dir=tmp_path / "c", jobs=3)
+    result = run_comparison(
+        suite, out, data=tiny_dataset(), progress=False, baseline=False, cache_dir=tmp_path / "c", jobs=3
+    )
     killer.join()
     failed = {p.relative_to(out).as_posix(): why for p, why in result.failed}
     assert list(failed) == ["diverges/seed0", "killed/seed0"]
-    assert re.fullmatch(r"non-finite training loss \((nan|-?inf)\) at epoch 1, step \d of 6; .*",
-                        failed["diverges/seed0"])
+    assert re.fullmatch(
+        r"non-finite training loss \((nan|-?inf)\) at epoch 1, step \d of 6; .*", failed["diverges/seed0"]
+    )
     assert failed["killed/seed0"] == f"worker killed by SIGKILL; see {killed_log}"
     assert [p.relative_to(out).as_posix() for p in result.trained] == ["fine/seed0"]
     assert "TrainingError: non-finite training loss" in log_path(out / "diverges" / "seed0").read_text()
@@ -146,8 +181,13 @@ def test_failed_and_killed_workers_are_reported_and_the_other_run_completes(tmp_
 
 
 def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(tmp_path):
-    suite = _suite(tmp_path / "presets", {"a": 'cell = "gru"\nimpl = "torch"\nepochs = 400\nlr = 0.05\n',
-                                          "b": 'cell = "rnn"\nimpl = "rnnlab"\nepochs = 400\nlr = 0.05\n'})
+    suite = _suite(
+        tmp_path / "presets",
+        {
+            "a": 'cell = "gru"\nimpl = "torch"\nepochs = 400\nlr = 0.05\n',
+            "b": 'cell = "rnn"\nimpl = "rnnlab"\nepochs = 400\nlr = 0.05\n',
+        },
+    )
     out = tmp_path / "out"
 
     class CtrlC(io.StringIO):
@@ -167,8 +207,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(tmp_path):
 
     stream = CtrlC()
     with pytest.raises(KeyboardInterrupt):
-        run_comparison(suite, out, data=tiny_dataset(), baseline=False, cache_dir=tmp_path / "c", jobs=2,
-                       stream=stream)
+        run_comparison(suite, out, data=tiny_dataset(), baseline=False, cache_dir=tmp_path / "c", jobs=2, stream=stream)
     assert "compare: interrupted; the workers were stopped (completed epochs kept)" in stream.getvalue()
     assert not (out / "results.md").exists()
     plan = {r.run_dir.parent.name: r for r in plan_comparison(load_suite(suite), out, 1)}
@@ -190,8 +229,9 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(tmp_path):
 def test_jobs_must_be_at_least_1(tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path / "presets")
     for bad in (0, -2, 1.5, True):
-        with pytest.raises(ReportError, match=re.escape(f"--jobs must be an integer >= 1 (runs trained at once), "
-                                                        f"got {bad!r}")):
+        with pytest.raises(
+            ReportError, match=re.escape(f"--jobs must be an integer >= 1 (runs trained at once), got {bad!r}")
+        ):
             run_comparison(suite, tmp_path / "x", data=tiny_dataset(), progress=False, jobs=bad)
     assert not (tmp_path / "x").exists()
     for bad in ("0", "two"):
@@ -199,8 +239,9 @@ def test_jobs_must_be_at_least_1(tmp_path, capsys, monkeypatch):
             main(["compare", "--preset", str(suite), "--out", str(tmp_path / "y"), "--jobs", bad])
         assert exc.value.code == 2
         shown = repr(int(bad)) if bad.isdigit() else repr(bad)
-        assert (f"rnnlab compare: error: argument --jobs: expected an integer >= 1 (runs trained at once), "
-                f"got {shown}") in capsys.readouterr().err
+        assert (
+            f"rnnlab compare: error: argument --jobs: expected an integer >= 1 (runs trained at once), got {shown}"
+        ) in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
     # and a valid N reaches run_comparison
     seen = {}

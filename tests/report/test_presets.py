@@ -22,13 +22,23 @@ def test_seed_suite_matches_the_original_experiments():
     for c in configs:
         # every seed preset: mean pooling and random-order batches (docs/RESULTS.md says why)
         assert c == default.replace(name=c.name, pooling="mean", bucket=False, **expected[c.name]), c.name
-    assert (default.embedding_dim, default.hidden_size, default.batch_size, default.lr, default.epochs,
-            default.optimizer, default.max_len, default.pooling) == (64, 64, 64, 1e-3, 5, "adam", 200, "last")
+    assert (
+        default.embedding_dim,
+        default.hidden_size,
+        default.batch_size,
+        default.lr,
+        default.epochs,
+        default.optimizer,
+        default.max_len,
+        default.pooling,
+    ) == (64, 64, 64, 1e-3, 5, "adam", 200, "last")
 
 
 def test_original_numbers():
     assert ORIGINAL_RESULTS["lstm"].final == 0.8546
-    assert (ORIGINAL_RESULTS["handwritten_lstm_b128_lr5e-3"].best,
-            ORIGINAL_RESULTS["handwritten_lstm_b128_lr5e-3"].best_epoch) == (0.8715, 2)
+    assert (
+        ORIGINAL_RESULTS["handwritten_lstm_b128_lr5e-3"].best,
+        ORIGINAL_RESULTS["handwritten_lstm_b128_lr5e-3"].best_epoch,
+    ) == (0.8715, 2)
     for r in ORIGINAL_RESULTS.values():
         assert r.best >= r.final

@@ -103,21 +103,30 @@ def test_report_files_table_and_csv(runs, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # unrelated files are kept
     md = (out / "results.md").read_text()
     # 3-epoch runs are compared with the original after its 3rd epoch (lstm 0.8483, gru 0.8554)
-    assert "| `lstm` | 3 | 0.8400 ± 0.0100 | 0.8500 ± 0.0100 (3,2,3) | 0.3300 ± 0.0300 | 1,000 | 12.0 | " \
-           "0.8483 (0.8483)* | -0.83 |" in md
+    assert (
+        "| `lstm` | 3 | 0.8400 ± 0.0100 | 0.8500 ± 0.0100 (3,2,3) | 0.3300 ± 0.0300 | 1,000 | 12.0 | "
+        "0.8483 (0.8483)* | -0.83 |" in md
+    )
     assert "| `gru` | 1 | 0.8600 | 0.8600 (3) |" in md and "0.8554 (0.8554)* | +0.46 |" in md
     assert "runs of 3 epoch(s): compared with the original's test accuracy after the same number of epochs" in md
     assert "| `gru` | 1 incomplete |" in md
     assert "seed 1: status 'running', 1 of 3 epochs done" in md
     rows = list(csv.DictReader(open(out / "results.csv")))
     by = {(r["experiment"], r["status"]): r for r in rows}
-    assert set(by) == {("lstm", "complete"), ("gru", "complete"), ("gru", "incomplete"), ("mine", "complete"),
-                       ("nbsvm_bigram", "complete")}
+    assert set(by) == {
+        ("lstm", "complete"),
+        ("gru", "complete"),
+        ("gru", "incomplete"),
+        ("mine", "complete"),
+        ("nbsvm_bigram", "complete"),
+    }
     assert float(by["lstm", "complete"]["final_test_acc_std"]) == pytest.approx(0.01)
     assert by["gru", "incomplete"]["final_test_acc_mean"] == ""  # never a result
     assert by["mine", "complete"]["original_final_test_acc"] == ""
     assert (by["lstm", "complete"]["original_epoch"], by["lstm", "complete"]["original_final_test_acc"]) == (
-        "3", "0.8483")
+        "3",
+        "0.8483",
+    )
     assert by["nbsvm_bigram", "complete"]["kind"] == "baseline"
     assert by["nbsvm_bigram", "complete"]["median_epoch_seconds"] == ""  # a fit, not epochs
     assert "| `nbsvm_bigram` | 1 | 0.9100 | 0.9100 (1) | 0.5000 | 1,000 |  |  |  |" in md
@@ -129,13 +138,16 @@ def test_report_files_table_and_csv(runs, tmp_path):
     assert {p.name for p in report.files} == {"results.md", "results.csv", *PLOTS}
 
 
-@pytest.mark.parametrize("damage, problem", [
-    ("running", "status 'running'"),
-    ("short", "2 of 3 epochs in metrics.jsonl"),
-    ("truncated", "metrics.jsonl line 3 is not valid JSON"),
-    ("no_metrics", "metrics.jsonl is missing"),
-    ("nan", "epoch 2: no finite test_acc"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("running", "status 'running'"),
+        ("short", "2 of 3 epochs in metrics.jsonl"),
+        ("truncated", "metrics.jsonl line 3 is not valid JSON"),
+        ("no_metrics", "metrics.jsonl is missing"),
+        ("nan", "epoch 2: no finite test_acc"),
+    ],
+)
 def test_incomplete_runs_are_marked_never_results(tmp_path, damage, problem):
     run = make_run(tmp_path / "runs", "lstm", 0, [0.8, 0.82, 0.84])
     metrics = run / "metrics.jsonl"
@@ -169,8 +181,15 @@ def test_plots_have_one_line_per_experiment_and_bars(runs):
     fig = plot_accuracy(summaries, "test")
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["lstm (3 seeds)", "gru", "mine", "_original", "_original", "original (dotted, one seed)",
-                      "nbsvm_bigram (bag of words)"]
+    assert labels == [
+        "lstm (3 seeds)",
+        "gru",
+        "mine",
+        "_original",
+        "_original",
+        "original (dotted, one seed)",
+        "nbsvm_bigram (bag of words)",
+    ]
     assert list(ax.get_lines()[3].get_ydata()) == [0.7848, 0.8277, 0.8483]  # the original lstm, 3 epochs
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.80, 0.84, 0.84])  # mean over seeds per epoch
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
@@ -197,10 +216,13 @@ def test_report_cli(runs, tmp_path, capsys):
     assert "mine" not in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing"], "missing: no such file or directory"),
-    (["empty"], "no run directories found under"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing"], "missing: no such file or directory"),
+        (["empty"], "no run directories found under"),
+    ],
+)
 def test_report_bad_input(tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
     code = main(["report", *[str(tmp_path / a) for a in args], "--out", str(tmp_path / "out")])
@@ -218,15 +240,33 @@ def test_report_out_must_be_a_folder(runs, tmp_path):
 
 def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
     root = tmp_path / "runs"
-    make_run(root, "wd", 0, [0.80], config={"word_dropout": 0.2, "embedding_dropout": 0.1, "truncate": "head_tail",
-                                            "lr_schedule": "linear", "max_len": 500})
+    make_run(
+        root,
+        "wd",
+        0,
+        [0.80],
+        config={
+            "word_dropout": 0.2,
+            "embedding_dropout": 0.1,
+            "truncate": "head_tail",
+            "lr_schedule": "linear",
+            "max_len": 500,
+        },
+    )
     make_run(root, "old", 0, [0.80], config={"embedding_dropout": 0.0})  # made before word_dropout existed
     md = write_report([root], tmp_path / "out").markdown
     settings = md.split("## Settings")[1]
     head = settings.strip().splitlines()[0].strip("| ").split(" | ")
-    rows = {line.split(" | ")[0].strip("| `"): dict(zip(head, line.strip("| ").split(" | ")))
-            for line in settings.strip().splitlines()[2:] if line.startswith("| `")}
+    rows = {
+        line.split(" | ")[0].strip("| `"): dict(zip(head, line.strip("| ").split(" | ")))
+        for line in settings.strip().splitlines()[2:]
+        if line.startswith("| `")
+    }
     assert head[-5:] == ["max_len", "truncate", "max_words", "embedding_dropout", "word_dropout"]
-    assert (rows["wd"]["word_dropout"], rows["wd"]["embedding_dropout"], rows["wd"]["truncate"],
-            rows["wd"]["lr_schedule"]) == ("0.2", "0.1", "head_tail", "linear")
+    assert (
+        rows["wd"]["word_dropout"],
+        rows["wd"]["embedding_dropout"],
+        rows["wd"]["truncate"],
+        rows["wd"]["lr_schedule"],
+    ) == ("0.2", "0.1", "head_tail", "linear")
     assert rows["old"]["word_dropout"] == "0.0" and rows["old"]["truncate"] == ""

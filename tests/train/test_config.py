@@ -10,10 +10,24 @@ from rnnlab.train.config import CONFIGS_DIR, config_from_toml
 
 def test_defaults_are_the_original_experiment():
     c = Config()
-    assert (c.cell, c.impl, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == \
-        ("lstm", "rnnlab", 64, 64, 1, "last", "cross_entropy")
-    assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.max_words, c.max_len, c.seed) == \
-        ("adam", 0.001, 64, 5, 20000, 200, 0)
+    assert (c.cell, c.impl, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == (
+        "lstm",
+        "rnnlab",
+        64,
+        64,
+        1,
+        "last",
+        "cross_entropy",
+    )
+    assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.max_words, c.max_len, c.seed) == (
+        "adam",
+        0.001,
+        64,
+        5,
+        20000,
+        200,
+        0,
+    )
 
 
 def test_overrides_are_typed():
@@ -42,11 +56,21 @@ def test_preset_and_config_file(tmp_path):
 
 def test_suite():
     configs = load_suite("seed", overrides=["epochs=1"])
-    assert [c.name for c in configs] == ["lstm", "rnn", "gru", "handwritten_lstm", "handwritten_lstm_128",
-                                         "handwritten_lstm_nll", "handwritten_lstm_b128_lr5e-3"]
+    assert [c.name for c in configs] == [
+        "lstm",
+        "rnn",
+        "gru",
+        "handwritten_lstm",
+        "handwritten_lstm_128",
+        "handwritten_lstm_nll",
+        "handwritten_lstm_b128_lr5e-3",
+    ]
     assert all(c.epochs == 1 for c in configs) and configs[4].hidden_size == 128 and configs[5].loss == "nll"
-    with pytest.raises(ConfigError, match=r"seed.toml is a suite of experiments \(seed/lstm, seed/rnn, .*\), not one "
-                                          r"experiment: .*`rnnlab compare --preset"):
+    with pytest.raises(
+        ConfigError,
+        match=r"seed.toml is a suite of experiments \(seed/lstm, seed/rnn, .*\), not one "
+        r"experiment: .*`rnnlab compare --preset",
+    ):
         load_config(preset="seed")
 
 
@@ -61,23 +85,29 @@ def test_suite_with_shared_set_table(tmp_path):
         load_suite(tmp_path / "bad.toml")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(preset="seed/lstmm"), r"unknown preset 'seed/lstmm'.*did you mean seed/lstm"),
-    (dict(overrides=["hiden_size=3"]), r"unknown config key 'hiden_size' \(did you mean 'hidden_size'\?\)"),
-    (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, impl, .*, data$"),
-    (dict(overrides=["epochs=five"]), r"--set epochs=five: 'epochs' expects an integer, got 'five'"),
-    (dict(overrides=["epochs=2.5"]), r"'epochs' expects an integer, got '2.5'"),
-    (dict(overrides=["lr=fast"]), r"'lr' expects a number, got 'fast'"),
-    (dict(overrides=["bidirectional=maybe"]), r"'bidirectional' expects a boolean \(true/false\), got 'maybe'"),
-    (dict(overrides=["lr"]), r"--set expects key=value, got 'lr'"),
-    (dict(overrides=["cell=lstn"]), r"'cell' must be one of rnn, lstm, gru; got 'lstn' \(did you mean 'lstm'\?\)"),
-    (dict(overrides=["pooling=sum"]), r"'pooling' must be one of last, mean, max, meanmax; got 'sum'"),
-    (dict(overrides=["lr=-1"]), r"'lr' must be a finite number > 0, got -1.0"),
-    (dict(overrides=["dropout=1.5"]), r"'dropout' must be in \[0, 1\), got 1.5"),
-    (dict(overrides=["hidden_size=0"]), r"'hidden_size' must be >= 1, got 0"),
-    (dict(overrides=["early_stopping=2"]), r"'early_stopping' watches validation accuracy: it needs val_fraction > 0"),
-    (dict(overrides=["device=tpu9"]), r"'device' must be 'auto' or a torch device"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(preset="seed/lstmm"), r"unknown preset 'seed/lstmm'.*did you mean seed/lstm"),
+        (dict(overrides=["hiden_size=3"]), r"unknown config key 'hiden_size' \(did you mean 'hidden_size'\?\)"),
+        (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, impl, .*, data$"),
+        (dict(overrides=["epochs=five"]), r"--set epochs=five: 'epochs' expects an integer, got 'five'"),
+        (dict(overrides=["epochs=2.5"]), r"'epochs' expects an integer, got '2.5'"),
+        (dict(overrides=["lr=fast"]), r"'lr' expects a number, got 'fast'"),
+        (dict(overrides=["bidirectional=maybe"]), r"'bidirectional' expects a boolean \(true/false\), got 'maybe'"),
+        (dict(overrides=["lr"]), r"--set expects key=value, got 'lr'"),
+        (dict(overrides=["cell=lstn"]), r"'cell' must be one of rnn, lstm, gru; got 'lstn' \(did you mean 'lstm'\?\)"),
+        (dict(overrides=["pooling=sum"]), r"'pooling' must be one of last, mean, max, meanmax; got 'sum'"),
+        (dict(overrides=["lr=-1"]), r"'lr' must be a finite number > 0, got -1.0"),
+        (dict(overrides=["dropout=1.5"]), r"'dropout' must be in \[0, 1\), got 1.5"),
+        (dict(overrides=["hidden_size=0"]), r"'hidden_size' must be >= 1, got 0"),
+        (
+            dict(overrides=["early_stopping=2"]),
+            r"'early_stopping' watches validation accuracy: it needs val_fraction > 0",
+        ),
+        (dict(overrides=["device=tpu9"]), r"'device' must be 'auto' or a torch device"),
+    ],
+)
 def test_bad_input_messages(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         load_config(**kwargs)

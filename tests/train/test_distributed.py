@@ -20,15 +20,16 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from train_helpers import tiny_config
 
 from rnnlab.cli import main as cli_main
 from rnnlab.train import ConfigError, RunDirError, read_metrics, train_and_evaluate
 from rnnlab.train.distributed import DistributedError, from_env, shard_bounds
 
-from train_helpers import tiny_config
-
-pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.is_gloo_available(),
-                                reason="torch.distributed with the gloo backend is not available in this torch build")
+pytestmark = pytest.mark.skipif(
+    not torch_dist.is_available() or not torch_dist.is_gloo_available(),
+    reason="torch.distributed with the gloo backend is not available in this torch build",
+)
 
 TIMING = ("epoch_seconds", "examples_per_second", "eval_seconds")
 WORLD = 2
@@ -39,8 +40,12 @@ def _configs():
     """name -> (config, uses validation data). dropout 0 everywhere: the ranks' masks would differ."""
     return {
         # 256 = 8 * 31 + 8: unequal slices (16/15) and a short last batch (4/4); grad clip, schedule.
-        "main": (tiny_config(epochs=3, batch_size=31, bucket=True, lr=0.01, grad_clip=1.0, lr_schedule="cosine",
-                             warmup_steps=2), False),
+        "main": (
+            tiny_config(
+                epochs=3, batch_size=31, bucket=True, lr=0.01, grad_clip=1.0, lr_schedule="cosine", warmup_steps=2
+            ),
+            False,
+        ),
         # 256 = 51 * 5 + 1: the last batch has one example, so rank 1's slice is empty. SGD: Adam's
         # 1/sqrt(v) magnifies float-order differences of near-zero gradients over 52 steps (2e-5).
         "short": (tiny_config(epochs=1, batch_size=5, optimizer="sgd", lr=0.05, eval_batch_size=7), False),
@@ -70,8 +75,13 @@ def _worker(rank: int, ports: list[int], root: str, data, val_data) -> None:
     out = open(root_p / "outcomes" / f"stdout{rank}.txt", "w", buffering=1)  # noqa: SIM115 - kept open
     os.dup2(out.fileno(), 1)
     sys.stdout = out
-    os.environ.update(MASTER_ADDR="127.0.0.1", WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(WORLD))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+    )
     torch.set_num_threads(1)
     outcomes: dict[str, object] = {}
     runs = root_p / "runs"
@@ -82,8 +92,11 @@ def _worker(rank: int, ports: list[int], root: str, data, val_data) -> None:
             rows = train_and_evaluate(config, run_dir, progress=False, **kwargs)
             outcomes[name] = {"rows": rows, "initialized_after": torch_dist.is_initialized()}
         except Exception as err:  # noqa: BLE001 - recorded for the test
-            outcomes[name] = {"error": type(err).__name__, "message": str(err),
-                              "initialized_after": torch_dist.is_initialized()}
+            outcomes[name] = {
+                "error": type(err).__name__,
+                "message": str(err),
+                "initialized_after": torch_dist.is_initialized(),
+            }
 
     try:
         for name, (config, uses_val) in _configs().items():
@@ -113,8 +126,13 @@ def ddp(tmp_path_factory, tiny_data, tiny_val_data):
     root = tmp_path_factory.mktemp("ddp")
     (root / "outcomes").mkdir()
     (root / "runs").mkdir()
-    ctx = mp.start_processes(_worker, args=(_free_ports(10), str(root), tiny_data, tiny_val_data), nprocs=WORLD,
-                             join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _worker,
+        args=(_free_ports(10), str(root), tiny_data, tiny_val_data),
+        nprocs=WORLD,
+        join=False,
+        start_method="spawn",
+    )
     deadline = time.monotonic() + DEADLINE_S
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:
@@ -225,7 +243,8 @@ def test_run_dir_error_stops_every_rank(ddp):
     for rank, o in enumerate(outcomes):
         assert o["cli_exists"]["status"] == 2
         assert o["cli_exists"]["stderr"].startswith(
-            f"rnnlab: error: [rank {rank}] {root / 'runs' / 'main'} already exists and holds a run (complete, 3/3")
+            f"rnnlab: error: [rank {rank}] {root / 'runs' / 'main'} already exists and holds a run (complete, 3/3"
+        )
 
 
 def test_batch_smaller_than_world_size_is_refused(ddp):
@@ -233,7 +252,8 @@ def test_batch_smaller_than_world_size_is_refused(ddp):
     for o in outcomes:
         assert o["batch_too_small"]["error"] == ConfigError.__name__
         assert o["batch_too_small"]["message"].startswith(
-            "batch_size=1 is smaller than the number of processes (2): every rank needs at least one example")
+            "batch_size=1 is smaller than the number of processes (2): every rank needs at least one example"
+        )
     assert not (root / "runs" / "small").exists()
 
 
@@ -256,8 +276,17 @@ def test_from_env():
 def _torchrun(args, env, port):
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "rnnlab", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "rnnlab",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
 
 
@@ -274,9 +303,24 @@ def test_torchrun_cli_trains(tmp_path):
     (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
     # PYTHONFAULTHANDLER: a worker that dies on a signal prints where (its Python stack, if any).
     env = {**os.environ, "RNNLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    args = ["train", "--set", "embedding_dim=8", "--set", "hidden_size=8", "--set", "epochs=1", "--set",
-            "batch_size=16", "--set", "device=cpu", "--data", str(tmp_path / "reviews.csv"), "--out",
-            str(tmp_path / "run"), "--no-progress"]
+    args = [
+        "train",
+        "--set",
+        "embedding_dim=8",
+        "--set",
+        "hidden_size=8",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "device=cpu",
+        "--data",
+        str(tmp_path / "reviews.csv"),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     done = _torchrun(args, env, _free_ports(1)[0])
     assert done.returncode == 0, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-3000:]}"
     assert done.stdout.count("Done: 1 epochs, final test accuracy") == 1, done.stdout

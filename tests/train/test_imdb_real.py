@@ -20,6 +20,11 @@ def test_one_epoch_default_lstm_beats_75_percent(imdb_archive, tmp_path, monkeyp
     assert len(rows) == 1 and rows[0]["test_acc"] > 0.75, rows
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (info["status"], info["num_params"], info["vocab_size"]) == ("complete", 1_317_634, 20001)
-    out = predict(tmp_path / "run", ["One of the best films I have seen: moving, funny and beautifully acted.",
-                                     "A boring, stupid waste of time. The worst movie of the year."])
+    out = predict(
+        tmp_path / "run",
+        [
+            "One of the best films I have seen: moving, funny and beautifully acted.",
+            "A boring, stupid waste of time. The worst movie of the year.",
+        ],
+    )
     assert [o["label"] for o in out] == ["pos", "neg"]

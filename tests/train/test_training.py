@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import tiny_config
 
 import rnnlab.train.runner as runner
-from rnnlab.train import (FORMAT, ConfigError, RunDirError, TrainingError, evaluate_run, predict, read_metrics,
-                          train_and_evaluate)
-
-from train_helpers import tiny_config
+from rnnlab.train import (
+    FORMAT,
+    ConfigError,
+    RunDirError,
+    TrainingError,
+    evaluate_run,
+    predict,
+    read_metrics,
+    train_and_evaluate,
+)
 
 TIMING = ("epoch_seconds", "examples_per_second", "eval_seconds")
 
@@ -39,11 +46,29 @@ def test_learns_and_writes_the_run_directory(tmp_path, tiny_data, capsys):
     assert rows[-1]["test_acc"] > 0.9
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["checkpoints", "config.toml", "metrics.jsonl", "model.txt", "run.json", "tokenizer.json", "train.log",
-         "vocab.json"])
+        [
+            "checkpoints",
+            "config.toml",
+            "metrics.jsonl",
+            "model.txt",
+            "run.json",
+            "tokenizer.json",
+            "train.log",
+            "vocab.json",
+        ]
+    )
     assert read_metrics(run) == rows
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
-                            "examples_per_second", "eval_seconds", "lr"}
+    assert set(rows[0]) == {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "epoch_seconds",
+        "examples_per_second",
+        "eval_seconds",
+        "lr",
+    }
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["format"] == FORMAT
     assert (info["epochs_completed"], info["epochs"], info["seed"], info["name"]) == (5, 5, 0, "tiny")
@@ -71,8 +96,18 @@ def test_same_seed_same_metrics_and_weights(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("cell,impl", [("lstm", "rnnlab"), ("gru", "torch")])
 def test_resume_equals_uninterrupted(tmp_path, tiny_data, cell, impl):
-    config = tiny_config(cell=cell, impl=impl, embedding_dropout=0.2, word_dropout=0.1, lr_schedule="cosine",
-                         warmup_steps=3, optimizer="adamw", weight_decay=0.01, grad_clip=1.0, bucket=True)
+    config = tiny_config(
+        cell=cell,
+        impl=impl,
+        embedding_dropout=0.2,
+        word_dropout=0.1,
+        lr_schedule="cosine",
+        warmup_steps=3,
+        optimizer="adamw",
+        weight_decay=0.01,
+        grad_clip=1.0,
+        bucket=True,
+    )
     full = train_and_evaluate(config, tmp_path / "full", data=tiny_data, progress=False)
     # The run is killed during epoch 2, at its 3rd step.
     original = runner._train_epoch
@@ -86,6 +121,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data, cell, impl):
             if calls["n"] == 8 + 3:  # 8 steps per epoch (256 / 32)
                 raise KeyboardInterrupt
             return crit(out, y)
+
         return loss
 
     with pytest.MonkeyPatch.context() as mp:
@@ -116,15 +152,20 @@ def test_interrupt_between_the_epoch_end_writes_leaves_them_agreeing(tmp_path, t
                 fired.append(True)
                 raise KeyboardInterrupt
             return out
+
         return wrapper
 
     with pytest.MonkeyPatch.context() as mp:
         if after == "last.pt":
-            mp.setattr(runner, "torch_save", interrupting(
-                runner.torch_save, lambda path, obj: Path(path).name == "last.pt" and obj["epoch"] == 2))
+            mp.setattr(
+                runner,
+                "torch_save",
+                interrupting(runner.torch_save, lambda path, obj: Path(path).name == "last.pt" and obj["epoch"] == 2),
+            )
         else:
-            mp.setattr(runner, "_write_metrics",
-                       interrupting(runner._write_metrics, lambda run_dir, rows: len(rows) == 2))
+            mp.setattr(
+                runner, "_write_metrics", interrupting(runner._write_metrics, lambda run_dir, rows: len(rows) == 2)
+            )
         with pytest.raises(KeyboardInterrupt):
             train_and_evaluate(config, tmp_path / "cut", data=tiny_data, progress=False)
     assert fired
@@ -160,13 +201,19 @@ def test_existing_run_dir_is_refused_and_untouched(tmp_path, tiny_data):
     run = tmp_path / "run"
     train_and_evaluate(tiny_config(epochs=1), run, data=tiny_data, progress=False)
     before = _snapshot(run)
-    with pytest.raises(RunDirError, match=r"already exists and holds a run \(complete, 1/1 epochs\); "
-                                          r"pass --resume to continue it or --overwrite to replace it"):
+    with pytest.raises(
+        RunDirError,
+        match=r"already exists and holds a run \(complete, 1/1 epochs\); "
+        r"pass --resume to continue it or --overwrite to replace it",
+    ):
         train_and_evaluate(tiny_config(epochs=1), run, data=tiny_data, progress=False)
     with pytest.raises(RunDirError, match="exclude each other"):
         train_and_evaluate(tiny_config(epochs=1), run, data=tiny_data, resume=True, overwrite=True)
-    with pytest.raises(RunDirError, match=r"the config differs from the run's config.toml in hidden_size: "
-                                          r"run has 16, now 32"):
+    with pytest.raises(
+        RunDirError,
+        match=r"the config differs from the run's config.toml in hidden_size: "
+        r"run has 16, now 32",
+    ):
         train_and_evaluate(tiny_config(hidden_size=32), run, data=tiny_data, resume=True, progress=False)
     assert _snapshot(run) == before
     rows = train_and_evaluate(tiny_config(epochs=1, seed=5), run, data=tiny_data, overwrite=True, progress=False)
@@ -205,8 +252,11 @@ def test_checkpoint_not_matching_the_config(tmp_path, tiny_data):
     train_and_evaluate(tiny_config(epochs=1), run, data=tiny_data, progress=False)
     text = (run / "config.toml").read_text().replace("hidden_size = 16", "hidden_size = 24")
     (run / "config.toml").write_text(text)
-    with pytest.raises(RunDirError, match=r"last.pt does not match the model built from the config: shape "
-                                          r"mismatch lstm.weight_ih_l0: checkpoint \(64, 16\) vs model \(96, 16\)"):
+    with pytest.raises(
+        RunDirError,
+        match=r"last.pt does not match the model built from the config: shape "
+        r"mismatch lstm.weight_ih_l0: checkpoint \(64, 16\) vs model \(96, 16\)",
+    ):
         predict(run, ["good film"])
 
 
@@ -221,13 +271,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
             calls["n"] += torch.is_grad_enabled()  # training steps only, not evaluation batches
             value = crit(out, y)
             return value * float("nan") if calls["n"] == 8 + 5 else value
+
         return loss
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "_criterion", nan_on_step_5_of_epoch_2)
-        with pytest.raises(TrainingError, match=r"non-finite training loss \(nan\) at epoch 2, step 5 of 8; "
-                                                r"stopped before updating the weights. The last good "
-                                                r"checkpoint \(epoch 1\) is kept"):
+        with pytest.raises(
+            TrainingError,
+            match=r"non-finite training loss \(nan\) at epoch 2, step 5 of 8; "
+            r"stopped before updating the weights. The last good "
+            r"checkpoint \(epoch 1\) is kept",
+        ):
             train_and_evaluate(tiny_config(epochs=3), run, data=tiny_data, progress=False)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and "epoch 2, step 5" in info["error"]
@@ -260,8 +314,11 @@ def test_test_split_evaluated_once_on_the_best_validation_checkpoint(tmp_path, t
     config = tiny_config(epochs=4, val_fraction=0.2, test_every_epoch=False)
     calls = []
     real_eval = runner.run_eval
-    monkeypatch.setattr(runner, "run_eval", lambda model, split, *a, **k: (
-        calls.append(split is tiny_val_data.test), real_eval(model, split, *a, **k))[1])
+    monkeypatch.setattr(
+        runner,
+        "run_eval",
+        lambda model, split, *a, **k: (calls.append(split is tiny_val_data.test), real_eval(model, split, *a, **k))[1],
+    )
     rows = train_and_evaluate(config, tmp_path / "run", data=tiny_val_data, progress=False)
     assert calls.count(True) == 1 and calls[-1] is True  # test once, after the last epoch
     assert all("test_acc" not in r and "val_acc" in r for r in rows)
@@ -311,8 +368,9 @@ def test_evaluate_and_predict_from_the_run_directory_alone(tmp_path, tiny_data):
 
 
 def test_lr_schedules():
-    f = lambda step, schedule, warmup=0: runner.lr_factor(step, schedule=schedule, warmup_steps=warmup,  # noqa
-                                                          total_steps=100, steps_per_epoch=10)
+    def f(step, schedule, warmup=0):
+        return runner.lr_factor(step, schedule=schedule, warmup_steps=warmup, total_steps=100, steps_per_epoch=10)
+
     assert [f(s, "none", warmup=4) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
     assert f(0, "cosine") == 1.0 and f(50, "cosine") == pytest.approx(0.5) and f(100, "cosine") == 0.0
     assert f(25, "linear") == 0.75 and f(10, "linear", warmup=10) == 1.0 and f(55, "linear", warmup=10) == 0.5
@@ -320,8 +378,11 @@ def test_lr_schedules():
 
 
 def test_validation_asked_but_missing_from_the_data(tmp_path, tiny_data):
-    with pytest.raises(runner.ConfigError, match=r"val_fraction=0.2 asks for a validation split, but the data "
-                                                 r"given has none"):
+    with pytest.raises(
+        runner.ConfigError,
+        match=r"val_fraction=0.2 asks for a validation split, but the data "
+        r"given has none",
+    ):
         train_and_evaluate(tiny_config(val_fraction=0.2), tmp_path / "run", data=tiny_data, progress=False)
     assert not (tmp_path / "run").exists()
 

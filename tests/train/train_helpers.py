@@ -30,13 +30,30 @@ def make_texts(n: int, seed: int) -> TextSplit:
 
 def make_dataset(n_train: int = 256, n_test: int = 96, n_val: int = 0) -> TextDataset:
     val = make_texts(n_val, 3) if n_val else None
-    return TextDataset(make_texts(n_train, 1), make_texts(n_test, 2), ["neg", "pos"], "tiny-generated",
-                       f"tiny-{n_train}-{n_test}-{n_val}", val=val)
+    return TextDataset(
+        make_texts(n_train, 1),
+        make_texts(n_test, 2),
+        ["neg", "pos"],
+        "tiny-generated",
+        f"tiny-{n_train}-{n_test}-{n_val}",
+        val=val,
+    )
 
 
 def tiny_config(**changes) -> Config:
     """A small fast model; every test changes only what it tests."""
-    base = dict(name="tiny", impl="rnnlab", embedding_dim=16, hidden_size=16, batch_size=32, eval_batch_size=64,
-                epochs=2, lr=0.05, max_words=100, max_len=20, device="cpu")
+    base = dict(
+        name="tiny",
+        impl="rnnlab",
+        embedding_dim=16,
+        hidden_size=16,
+        batch_size=32,
+        eval_batch_size=64,
+        epochs=2,
+        lr=0.05,
+        max_words=100,
+        max_len=20,
+        device="cpu",
+    )
     base.update(changes)
     return Config(**base)

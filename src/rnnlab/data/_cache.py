@@ -39,8 +39,9 @@ import shutil
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,8 @@ def _crc(data: bytes | memoryview, value: int = 0) -> int:
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    )
     return buf.getvalue()
 
 
@@ -111,8 +113,10 @@ class ArrayWriter:
     def write(self, chunk: np.ndarray) -> None:
         chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
         if chunk.shape[1:] != self.shape[1:] or self.rows + chunk.shape[0] > self.shape[0]:
-            raise ValueError(f"{self.path.name}: chunk of shape {chunk.shape} does not fit rows {self.rows}... of "
-                             f"an array of shape {self.shape}")
+            raise ValueError(
+                f"{self.path.name}: chunk of shape {chunk.shape} does not fit rows {self.rows}... of "
+                f"an array of shape {self.shape}"
+            )
         data = chunk.reshape(-1).view(np.uint8)
         self._f.write(data)
         self._crc = _crc(data, self._crc)
@@ -123,9 +127,14 @@ class ArrayWriter:
             self._f.close()
             if self.rows != self.shape[0]:
                 raise ValueError(f"{self.path.name}: {self.rows} rows written, expected {self.shape[0]}")
-            self.meta = {"size": self.path.stat().st_size, "crc32": self._crc, "shape": list(self.shape),
-                         "dtype": self.dtype.str, "header_size": len(self.header),
-                         "header_crc32": _crc(self.header)}
+            self.meta = {
+                "size": self.path.stat().st_size,
+                "crc32": self._crc,
+                "shape": list(self.shape),
+                "dtype": self.dtype.str,
+                "header_size": len(self.header),
+                "header_crc32": _crc(self.header),
+            }
         return self.meta
 
     def abort(self) -> None:
@@ -149,7 +158,7 @@ class EntryWriter:
         self._writers: dict[str, tuple[ArrayWriter, bool]] = {}
         self._done = False
 
-    def __enter__(self) -> "EntryWriter":
+    def __enter__(self) -> EntryWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -174,7 +183,7 @@ class EntryWriter:
         row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * w.dtype.itemsize)
         step = max(1, (16 << 20) // row_bytes)
         for start in range(0, a.shape[0], step):
-            w.write(a[start:start + step])
+            w.write(a[start : start + step])
         self.files[f"{name}.npy"] = {**w.close(), "mapped": mapped}
         del self._writers[f"{name}.npy"]
 
@@ -209,9 +218,14 @@ class EntryWriter:
         self._done = True
 
 
-def write_entry(entry: Path, key: dict[str, Any], arrays: dict[str, np.ndarray],
-                blobs: dict[str, bytes] | None = None, info: dict[str, Any] | None = None,
-                mapped: tuple[str, ...] = ()) -> None:
+def write_entry(
+    entry: Path,
+    key: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    blobs: dict[str, bytes] | None = None,
+    info: dict[str, Any] | None = None,
+    mapped: tuple[str, ...] = (),
+) -> None:
     """Write a cache entry atomically: arrays (``<name>.npy``), byte blobs and a manifest.
 
     ``arrays`` are stored as ``.npy`` (those named in ``mapped`` are memory-mapped by readers);
@@ -241,8 +255,9 @@ def _file_crc(path: Path) -> int:
     return value & 0xFFFFFFFF
 
 
-def _check_mapped(entry: Path, fname: str, meta: dict[str, Any], stamps: dict[str, Any],
-                  verify: bool) -> tuple[np.ndarray, bool] | None:
+def _check_mapped(
+    entry: Path, fname: str, meta: dict[str, Any], stamps: dict[str, Any], verify: bool
+) -> tuple[np.ndarray, bool] | None:
     """Open a mapped ``.npy`` after the checks in the module docstring; ``(array, newly_verified)``."""
     path = entry / fname
     stamp = _stat_stamp(path)
@@ -263,8 +278,9 @@ def _check_mapped(entry: Path, fname: str, meta: dict[str, Any], stamps: dict[st
     return arr, fresh
 
 
-def read_entry(entry: Path, key: dict[str, Any], *,
-               verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict[str, Any]] | None:
+def read_entry(
+    entry: Path, key: dict[str, Any], *, verify: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict[str, Any]] | None:
     """Read and verify an entry; ``None`` when absent, stale (other key/format) or corrupt.
 
     Returns ``(arrays, blobs, info)``; mapped arrays are ``np.memmap`` (copy-on-write: writing into

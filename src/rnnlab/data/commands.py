@@ -16,24 +16,40 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
     p = sub.add_parser(
-        "inspect", help="examples per label, vocabulary size, token counts and length percentiles per split",
+        "inspect",
+        help="examples per label, vocabulary size, token counts and length percentiles per split",
         description="Load and encode a dataset (IMDB archive or folder, CSV/TSV/JSONL, label-per-subfolder "
-                    "folder) and print per split the examples per label, token counts, length percentiles, "
-                    "the vocabulary size and how long loading took.")
-    p.add_argument("--data", default=None, metavar="PATH",
-                   help="dataset path (default: $RNNLAB_DATA, else download IMDB into the cache)")
+        "folder) and print per split the examples per label, token counts, length percentiles, "
+        "the vocabulary size and how long loading took.",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="dataset path (default: $RNNLAB_DATA, else download IMDB into the cache)",
+    )
     p.add_argument("--test", default=None, metavar="PATH", help="separate test file or folder (own data)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help="cache folder (default $RNNLAB_CACHE or ~/.cache/rnnlab)")
+    p.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help="cache folder (default $RNNLAB_CACHE or ~/.cache/rnnlab)"
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--max-words", type=int, default=20000, help="vocabulary size without padding (default 20000)")
     p.add_argument("--min-freq", type=int, default=1, help="rarer words map to <unk> (default 1)")
     p.add_argument("--max-len", type=int, default=200, help="tokens kept per text (default 200)")
-    p.add_argument("--truncate", choices=("head", "tail", "head_tail"), default="head",
-                   help="keep the first, the last, or the first quarter + last three quarters of max_len tokens")
+    p.add_argument(
+        "--truncate",
+        choices=("head", "tail", "head_tail"),
+        default="head",
+        help="keep the first, the last, or the first quarter + last three quarters of max_len tokens",
+    )
     p.add_argument("--val-fraction", type=float, default=0.0, help="validation share carved from train")
-    p.add_argument("--val-split", choices=("group", "random"), default="group",
-                   help="IMDB: by movie (default) or at random, stratified by label")
+    p.add_argument(
+        "--val-split",
+        choices=("group", "random"),
+        default="group",
+        help="IMDB: by movie (default) or at random, stratified by label",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the splits")
     p.add_argument("--text-column", default="text", help="own data: text column (default text)")
     p.add_argument("--label-column", default="label", help="own data: label column (default label)")
@@ -47,14 +63,30 @@ def inspect_command(args: argparse.Namespace) -> int:
 
     try:
         t0 = time.perf_counter()
-        ds = load_dataset(args.data, test=args.test, cache_dir=args.cache_dir, val_fraction=args.val_fraction,
-                          val_split=args.val_split, seed=args.seed, progress=not args.json,
-                          text_column=args.text_column, label_column=args.label_column,
-                          group_column=args.group_column, use_cache=not args.no_cache)
+        ds = load_dataset(
+            args.data,
+            test=args.test,
+            cache_dir=args.cache_dir,
+            val_fraction=args.val_fraction,
+            val_split=args.val_split,
+            seed=args.seed,
+            progress=not args.json,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            group_column=args.group_column,
+            use_cache=not args.no_cache,
+        )
         t1 = time.perf_counter()
-        enc = encode_dataset(ds, max_words=args.max_words, min_freq=args.min_freq, max_len=args.max_len,
-                             truncate=args.truncate, cache_dir=args.cache_dir, progress=not args.json,
-                             use_cache=not args.no_cache)
+        enc = encode_dataset(
+            ds,
+            max_words=args.max_words,
+            min_freq=args.min_freq,
+            max_len=args.max_len,
+            truncate=args.truncate,
+            cache_dir=args.cache_dir,
+            progress=not args.json,
+            use_cache=not args.no_cache,
+        )
         t2 = time.perf_counter()
     except (DataError, FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
@@ -82,9 +114,14 @@ def inspect_report(ds: Any, enc: Any, *, load_seconds: float, encode_seconds: fl
             "tokens": int(ntok.sum()),
             "tokens_kept": int(lengths.sum()),
             "unk_rate": kept_unk / max(int(lengths.sum()), 1),
-            "length": {"mean": float(ntok.mean()) if len(ntok) else 0.0, "p50": float(pct[0]),
-                       "p90": float(pct[1]), "p95": float(pct[2]), "p99": float(pct[3]),
-                       "max": int(ntok.max(initial=0))},
+            "length": {
+                "mean": float(ntok.mean()) if len(ntok) else 0.0,
+                "p50": float(pct[0]),
+                "p90": float(pct[1]),
+                "p95": float(pct[2]),
+                "p99": float(pct[3]),
+                "max": int(ntok.max(initial=0)),
+            },
             "truncated": int((ntok > split.ids.shape[1]).sum()),
         }
     return {
@@ -95,8 +132,11 @@ def inspect_report(ds: Any, enc: Any, *, load_seconds: float, encode_seconds: fl
         "settings": enc.settings,
         "tokenizer": enc.tokenizer.to_dict(),
         "splits": splits,
-        "seconds": {"load": round(load_seconds, 3), "encode": round(encode_seconds, 3),
-                    "total": round(load_seconds + encode_seconds, 3)},
+        "seconds": {
+            "load": round(load_seconds, 3),
+            "encode": round(encode_seconds, 3),
+            "total": round(load_seconds + encode_seconds, 3),
+        },
         "encoding_from_cache": bool(enc.from_cache),
     }
 
@@ -115,14 +155,30 @@ def format_report(r: dict[str, Any]) -> str:
     rows = [head]
     for name, sp in r["splits"].items():
         ln = sp["length"]
-        rows.append([name, f"{sp['examples']:,}", *(f"{sp['per_label'][n]:,}" for n in names), f"{sp['tokens']:,}",
-                     f"{ln['mean']:.1f}", f"{ln['p50']:.0f}", f"{ln['p90']:.0f}", f"{ln['p95']:.0f}",
-                     f"{ln['p99']:.0f}", f"{ln['max']}", f"{sp['truncated']:,}", f"{100 * sp['unk_rate']:.2f}%"])
+        rows.append(
+            [
+                name,
+                f"{sp['examples']:,}",
+                *(f"{sp['per_label'][n]:,}" for n in names),
+                f"{sp['tokens']:,}",
+                f"{ln['mean']:.1f}",
+                f"{ln['p50']:.0f}",
+                f"{ln['p90']:.0f}",
+                f"{ln['p95']:.0f}",
+                f"{ln['p99']:.0f}",
+                f"{ln['max']}",
+                f"{sp['truncated']:,}",
+                f"{100 * sp['unk_rate']:.2f}%",
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     for row in rows:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     sec = r["seconds"]
-    lines += ["", "lengths are tokens per text before truncation; unk is the share of kept tokens mapped to <unk>",
-              f"loaded in {sec['load']:.2f} s, encoded in {sec['encode']:.2f} s"
-              f"{' (from cache)' if r['encoding_from_cache'] else ''}, total {sec['total']:.2f} s"]
+    lines += [
+        "",
+        "lengths are tokens per text before truncation; unk is the share of kept tokens mapped to <unk>",
+        f"loaded in {sec['load']:.2f} s, encoded in {sec['encode']:.2f} s"
+        f"{' (from cache)' if r['encoding_from_cache'] else ''}, total {sec['total']:.2f} s",
+    ]
     return "\n".join(lines) + "\n"

@@ -17,9 +17,10 @@ import os
 import re
 import warnings
 from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +44,13 @@ class TextSplit:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "TextSplit":
+    def subset(self, index: Sequence[int] | np.ndarray) -> TextSplit:
         idx = [int(i) for i in index]
-        return TextSplit([self.texts[i] for i in idx], [self.labels[i] for i in idx],
-                         None if self.meta is None else [self.meta[i] for i in idx])
+        return TextSplit(
+            [self.texts[i] for i in idx],
+            [self.labels[i] for i in idx],
+            None if self.meta is None else [self.meta[i] for i in idx],
+        )
 
     def label_counts(self, num_classes: int | None = None) -> list[int]:
         n = num_classes if num_classes is not None else (max(self.labels) + 1 if self.labels else 0)
@@ -127,8 +131,16 @@ def group_split(groups: Sequence[Any], fraction: float, seed: int) -> tuple[np.n
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def split_indices(labels: Sequence[int] | np.ndarray, groups: Sequence[Any] | None, fraction: float, seed: int, *,
-                  by: str, what: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: Sequence[int] | np.ndarray,
+    groups: Sequence[Any] | None,
+    fraction: float,
+    seed: int,
+    *,
+    by: str,
+    what: str,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)`` of ``fraction`` carved off: ``by="random"`` (stratified) or ``"group"``."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"{what}: fraction must be in (0, 1), got {fraction}")
@@ -145,8 +157,9 @@ def split_indices(labels: Sequence[int] | np.ndarray, groups: Sequence[Any] | No
     return keep, held
 
 
-def split_off(split: TextSplit, fraction: float, seed: int, *, by: str, what: str,
-              source: str) -> tuple[TextSplit, TextSplit]:
+def split_off(
+    split: TextSplit, fraction: float, seed: int, *, by: str, what: str, source: str
+) -> tuple[TextSplit, TextSplit]:
     """Carve ``fraction`` of ``split`` off: ``by="random"`` (stratified by label) or ``"group"``."""
     groups = None
     if by == "group" and split.meta is not None and all("group" in m for m in split.meta):
@@ -191,8 +204,11 @@ def _decode(data: bytes, where: str, bad: list[str]) -> str:
 
 def _warn_bad_utf8(bad: list[str], what: str) -> None:
     if bad:
-        warnings.warn(f"{len(bad)} {what} held bytes that are not UTF-8 (decoded with U+FFFD replacement); "
-                      f"first: {bad[0]}", UnicodeWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(bad)} {what} held bytes that are not UTF-8 (decoded with U+FFFD replacement); first: {bad[0]}",
+            UnicodeWarning,
+            stacklevel=3,
+        )
 
 
 def _text_lines(path: Path, fmt: str, sha: Any, bad: list[str]) -> Iterator[str]:
@@ -225,8 +241,15 @@ def _text_lines(path: Path, fmt: str, sha: Any, bad: list[str]) -> Iterator[str]
 _CR_SPLIT = re.compile(r"(?<=\r)(?!\n|$)")
 
 
-def iter_table(path: Path, text_column: str, label_column: str, group_column: str | None, *, sha: Any = None,
-               bad: list[str] | None = None) -> Iterator[tuple[str, str, Any, Any]]:
+def iter_table(
+    path: Path,
+    text_column: str,
+    label_column: str,
+    group_column: str | None,
+    *,
+    sha: Any = None,
+    bad: list[str] | None = None,
+) -> Iterator[tuple[str, str, Any, Any]]:
     """Validated rows ``(where, text, label, group)`` of a CSV/TSV/JSONL file, one at a time.
 
     ``where`` is ``"<path>:<line>"``; ``label`` is the raw value (a stripped string or an int);
@@ -236,8 +259,10 @@ def iter_table(path: Path, text_column: str, label_column: str, group_column: st
     """
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r}; expected .csv, .tsv, .jsonl or a folder "
-                        "with one subfolder per label")
+        raise DataError(
+            f"{path}: unknown file type {path.suffix!r}; expected .csv, .tsv, .jsonl or a folder "
+            "with one subfolder per label"
+        )
     sha = sha if sha is not None else hashlib.sha256()
     bad = bad if bad is not None else []
     lines = _text_lines(path, fmt, sha, bad)
@@ -258,19 +283,22 @@ def iter_table(path: Path, text_column: str, label_column: str, group_column: st
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{where}: empty or missing text in column {text_column!r}; expected a non-empty string")
         if y is None or (isinstance(y, str) and not y.strip()) or isinstance(y, (bool, float, list, dict)):
-            raise DataError(f"{where}: missing or invalid label in column {label_column!r}: {y!r}; "
-                            "expected a string or an integer")
+            raise DataError(
+                f"{where}: missing or invalid label in column {label_column!r}: {y!r}; expected a string or an integer"
+            )
         n += 1
         yield where, t, (y.strip() if isinstance(y, str) else y), (row.get(group_column) if group_column else None)
     if n == 0 and fmt == "jsonl":
         raise DataError(f"{path}: no rows; expected one JSON object per line")
     if n == 0:
-        raise DataError(f"{path}: no rows; expected a header and at least one row with {text_column!r} and "
-                        f"{label_column!r}")
+        raise DataError(
+            f"{path}: no rows; expected a header and at least one row with {text_column!r} and {label_column!r}"
+        )
 
 
-def _jsonl_rows(path: Path, lines: Iterator[str], text_column: str, label_column: str,
-                group_column: str | None) -> Iterator[tuple[str, dict]]:
+def _jsonl_rows(
+    path: Path, lines: Iterator[str], text_column: str, label_column: str, group_column: str | None
+) -> Iterator[tuple[str, dict]]:
     for lineno, line in enumerate(lines, 1):  # split at "\n" only: JSON strings may hold U+2028
         if not line.strip():
             continue
@@ -282,15 +310,18 @@ def _jsonl_rows(path: Path, lines: Iterator[str], text_column: str, label_column
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         for col in (text_column, label_column, *([group_column] if group_column else [])):
             if col not in row:
-                raise DataError(f"{path}:{lineno}: no {col!r} field; expected fields {text_column!r} and "
-                                f"{label_column!r}, found {sorted(row)}")
+                raise DataError(
+                    f"{path}:{lineno}: no {col!r} field; expected fields {text_column!r} and "
+                    f"{label_column!r}, found {sorted(row)}"
+                )
         yield f"{path}:{lineno}", row
 
 
 def _warn_table_utf8(path: Path, bad: list[str]) -> None:
     if bad:
-        warnings.warn(f"{path}: bytes that are not UTF-8 were decoded with U+FFFD replacement",
-                      UnicodeWarning, stacklevel=4)
+        warnings.warn(
+            f"{path}: bytes that are not UTF-8 were decoded with U+FFFD replacement", UnicodeWarning, stacklevel=4
+        )
 
 
 def _read_table(path: Path, text_column: str, label_column: str, group_column: str | None) -> _Raw:
@@ -338,8 +369,10 @@ def _read_folder(path: Path) -> _Raw:
 def _read_any(path: str | os.PathLike, text_column: str, label_column: str, group_column: str | None) -> _Raw:
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{p}: no such file or folder; expected a .csv, .tsv or .jsonl file or a folder "
-                        "with one subfolder per label")
+        raise DataError(
+            f"{p}: no such file or folder; expected a .csv, .tsv or .jsonl file or a folder "
+            "with one subfolder per label"
+        )
     if p.is_dir():
         if group_column:
             raise DataError(f"{p}: group_column needs a table (CSV/TSV/JSONL); a folder has no columns")
@@ -405,9 +438,15 @@ def _scan_table(path: Path, text_column: str, label_column: str, group_column: s
         if group_column:
             gcodes.append(groups.setdefault(str(g), len(groups)))
     _warn_table_utf8(path, bad)
-    return _Table(path, sha.hexdigest(), path.stat().st_size, list(values), np.frombuffer(codes, np.int32).copy(),
-                  list(groups) if group_column else None,
-                  np.frombuffer(gcodes, np.int32).copy() if group_column else None)
+    return _Table(
+        path,
+        sha.hexdigest(),
+        path.stat().st_size,
+        list(values),
+        np.frombuffer(codes, np.int32).copy(),
+        list(groups) if group_column else None,
+        np.frombuffer(gcodes, np.int32).copy() if group_column else None,
+    )
 
 
 class FileTextSplit(TextSplit):
@@ -417,7 +456,7 @@ class FileTextSplit(TextSplit):
     file first), increasing; ``label_array``: ``(N,)`` int64 label ids.
     """
 
-    def __init__(self, owner: "FileTextDataset", name: str, rows: np.ndarray, label_array: np.ndarray) -> None:
+    def __init__(self, owner: FileTextDataset, name: str, rows: np.ndarray, label_array: np.ndarray) -> None:
         self._owner, self.name = owner, name
         self.rows, self.label_array = rows, label_array
 
@@ -467,8 +506,10 @@ class FileTextDataset(TextDataset):
                     break
                 yield where, t, g
             if n != table.rows or sha.hexdigest() != table.digest:
-                raise DataError(f"{table.path}: the file changed since it was loaded ({table.rows} rows, sha256 "
-                                f"{table.digest[:12]}...); load it again")
+                raise DataError(
+                    f"{table.path}: the file changed since it was loaded ({table.rows} rows, sha256 "
+                    f"{table.digest[:12]}...); load it again"
+                )
 
     def iter_texts(self) -> Iterator[str]:
         for _, t, _ in self.iter_rows():
@@ -492,20 +533,37 @@ class FileTextDataset(TextDataset):
         return f"FileTextDataset({self.source!r}, {sizes}, label_names={self.label_names})"
 
 
-def _load_tables(train: Path, test: Path | None, text_column: str, label_column: str, group_column: str | None,
-                 test_fraction: float, val_fraction: float, seed: int, stream: bool | None) -> FileTextDataset:
+def _load_tables(
+    train: Path,
+    test: Path | None,
+    text_column: str,
+    label_column: str,
+    group_column: str | None,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    stream: bool | None,
+) -> FileTextDataset:
     tables = [_scan_table(train, text_column, label_column, group_column)]
     if test is not None:
         tables.append(_scan_table(test, text_column, label_column, group_column))
     names, to_name = _label_mapping([v for t in tables for v in t.label_values])
     name_to_id = {n: i for i, n in enumerate(names)}
-    labels = np.concatenate([np.array([name_to_id[to_name(v)] for v in t.label_values], np.int64)[t.label_codes]
-                             for t in tables])
+    labels = np.concatenate(
+        [np.array([name_to_id[to_name(v)] for v in t.label_values], np.int64)[t.label_codes] for t in tables]
+    )
     groups = None
     if group_column:
         groups = np.array([k for t in tables for k in t.group_keys or []], dtype=object)[
-            np.concatenate([c + off for c, off in zip([t.group_codes for t in tables],
-                                                      np.cumsum([0] + [len(t.group_keys or []) for t in tables]))])]
+            np.concatenate(
+                [
+                    c + off
+                    for c, off in zip(
+                        [t.group_codes for t in tables], np.cumsum([0] + [len(t.group_keys or []) for t in tables])
+                    )
+                ]
+            )
+        ]
     by = "group" if group_column else "random"
     n0 = tables[0].rows
     side = np.zeros(len(labels), np.int8)
@@ -517,16 +575,42 @@ def _load_tables(train: Path, test: Path | None, text_column: str, label_column:
         side[n0:] = _SIDES["test"]
         train_rows = np.arange(n0)
     if val_fraction > 0:
-        _, held = split_indices(labels[train_rows], None if groups is None else groups[train_rows], val_fraction,
-                                seed + 1, by=by, what="validation", source=str(train))
+        _, held = split_indices(
+            labels[train_rows],
+            None if groups is None else groups[train_rows],
+            val_fraction,
+            seed + 1,
+            by=by,
+            what="validation",
+            source=str(train),
+        )
         side[train_rows[held]] = _SIDES["val"]
     source = str(train) if test is None else f"{train} + {test}"
-    key = {"kind": "text", "train": tables[0].digest, "test": tables[1].digest if test is not None else None,
-           "text_column": text_column, "label_column": label_column, "group_column": group_column,
-           "test_fraction": None if test is not None else test_fraction, "val_fraction": val_fraction, "seed": seed}
+    key = {
+        "kind": "text",
+        "train": tables[0].digest,
+        "test": tables[1].digest if test is not None else None,
+        "text_column": text_column,
+        "label_column": label_column,
+        "group_column": group_column,
+        "test_fraction": None if test is not None else test_fraction,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
     fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    ds = FileTextDataset(None, None, names, source, fp, None, {}, tables, side,  # type: ignore[arg-type]
-                         (text_column, label_column, group_column), stream)
+    ds = FileTextDataset(
+        None,
+        None,
+        names,
+        source,
+        fp,
+        None,
+        {},
+        tables,
+        side,  # type: ignore[arg-type]
+        (text_column, label_column, group_column),
+        stream,
+    )
     splits = {}
     for name, code in _SIDES.items():
         rows = np.flatnonzero(side == code)
@@ -538,10 +622,18 @@ def _load_tables(train: Path, test: Path | None, text_column: str, label_column:
     return ds
 
 
-def load_text_dataset(train: str | os.PathLike, test: str | os.PathLike | None = None, *,
-                      text_column: str = "text", label_column: str = "label", test_fraction: float = 0.2,
-                      val_fraction: float = 0.0, group_column: str | None = None,
-                      seed: int = 0, stream: bool | None = None) -> TextDataset:
+def load_text_dataset(
+    train: str | os.PathLike,
+    test: str | os.PathLike | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    group_column: str | None = None,
+    seed: int = 0,
+    stream: bool | None = None,
+) -> TextDataset:
     """Load your own labelled texts.
 
     ``train`` (and ``test``) is a CSV/TSV/JSONL file with columns ``text_column`` and
@@ -560,8 +652,17 @@ def load_text_dataset(train: str | os.PathLike, test: str | os.PathLike | None =
     """
     paths = [Path(p).expanduser() for p in ([train] if test is None else [train, test])]
     if all(p.is_file() and p.suffix.lower() in _FORMATS for p in paths):
-        return _load_tables(paths[0], paths[1] if test is not None else None, text_column, label_column,
-                            group_column, test_fraction, val_fraction, seed, stream)
+        return _load_tables(
+            paths[0],
+            paths[1] if test is not None else None,
+            text_column,
+            label_column,
+            group_column,
+            test_fraction,
+            val_fraction,
+            seed,
+            stream,
+        )
     raw_train = _read_any(train, text_column, label_column, group_column)
     raw_test = _read_any(test, text_column, label_column, group_column) if test is not None else None
     all_labels = raw_train.labels + (raw_test.labels if raw_test else [])
@@ -579,8 +680,16 @@ def load_text_dataset(train: str | os.PathLike, test: str | os.PathLike | None =
         tr, val = split_off(tr, val_fraction, seed + 1, by=by, what="validation", source=str(train))
     check_split(tr, "train", source, len(names))
     check_split(te, "test", source, len(names))
-    key = {"kind": "text", "train": raw_train.digest, "test": raw_test.digest if raw_test else None,
-           "text_column": text_column, "label_column": label_column, "group_column": group_column,
-           "test_fraction": None if raw_test else test_fraction, "val_fraction": val_fraction, "seed": seed}
+    key = {
+        "kind": "text",
+        "train": raw_train.digest,
+        "test": raw_test.digest if raw_test else None,
+        "text_column": text_column,
+        "label_column": label_column,
+        "group_column": group_column,
+        "test_fraction": None if raw_test else test_fraction,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
     fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return TextDataset(tr, te, names, source, fp, val)

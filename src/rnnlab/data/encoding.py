@@ -16,9 +16,10 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,12 +62,15 @@ class EncodedSplit(Dataset):
     of the cache file: rows are read from disk when a batch touches them.
     """
 
-    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
-                 num_tokens: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, num_tokens: torch.Tensor | None = None
+    ) -> None:
         n = ids.shape[0]
         if ids.dim() != 2 or lengths.shape != (n,) or labels.shape != (n,):
-            raise ValueError(f"EncodedSplit: expected ids (N, L), lengths (N,), labels (N,); got "
-                             f"{tuple(ids.shape)}, {tuple(lengths.shape)}, {tuple(labels.shape)}")
+            raise ValueError(
+                f"EncodedSplit: expected ids (N, L), lengths (N,), labels (N,); got "
+                f"{tuple(ids.shape)}, {tuple(lengths.shape)}, {tuple(labels.shape)}"
+            )
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise ValueError(f"EncodedSplit: expected integer ids, got dtype {ids.dtype}")
         self.ids, self.lengths, self.labels = ids, lengths, labels
@@ -88,8 +92,11 @@ def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     ids = torch.zeros(len(items), int(lengths.max()) if len(items) else 0, dtype=torch.int64)
     for row, (x, _) in enumerate(items):
         ids[row, : len(x)] = x
-    labels = torch.stack([torch.as_tensor(y, dtype=torch.int64) for _, y in items]) if items else \
-        torch.zeros(0, dtype=torch.int64)
+    labels = (
+        torch.stack([torch.as_tensor(y, dtype=torch.int64) for _, y in items])
+        if items
+        else torch.zeros(0, dtype=torch.int64)
+    )
     return ids, lengths, labels
 
 
@@ -115,8 +122,9 @@ class EncodedData:
         return out
 
 
-def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, vocab: Vocabulary, *, max_len: int | None = 200,
-                 truncate: str = "head") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_texts(
+    texts: Sequence[str], tokenizer: Tokenizer, vocab: Vocabulary, *, max_len: int | None = 200, truncate: str = "head"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode raw texts (e.g. for ``predict``): ``(ids (N, L), lengths (N,))`` as in :func:`encode_dataset`."""
     tokens = _Tokens.from_lists(list(map(tokenizer.tokenize, texts)), max_len, truncate)
     ids, lengths, _ = tokens.encode(vocab, max_len)
@@ -132,7 +140,7 @@ class _Tokens:
     total: np.ndarray  # (N,) int64 tokens per text before truncation
 
     @classmethod
-    def from_lists(cls, token_lists: list[list[str]], max_len: int | None, truncate: str) -> "_Tokens":
+    def from_lists(cls, token_lists: list[list[str]], max_len: int | None, truncate: str) -> _Tokens:
         total = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
         kept_lists = token_lists if max_len is None else [_truncate(t, max_len, truncate) for t in token_lists]
         kept = total if max_len is None else np.minimum(total, max_len)
@@ -148,8 +156,9 @@ def _id_dtype(vocab: Vocabulary) -> type:
     return np.uint16 if len(vocab) <= 1 << 16 else np.int32
 
 
-def _fill(flat: np.ndarray, kept: np.ndarray, total: np.ndarray, max_len: int | None,
-          vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fill(
+    flat: np.ndarray, kept: np.ndarray, total: np.ndarray, max_len: int | None, vocab: Vocabulary
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scatter the flat kept ids of N texts into a right-padded ``(N, L)`` matrix."""
     dtype = flat.dtype
     lengths = kept
@@ -190,7 +199,7 @@ def _truncate(toks: list[str], max_len: int | None, truncate: str) -> list[str]:
     if truncate == "tail":
         return toks[-max_len:]
     head = max_len // 4
-    return toks[:head] + toks[len(toks) - (max_len - head):]
+    return toks[:head] + toks[len(toks) - (max_len - head) :]
 
 
 def _count_chunk(task: tuple[int, int]) -> tuple[dict[str, int], str, np.ndarray]:
@@ -234,20 +243,29 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _encode_parallel(splits: dict[str, TextSplit], tokenizer: Tokenizer, max_words: int | None, min_freq: int,
-                     max_len: int | None, truncate: str, workers: int,
-                     progress: bool) -> tuple[Vocabulary, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+def _encode_parallel(
+    splits: dict[str, TextSplit],
+    tokenizer: Tokenizer,
+    max_words: int | None,
+    min_freq: int,
+    max_len: int | None,
+    truncate: str,
+    workers: int,
+    progress: bool,
+) -> tuple[Vocabulary, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     train_chunks = _chunks(len(splits["train"]), 2 * workers)  # 2 chunks per worker balances load
     with _SHARED_LOCK:  # the workers read _SHARED as it is when their pool forks
-        _SHARED.update(texts={k: v.texts for k, v in splits.items()}, tokenizer=tokenizer, max_len=max_len,
-                       truncate=truncate)
+        _SHARED.update(
+            texts={k: v.texts for k, v in splits.items()}, tokenizer=tokenizer, max_len=max_len, truncate=truncate
+        )
         try:
             with ctx.Pool(workers) as pool:
-                counted = list(_progress(pool.imap(_count_chunk, train_chunks), progress, len(train_chunks),
-                                         "tokenizing train"))
+                counted = list(
+                    _progress(pool.imap(_count_chunk, train_chunks), progress, len(train_chunks), "tokenizing train")
+                )
             counter: Counter = Counter()
             for counts, _, _ in counted:
                 counter.update(counts)
@@ -301,10 +319,19 @@ def _labels_crc(dataset: TextDataset) -> int:
     return zlib.crc32(b"".join(np.asarray(s.labels, np.int64).tobytes() for s in dataset.splits().values()))
 
 
-def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, max_words: int | None = 20000,
-                   min_freq: int = 1, max_len: int | None = 200, truncate: str = "head",
-                   cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                   use_cache: bool = True, workers: int | None = None) -> EncodedData:
+def encode_dataset(
+    dataset: TextDataset,
+    *,
+    tokenizer: Tokenizer | None = None,
+    max_words: int | None = 20000,
+    min_freq: int = 1,
+    max_len: int | None = 200,
+    truncate: str = "head",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    use_cache: bool = True,
+    workers: int | None = None,
+) -> EncodedData:
     """Tokenise every split, build the vocabulary from the training split only, encode to ids.
 
     Each text keeps its first ``max_len`` tokens (``truncate="head"``), its last (``"tail"``),
@@ -335,14 +362,21 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
     for name, split in splits.items():
         bad = [y for y in split.labels if not 0 <= y < len(dataset.label_names)]
         if bad:
-            raise ValueError(f"encode_dataset: {name} split has label {bad[0]!r}; expected ids 0..."
-                             f"{len(dataset.label_names) - 1} for label_names {list(dataset.label_names)}")
+            raise ValueError(
+                f"encode_dataset: {name} split has label {bad[0]!r}; expected ids 0..."
+                f"{len(dataset.label_names) - 1} for label_names {list(dataset.label_names)}"
+            )
     settings = {"max_words": max_words, "min_freq": min_freq, "max_len": max_len, "truncate": truncate}
-    key = {"kind": "encoded", "version": ENCODING_VERSION,
-           "fingerprint": dataset.fingerprint or _content_fingerprint(dataset),
-           "tokenizer": tokenizer.to_dict(), **settings,
-           "sizes": {k: len(v) for k, v in splits.items()}, "labels_crc32": _labels_crc(dataset),
-           "label_names": list(dataset.label_names)}
+    key = {
+        "kind": "encoded",
+        "version": ENCODING_VERSION,
+        "fingerprint": dataset.fingerprint or _content_fingerprint(dataset),
+        "tokenizer": tokenizer.to_dict(),
+        **settings,
+        "sizes": {k: len(v) for k, v in splits.items()},
+        "labels_crc32": _labels_crc(dataset),
+        "label_names": list(dataset.label_names),
+    }
     cache = resolve_cache_dir(cache_dir)
     entry = cache / "encoded" / key_digest(key)
     names = list(splits)
@@ -353,13 +387,22 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
     if isinstance(dataset, FileTextDataset) and dataset.streams():
         from rnnlab.data.streaming import encode_stream
 
-        return encode_stream(dataset, key, entry if use_cache else None, tokenizer=tokenizer, max_words=max_words,
-                             min_freq=min_freq, max_len=max_len, truncate=truncate, settings=settings,
-                             progress=progress, t0=t0)
+        return encode_stream(
+            dataset,
+            key,
+            entry if use_cache else None,
+            tokenizer=tokenizer,
+            max_words=max_words,
+            min_freq=min_freq,
+            max_len=max_len,
+            truncate=truncate,
+            settings=settings,
+            progress=progress,
+            t0=t0,
+        )
     workers = _use_parallel(splits, workers, tokenizer)
     if workers:
-        vocab, encoded = _encode_parallel(splits, tokenizer, max_words, min_freq, max_len, truncate, workers,
-                                          progress)
+        vocab, encoded = _encode_parallel(splits, tokenizer, max_words, min_freq, max_len, truncate, workers, progress)
     else:
         counter: Counter = Counter()
         tokens = {}
@@ -374,8 +417,14 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
         del tokens
     arrays: dict[str, np.ndarray] = {}
     for name, (ids, lengths, ntok) in encoded.items():
-        arrays.update({f"{name}_ids": ids.astype(ids_dtype(len(vocab)), copy=False), f"{name}_lengths": lengths,
-                       f"{name}_num_tokens": ntok, f"{name}_labels": np.asarray(splits[name].labels, np.int32)})
+        arrays.update(
+            {
+                f"{name}_ids": ids.astype(ids_dtype(len(vocab)), copy=False),
+                f"{name}_lengths": lengths,
+                f"{name}_num_tokens": ntok,
+                f"{name}_labels": np.asarray(splits[name].labels, np.int32),
+            }
+        )
     del encoded
     if use_cache:
         try:
@@ -394,17 +443,34 @@ def encode_dataset(dataset: TextDataset, *, tokenizer: Tokenizer | None = None, 
                 built.from_cache = False
                 return built
     out = {name: _split_from_arrays(arrays, name) for name in splits}
-    return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer, list(dataset.label_names),
-                       settings, False, time.perf_counter() - t0)
+    return EncodedData(
+        out["train"],
+        out["test"],
+        out.get("val"),
+        vocab,
+        tokenizer,
+        list(dataset.label_names),
+        settings,
+        False,
+        time.perf_counter() - t0,
+    )
 
 
 def _vocab_blob(vocab: Vocabulary) -> bytes:
     return json.dumps(vocab.to_dict(), ensure_ascii=False).encode("utf-8")
 
 
-def _load_entry(entry: Any, key: dict[str, Any], names: list[str], tokenizer: Tokenizer,
-                label_names: Sequence[str], settings: dict[str, Any], t0: float, *,
-                verify: bool) -> EncodedData | None:
+def _load_entry(
+    entry: Any,
+    key: dict[str, Any],
+    names: list[str],
+    tokenizer: Tokenizer,
+    label_names: Sequence[str],
+    settings: dict[str, Any],
+    t0: float,
+    *,
+    verify: bool,
+) -> EncodedData | None:
     """The :class:`EncodedData` held by a cache entry (ids memory-mapped), or None if absent/stale/corrupt."""
     hit = read_entry(entry, key, verify=verify)
     if hit is None:
@@ -417,11 +483,24 @@ def _load_entry(entry: Any, key: dict[str, Any], names: list[str], tokenizer: To
         return None
     for sp in out.values():  # cheap consistency checks of the small arrays (they are CRC-checked too)
         width = sp.ids.shape[1]
-        if len(sp) and (int(sp.lengths.min()) < 1 or int(sp.lengths.max()) > width
-                        or int(sp.labels.min()) < 0 or int(sp.labels.max()) >= len(label_names)):
+        if len(sp) and (
+            int(sp.lengths.min()) < 1
+            or int(sp.lengths.max()) > width
+            or int(sp.labels.min()) < 0
+            or int(sp.labels.max()) >= len(label_names)
+        ):
             return None
-    return EncodedData(out["train"], out["test"], out.get("val"), vocab, tokenizer, list(label_names), settings,
-                       True, time.perf_counter() - t0)
+    return EncodedData(
+        out["train"],
+        out["test"],
+        out.get("val"),
+        vocab,
+        tokenizer,
+        list(label_names),
+        settings,
+        True,
+        time.perf_counter() - t0,
+    )
 
 
 def _tokenize(split: TextSplit, tokenizer: Tokenizer, name: str, progress: bool) -> list[list[str]]:

@@ -18,13 +18,14 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
 from rnnlab.data._cache import DataError, file_sha256, key_digest, read_entry, resolve_cache_dir, write_entry
-from rnnlab.data.datasets import TextDataset, TextSplit, split_off, check_split
+from rnnlab.data.datasets import TextDataset, TextSplit, check_split, split_off
 
 #: The official archive (Maas et al., 2011) and its SHA-256.
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -85,9 +86,9 @@ class _Stream:
             more = self._more()
             if not more:
                 break
-            self.buf = self.buf[self.pos:] + more
+            self.buf = self.buf[self.pos :] + more
             self.pos = 0
-        out = self.buf[self.pos:self.pos + n]
+        out = self.buf[self.pos : self.pos + n]
         self.pos += len(out)
         self.consumed += len(out)
         return out
@@ -100,7 +101,7 @@ def _octal(field: bytes) -> int:
     return int(s, 8) if s else 0
 
 
-def iter_tar(path: Path) -> Iterator[tuple[str, "_Stream", int]]:
+def iter_tar(path: Path) -> Iterator[tuple[str, _Stream, int]]:
     """Yield ``(name, stream, size)`` per regular file; the caller may read up to ``size`` bytes.
 
     Raises :class:`DataError` naming the archive when it is not a (gzip-compressed) tar file.
@@ -126,8 +127,10 @@ def iter_tar(path: Path) -> Iterator[tuple[str, "_Stream", int]]:
             except ValueError:
                 ok = False
             if not ok:
-                raise DataError(f"{path}: not a tar or tar.gz archive (bad header checksum"
-                                f"{'' if first else ' after the first member'})")
+                raise DataError(
+                    f"{path}: not a tar or tar.gz archive (bad header checksum"
+                    f"{'' if first else ' after the first member'})"
+                )
             first = False
             kind = hdr[156:157]
             size = _octal(hdr[124:136])
@@ -171,7 +174,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         if sp < 0:
             break
         n = int(data[pos:sp])
-        rec = data[sp + 1:pos + n - 1].decode("utf-8", "replace")
+        rec = data[sp + 1 : pos + n - 1].decode("utf-8", "replace")
         k, _, v = rec.partition("=")
         out[k] = v
         pos += n
@@ -187,8 +190,7 @@ class _Collector:
 
     def __init__(self, source: Path) -> None:
         self.source = source
-        self.reviews: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {
-            (s, y): [] for s in SPLITS for y in (0, 1)}
+        self.reviews: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {(s, y): [] for s in SPLITS for y in (0, 1)}
         self.urls: dict[tuple[str, int], list[str]] = {}
 
     @staticmethod
@@ -216,7 +218,8 @@ class _Collector:
         if missing:
             raise DataError(
                 f"{self.source}: not an aclImdb dataset: no reviews in {', '.join(missing)}; expected files "
-                "aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt")
+                "aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt"
+            )
         groups: list[str] = []
         group_index: dict[str, int] = {}
         out: dict[str, dict[str, object]] = {}
@@ -241,8 +244,10 @@ class _Collector:
                         gidx.append(-1)
                         continue
                     if rid >= len(urls):
-                        raise DataError(f"{self.source}: {split}/urls_{LABEL_NAMES[label]}.txt has {len(urls)} lines; "
-                                        f"expected a line for review {split}/{LABEL_NAMES[label]}/{rid}_{rating}.txt")
+                        raise DataError(
+                            f"{self.source}: {split}/urls_{LABEL_NAMES[label]}.txt has {len(urls)} lines; "
+                            f"expected a line for review {split}/{LABEL_NAMES[label]}/{rid}_{rating}.txt"
+                        )
                     url = urls[rid].strip()
                     movie = url.rsplit("/usercomments", 1)[0]
                     if movie not in group_index:
@@ -252,9 +257,14 @@ class _Collector:
             lengths = np.fromiter(map(len, parts), np.int64, len(parts))
             offsets = np.zeros(len(parts) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            out[split] = {"blob": b"".join(parts), "offsets": offsets,
-                          "labels": np.asarray(labels, np.int8), "ids": np.asarray(ids, np.int32),
-                          "ratings": np.asarray(ratings, np.int8), "groups": np.asarray(gidx, np.int32)}
+            out[split] = {
+                "blob": b"".join(parts),
+                "offsets": offsets,
+                "labels": np.asarray(labels, np.int8),
+                "ids": np.asarray(ids, np.int32),
+                "ratings": np.asarray(ratings, np.int8),
+                "groups": np.asarray(gidx, np.int32),
+            }
         out["_groups"] = {"groups": groups, "bad_utf8": bad_utf8}  # type: ignore[assignment]
         return out
 
@@ -280,8 +290,10 @@ def _read_folder(path: Path) -> tuple[dict[str, dict[str, object]], str]:
         for sub in ("pos", "neg"):
             d = path / split / sub
             if not d.is_dir():
-                raise DataError(f"{path}: not an aclImdb folder: {split}/{sub}/ is missing; expected "
-                                "train/ and test/ with pos/ and neg/ subfolders")
+                raise DataError(
+                    f"{path}: not an aclImdb folder: {split}/{sub}/ is missing; expected "
+                    "train/ and test/ with pos/ and neg/ subfolders"
+                )
             for entry in sorted(os.scandir(d), key=lambda e: e.name):
                 name = f"{split}/{sub}/{entry.name}"
                 cls = col.classify(name)
@@ -334,9 +346,12 @@ def _load_parsed_archive(path: Path, cache: Path, use_cache: bool) -> tuple[dict
         if hit is not None:
             arrays, blobs, info = hit
             parsed: dict[str, dict[str, object]] = {
-                s: {"blob": blobs[f"{s}.bin"], **{k: arrays[f"{s}_{k}"] for k in
-                                                  ("offsets", "labels", "ids", "ratings", "groups")}}
-                for s in SPLITS}
+                s: {
+                    "blob": blobs[f"{s}.bin"],
+                    **{k: arrays[f"{s}_{k}"] for k in ("offsets", "labels", "ids", "ratings", "groups")},
+                }
+                for s in SPLITS
+            }
             parsed["_groups"] = {"groups": info["groups"], "bad_utf8": info.get("bad_utf8", [])}
             return parsed, sha
     parsed = _read_archive(path)
@@ -354,8 +369,14 @@ def _load_parsed_archive(path: Path, cache: Path, use_cache: bool) -> tuple[dict
 # Download
 
 
-def download_imdb(cache_dir: str | os.PathLike | None = None, *, url: str | None = None,
-                  sha256: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
+def download_imdb(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
     """Download the official archive into ``cache_dir`` (default ``$RNNLAB_CACHE`` or ``~/.cache/rnnlab``).
 
     The bytes go to a temporary ``*.part`` file in the same folder while their SHA-256 is computed;
@@ -381,8 +402,9 @@ def download_imdb(cache_dir: str | os.PathLike | None = None, *, url: str | None
             try:
                 resp = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-                raise DataError(f"download of {url} failed: {err}; download it yourself and pass its path "
-                                "(or set $RNNLAB_DATA)") from None
+                raise DataError(
+                    f"download of {url} failed: {err}; download it yourself and pass its path (or set $RNNLAB_DATA)"
+                ) from None
             with resp:
                 total = resp.headers.get("Content-Length")
                 total = int(total) if total and total.isdigit() else None
@@ -392,8 +414,10 @@ def download_imdb(cache_dir: str | os.PathLike | None = None, *, url: str | None
                         try:
                             chunk = resp.read(1 << 16)
                         except (OSError, http.client.HTTPException) as err:
-                            raise DataError(f"download of {url} interrupted after {got} bytes"
-                                            f"{f' of {total}' if total else ''}: {err!r}") from None
+                            raise DataError(
+                                f"download of {url} interrupted after {got} bytes"
+                                f"{f' of {total}' if total else ''}: {err!r}"
+                            ) from None
                         if not chunk:
                             break
                         out.write(chunk)
@@ -408,8 +432,9 @@ def download_imdb(cache_dir: str | os.PathLike | None = None, *, url: str | None
             raise DataError(f"download of {url} interrupted: received {got} of {total} bytes")
         digest = h.hexdigest()
         if digest != expected:
-            raise DataError(f"download of {url} is corrupt: sha256 {digest}, expected {expected} "
-                            f"({got} bytes received)")
+            raise DataError(
+                f"download of {url} is corrupt: sha256 {digest}, expected {expected} ({got} bytes received)"
+            )
         os.replace(part, dest)
     except BaseException:
         try:
@@ -442,16 +467,25 @@ def _resolve_path(path: str | os.PathLike | None, cache: Path, progress: bool) -
             return download_imdb(cache, progress=progress)
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{p}: no such file or folder; expected aclImdb_v1.tar.gz, the labeled-only archive "
-                        "or an extracted aclImdb/ folder")
+        raise DataError(
+            f"{p}: no such file or folder; expected aclImdb_v1.tar.gz, the labeled-only archive "
+            "or an extracted aclImdb/ folder"
+        )
     if p.is_dir() and not (p / "train").is_dir() and (p / "aclImdb" / "train").is_dir():
         p = p / "aclImdb"
     return p
 
 
-def load_imdb(path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-              val_fraction: float = 0.0, val_split: str = "group", seed: int = 0,
-              progress: bool = True, use_cache: bool = True) -> TextDataset:
+def load_imdb(
+    path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.0,
+    val_split: str = "group",
+    seed: int = 0,
+    progress: bool = True,
+    use_cache: bool = True,
+) -> TextDataset:
     """Load IMDB: 25,000 train and 25,000 test reviews, labels 0 = neg, 1 = pos.
 
     ``path``: the official ``aclImdb_v1.tar.gz`` (``train/unsup`` skipped), the labeled-only
@@ -475,20 +509,30 @@ def load_imdb(path: str | os.PathLike | None = None, *, cache_dir: str | os.Path
     if bad:
         import warnings
 
-        warnings.warn(f"{p}: {len(bad)} review files held bytes that are not UTF-8 (decoded with U+FFFD "
-                      f"replacement); first: {bad[0]}", UnicodeWarning, stacklevel=2)
+        warnings.warn(
+            f"{p}: {len(bad)} review files held bytes that are not UTF-8 (decoded with U+FFFD "
+            f"replacement); first: {bad[0]}",
+            UnicodeWarning,
+            stacklevel=2,
+        )
     splits = _to_splits(parsed)
     train, test = splits["train"], splits["test"]
     val = None
     if val_fraction:
         if val_split == "group" and any("group" not in m for m in train.meta or []):
-            raise DataError(f"{p}: a validation split by movie needs train/urls_pos.txt and train/urls_neg.txt; "
-                            "use val_split='random'")
+            raise DataError(
+                f"{p}: a validation split by movie needs train/urls_pos.txt and train/urls_neg.txt; "
+                "use val_split='random'"
+            )
         train, val = split_off(train, val_fraction, seed, by=val_split, what="validation", source=str(p))
     check_split(train, "train", str(p), 2)
     check_split(test, "test", str(p), 2)
-    key = {"kind": "imdb", "sha256": sha, "parser": PARSER_VERSION,
-           "val": [val_fraction, val_split, seed] if val_fraction else None}
+    key = {
+        "kind": "imdb",
+        "sha256": sha,
+        "parser": PARSER_VERSION,
+        "val": [val_fraction, val_split, seed] if val_fraction else None,
+    }
     fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     info = {"load_seconds": time.perf_counter() - t0, "path": str(p)}
     return TextDataset(train, test, list(LABEL_NAMES), str(p), fp, val, info)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -33,8 +33,16 @@ class BatchLoader:
     before each epoch (or pass ``epoch`` to ``iter_epoch``).
     """
 
-    def __init__(self, split: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 bucket: bool = False, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        bucket: bool = False,
+        drop_last: bool = False,
+    ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"make_loader: batch_size must be an int >= 1, got {batch_size!r}")
         self.split = split
@@ -68,10 +76,18 @@ class BatchLoader:
                 order = np.argsort(-self._lengths, kind="stable")
             else:
                 pool = b * POOL_BATCHES
-                order = np.concatenate([chunk[np.argsort(self._lengths[chunk], kind="stable")]
-                                        for chunk in np.split(order, range(pool, n, pool))]) if n else order
+                order = (
+                    np.concatenate(
+                        [
+                            chunk[np.argsort(self._lengths[chunk], kind="stable")]
+                            for chunk in np.split(order, range(pool, n, pool))
+                        ]
+                    )
+                    if n
+                    else order
+                )
         stop = n - n % b if self.drop_last else n
-        out = [order[i:i + b] for i in range(0, stop, b)]
+        out = [order[i : i + b] for i in range(0, stop, b)]
         if self.bucket and rng is not None:  # the one short batch, if any, is shuffled like the others
             out = [out[i] for i in rng.permutation(len(out))]
         return out
@@ -85,8 +101,9 @@ class BatchLoader:
             yield ids[:, :width].index_select(0, t).long(), lengths.index_select(0, t), labels.index_select(0, t)
 
 
-def make_loader(split: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0, bucket: bool = False,
-                drop_last: bool = False) -> BatchLoader:
+def make_loader(
+    split: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0, bucket: bool = False, drop_last: bool = False
+) -> BatchLoader:
     """Batches ``(ids (N, L_batch), lengths (N,), labels (N,))`` padded to the batch's longest sequence.
 
     See :class:`BatchLoader` for the order of examples; deterministic for a given seed and epoch

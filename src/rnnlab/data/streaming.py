@@ -29,8 +29,9 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,23 +45,53 @@ from rnnlab.data.vocab import Vocabulary
 CHUNK_ROWS = 4096
 
 
-def encode_files(train: str | os.PathLike, test: str | os.PathLike | None = None, *, text_column: str = "text",
-                 label_column: str = "label", group_column: str | None = None, test_fraction: float = 0.2,
-                 val_fraction: float = 0.0, seed: int = 0, tokenizer: Tokenizer | None = None,
-                 max_words: int | None = 20000, min_freq: int = 1, max_len: int | None = 200,
-                 truncate: str = "head", cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                 use_cache: bool = True) -> EncodedData:
+def encode_files(
+    train: str | os.PathLike,
+    test: str | os.PathLike | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    tokenizer: Tokenizer | None = None,
+    max_words: int | None = 20000,
+    min_freq: int = 1,
+    max_len: int | None = 200,
+    truncate: str = "head",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    use_cache: bool = True,
+) -> EncodedData:
     """``load_text_dataset(..., stream=True)`` then ``encode_dataset``: a streaming encode of any size.
 
     Arguments as in :func:`load_text_dataset` and :func:`encode_dataset`; the splits' ids are
     memory-mapped from ``<cache_dir>/encoded/<key>/`` (a temporary folder, removed once mapped,
     when ``use_cache=False``).
     """
-    dataset = load_text_dataset(train, test, text_column=text_column, label_column=label_column,
-                                test_fraction=test_fraction, val_fraction=val_fraction, group_column=group_column,
-                                seed=seed, stream=True)
-    return encode_dataset(dataset, tokenizer=tokenizer, max_words=max_words, min_freq=min_freq, max_len=max_len,
-                          truncate=truncate, cache_dir=cache_dir, progress=progress, use_cache=use_cache)
+    dataset = load_text_dataset(
+        train,
+        test,
+        text_column=text_column,
+        label_column=label_column,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        group_column=group_column,
+        seed=seed,
+        stream=True,
+    )
+    return encode_dataset(
+        dataset,
+        tokenizer=tokenizer,
+        max_words=max_words,
+        min_freq=min_freq,
+        max_len=max_len,
+        truncate=truncate,
+        cache_dir=cache_dir,
+        progress=progress,
+        use_cache=use_cache,
+    )
 
 
 def _rows(dataset: FileTextDataset, progress: bool, desc: str) -> Iterator[str]:
@@ -72,9 +103,20 @@ def _rows(dataset: FileTextDataset, progress: bool, desc: str) -> Iterator[str]:
     return it
 
 
-def encode_stream(dataset: FileTextDataset, key: dict[str, Any], entry: Path | None, *, tokenizer: Tokenizer,
-                  max_words: int | None, min_freq: int, max_len: int | None, truncate: str,
-                  settings: dict[str, Any], progress: bool, t0: float) -> EncodedData:
+def encode_stream(
+    dataset: FileTextDataset,
+    key: dict[str, Any],
+    entry: Path | None,
+    *,
+    tokenizer: Tokenizer,
+    max_words: int | None,
+    min_freq: int,
+    max_len: int | None,
+    truncate: str,
+    settings: dict[str, Any],
+    progress: bool,
+    t0: float,
+) -> EncodedData:
     """Encode ``dataset`` in two streaming passes into the cache entry ``entry`` (None: a temporary one).
 
     Called by :func:`encode_dataset` (which checked the settings and missed the cache) with its key.
@@ -101,9 +143,10 @@ def encode_stream(dataset: FileTextDataset, key: dict[str, Any], entry: Path | N
             totals[r] = len(toks)
     vocab = Vocabulary.from_counter(counter, max_words=max_words, min_freq=min_freq)
     del counter
-    widths = {name: int(max_len) if max_len is not None else
-              int(np.maximum(totals[side == _SIDES[name]], 1).max())  # type: ignore[index]
-              for name in names}
+    widths = {
+        name: int(max_len) if max_len is not None else int(np.maximum(totals[side == _SIDES[name]], 1).max())  # type: ignore[index]
+        for name in names
+    }
 
     # Pass 2: tokenise, truncate, look up, append each split's chunk to its .npy file.
     tmp_root = None
@@ -119,9 +162,10 @@ def encode_stream(dataset: FileTextDataset, key: dict[str, Any], entry: Path | N
         entry = tmp_root / "entry"
     try:
         with EntryWriter(entry, key) as w:
-            ids_out = {name: w.array(f"{name}_ids", (len(splits[name]), widths[name]), ids_dtype(len(vocab)),
-                                      mapped=True)
-                       for name in names}
+            ids_out = {
+                name: w.array(f"{name}_ids", (len(splits[name]), widths[name]), ids_dtype(len(vocab)), mapped=True)
+                for name in names
+            }
             small = {name: {"lengths": [], "num_tokens": []} for name in names}  # type: dict[str, dict[str, list]]
             pending: dict[str, list[list[str]]] = {name: [] for name in names}
 
@@ -142,8 +186,11 @@ def encode_stream(dataset: FileTextDataset, key: dict[str, Any], entry: Path | N
                 if pending[name]:
                     flush(name)
                 for k in ("lengths", "num_tokens"):
-                    w.put(f"{name}_{k}", np.concatenate(small[name][k]) if small[name][k] else
-                          np.zeros(0, np.int32), dtype=np.int32)
+                    w.put(
+                        f"{name}_{k}",
+                        np.concatenate(small[name][k]) if small[name][k] else np.zeros(0, np.int32),
+                        dtype=np.int32,
+                    )
                 w.put(f"{name}_labels", splits[name].label_array, dtype=np.int32)
             w.blob("vocab.json", _vocab_blob(vocab))
             w.commit({"source": dataset.source, "streamed": True})

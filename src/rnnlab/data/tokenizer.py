@@ -58,7 +58,7 @@ class Tokenizer:
         return {"type": "Tokenizer", "version": self.VERSION, "lower": self.lower}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Tokenizer":
+    def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
         """Rebuild a tokenizer saved with :meth:`to_dict`; refuses another version's settings."""
         if not isinstance(d, dict) or d.get("type") != "Tokenizer":
             raise ValueError(f"Tokenizer.from_dict: expected a dict with type 'Tokenizer', got {d!r}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rnnlab.data._cache import atomic_write_json
 
@@ -53,8 +54,9 @@ class Vocabulary:
         self.stoi: dict[str, int] = _Ids((w, i) for i, w in enumerate(self.itos))
 
     @classmethod
-    def build(cls, token_lists: Iterable[Iterable[str]], max_words: int | None = 20000,
-              min_freq: int = 1) -> "Vocabulary":
+    def build(
+        cls, token_lists: Iterable[Iterable[str]], max_words: int | None = 20000, min_freq: int = 1
+    ) -> Vocabulary:
         """Count the tokens and keep ``<unk>`` + the ``max_words - 1`` most frequent words with count >= min_freq.
 
         ``max_words=None`` keeps every word with count >= ``min_freq``.
@@ -71,7 +73,7 @@ class Vocabulary:
             raise ValueError(f"Vocabulary: min_freq must be an int >= 1, got {min_freq!r}")
 
     @classmethod
-    def from_counter(cls, counter: Counter, max_words: int | None = 20000, min_freq: int = 1) -> "Vocabulary":
+    def from_counter(cls, counter: Counter, max_words: int | None = 20000, min_freq: int = 1) -> Vocabulary:
         """The vocabulary of word counts ``counter`` (see :meth:`build`)."""
         cls.check_settings(max_words, min_freq)
         items = [(w, c) for w, c in counter.items() if c >= min_freq and w not in (PAD, UNK)]
@@ -103,9 +105,13 @@ class Vocabulary:
         return {"format": 1, "specials": [PAD, UNK], "words": self.itos[2:], "counts": self.counts}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Vocabulary":
-        if not isinstance(d, dict) or d.get("format") != 1 or d.get("specials") != [PAD, UNK] \
-                or not isinstance(d.get("words"), list):
+    def from_dict(cls, d: dict[str, Any]) -> Vocabulary:
+        if (
+            not isinstance(d, dict)
+            or d.get("format") != 1
+            or d.get("specials") != [PAD, UNK]
+            or not isinstance(d.get("words"), list)
+        ):
             raise ValueError("Vocabulary: expected a dict with format 1, specials ['<pad>', '<unk>'] and a words list")
         return cls(d["words"], d.get("counts"))
 
@@ -114,7 +120,7 @@ class Vocabulary:
         atomic_write_json(Path(path), self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocabulary":
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
         path = Path(path)
         try:
             d = json.loads(path.read_text("utf-8"))

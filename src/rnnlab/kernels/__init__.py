@@ -17,7 +17,7 @@ same BPTT path as on CPU is used.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -31,7 +31,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 def layer_function(
     mode: str, device: torch.device, dtype: torch.dtype, *, has_lengths: bool, has_proj: bool, training: bool
-) -> Optional[Callable]:
+) -> Callable | None:
     """The fast layer function for this case, or ``None`` where it has none.
 
     ``training`` needs no separate kernel: the returned function runs the hand-written

@@ -29,8 +29,6 @@ are contiguous. Gradients are rolled back to torch's ``(i, f, g, o)``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -67,7 +65,7 @@ class _Schedule:
         return (t[:, None] < self.lens_dev[None, :]).to(dtype).unsqueeze(-1)
 
 
-def _views(buf: Tensor, sched: Optional[_Schedule], offset: int = 0) -> list[Tensor]:
+def _views(buf: Tensor, sched: _Schedule | None, offset: int = 0) -> list[Tensor]:
     """Per-step views of a ``(T, N, ...)`` buffer holding steps ``offset...``, cut to the rows
     running at each step."""
     steps = buf.unbind(0)
@@ -89,7 +87,9 @@ class _Gates:
     ``step(t)`` returns the views of step t: the whole ``(b_t, G*H)`` row and its G gate blocks.
     """
 
-    def __init__(self, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], sched: Optional[_Schedule], chunk: int, gates: int) -> None:
+    def __init__(
+        self, x: Tensor, w_ih: Tensor, bias: Tensor | None, sched: _Schedule | None, chunk: int, gates: int
+    ) -> None:
         self.x, self.w_t, self.bias, self.sched, self.gates = x, w_ih.t(), bias, sched, gates
         steps, n, _ = x.shape
         self.steps, self.chunk = steps, min(chunk, steps)
@@ -124,7 +124,7 @@ class _Gates:
         return self.rows[k], [blk[k] for blk in self.blocks]
 
 
-def _prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+def _prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: _Schedule | None) -> Tensor:
     """``(L, N, H)``: the state each step started from (``s0`` at each sequence's first step).
 
     ``out[t]`` is the state after step t; forward: prev[t] = out[t-1], prev[0] = s0; reverse:
@@ -142,7 +142,7 @@ def _prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: Optional[_Schedu
     return prev
 
 
-def _start_state(prev_out: Optional[Tensor], s0: Tensor, b_prev: int, b: int) -> Tensor:
+def _start_state(prev_out: Tensor | None, s0: Tensor, b_prev: int, b: int) -> Tensor:
     """State rows for a step: the running rows from the previous step, new rows from ``s0``."""
     if prev_out is None:
         return s0[:b] if b < s0.shape[0] else s0
@@ -153,7 +153,7 @@ def _start_state(prev_out: Optional[Tensor], s0: Tensor, b_prev: int, b: int) ->
     return torch.cat((prev_out, s0[b_prev:b]))  # reverse direction with lengths: rows starting here
 
 
-def _final_state(out: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+def _final_state(out: Tensor, reverse: bool, sched: _Schedule | None) -> Tensor:
     """``(N, H)``: each sequence's last state (out[len_k - 1, k] forward, out[0] reverse)."""
     if reverse:
         return out[0]
@@ -201,7 +201,7 @@ class _RunningGrad:
     because their gate gradients are zero.
     """
 
-    def __init__(self, grad_out: Tensor, grad_hn: Tensor, sched: Optional[_Schedule]) -> None:
+    def __init__(self, grad_out: Tensor, grad_hn: Tensor, sched: _Schedule | None) -> None:
         self.n = grad_hn.shape[0]
         self.rec = grad_hn.clone(memory_format=torch.contiguous_format)  # (N, H)
         self.tmp = torch.empty_like(self.rec)  # (N, H)
@@ -220,7 +220,7 @@ class _RunningGrad:
         return d, rec
 
 
-def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     """``(L, N, G*H) = X W_ih^T + b`` as one GEMM over all steps."""
     steps, n, h_in = x.shape
     x2 = x.reshape(steps * n, h_in)  # (L*N, H_in)
@@ -231,7 +231,7 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor
     return out.view(steps, n, w_ih.shape[0])
 
 
-def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: Optional[_Schedule]) -> Tensor:
+def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: _Schedule | None) -> Tensor:
     """dW_hh = sum_t dA_t^T h_{t-1}, without materialising the shifted states.
 
     Forward: h_{t-1} = out[t-1] (h0 at t = 0); reverse: out[t+1] (h0 at t = L-1, and at
@@ -250,9 +250,15 @@ def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: O
 
 
 def _weight_grads(
-    dA: Tensor, x: Tensor, out: Tensor, h0: Tensor, w_ih: Tensor, needs: tuple[bool, bool, bool, bool],
-    reverse: bool, sched: Optional[_Schedule],
-) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    dA: Tensor,
+    x: Tensor,
+    out: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    needs: tuple[bool, bool, bool, bool],
+    reverse: bool,
+    sched: _Schedule | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once)."""
     steps, n, gh = dA.shape
     a2 = dA.view(steps * n, gh)  # (L*N, G*H)
@@ -283,7 +289,7 @@ class _Consts:
         return self.m1[:b], self.p1[:b], self.m2[:b], self.p2[:b]
 
 
-def _doubled(w: Optional[Tensor], start: int, stop: Optional[int] = None) -> Optional[Tensor]:
+def _doubled(w: Tensor | None, start: int, stop: int | None = None) -> Tensor | None:
     """A copy of ``w`` with rows ``[start:stop]`` multiplied by 2 (exact)."""
     if w is None:
         return None
@@ -306,7 +312,7 @@ def _rnn_forward(x, h0, w_ih, w_hh, bias, relu, reverse, sched):
     rows = _views(out, sched)
     w_t = w_hh.t()  # (H, H)
     consts = _Consts(h0)
-    prev: Optional[Tensor] = None
+    prev: Tensor | None = None
     b_prev = n
     with _LoopThreads(w_hh.numel() * n):
         for t in _order(steps, reverse):
@@ -360,7 +366,9 @@ class _RNNFunction(torch.autograd.Function):
                 torch.mm(a, w_hh, out=rec)
         dh0 = run.rec
         nb = ctx.needs_input_grad
-        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched)
+        dx, dw_ih, dw_hh, db = _weight_grads(
+            dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched
+        )
         db_ih = db if ctx.has_b[0] and nb[4] else None
         db_hh = db if ctx.has_b[1] and nb[5] else None
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None
@@ -400,8 +408,8 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, reverse, sched, save):
     else:
         c_state = c0_2  # (N, H), rows updated in place: finished rows keep their state
         tmp = torch.empty_like(c0)
-    prev_h: Optional[Tensor] = None
-    prev_c: Optional[Tensor] = None
+    prev_h: Tensor | None = None
+    prev_c: Tensor | None = None
     b_prev = n
     with _LoopThreads(w_hh.numel() * n):
         for t in _order(steps, reverse):
@@ -433,12 +441,12 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, reverse, sched, save):
     return out, gates, c_state, None
 
 
-def _roll_gates(w: Optional[Tensor], hid: int) -> Optional[Tensor]:
+def _roll_gates(w: Tensor | None, hid: int) -> Tensor | None:
     """torch's (i, f, g, o) rows -> (o, i, f, g)."""
     return None if w is None else torch.roll(w, hid, 0)
 
 
-def _unroll_gates(w: Optional[Tensor], hid: int) -> Optional[Tensor]:
+def _unroll_gates(w: Tensor | None, hid: int) -> Tensor | None:
     """(o, i, f, g) rows -> torch's (i, f, g, o)."""
     return None if w is None else torch.roll(w, -hid, 0)
 
@@ -519,7 +527,7 @@ class _LSTMFunction(torch.autograd.Function):
         )
 
 
-def _sum_bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
+def _sum_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     if b_ih is None:
         return b_hh
     if b_hh is None:
@@ -562,7 +570,7 @@ def _gru_forward(x, h0, weights, reverse, sched, save):
     hn_rows = _views(hn_all, sched) if save else None
     w_rz_t, w_n_t = w_rz.t(), w_n.t()  # (H, 2H), (H, H)
     consts = _Consts(h0)
-    prev_h: Optional[Tensor] = None
+    prev_h: Tensor | None = None
     b_prev = n
     with _LoopThreads((w_rz.numel() + w_n.numel()) * n):
         for t in _order(steps, reverse):
@@ -667,7 +675,7 @@ class _GRUFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _schedule(lengths: Optional[Tensor], steps: int, n: int, device: torch.device):
+def _schedule(lengths: Tensor | None, steps: int, n: int, device: torch.device):
     """(schedule or None, permutation or None, inverse permutation or None)."""
     if lengths is None:
         return None, None, None
@@ -691,15 +699,15 @@ def layer(
     mode: str,
     x: Tensor,
     h0: Tensor,
-    c0: Optional[Tensor],
+    c0: Tensor | None,
     w_ih: Tensor,
     w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor],
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
     reverse: bool,
-    lengths: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer, one direction (``docs/ARCHITECTURE.md``): returns ``(out, h_n, c_n)``.
 
     x: (L, N, H_in); h0: (N, H); c0: (N, H) for LSTM, else None; w_ih: (G*H, H_in);
@@ -710,7 +718,9 @@ def layer(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if w_hr is not None:
-        raise NotImplementedError("rnnlab.kernels: LSTM projections (proj_size > 0) are not supported; use impl='fused'")
+        raise NotImplementedError(
+            "rnnlab.kernels: LSTM projections (proj_size > 0) are not supported; use impl='fused'"
+        )
     if x.dim() != 3:
         raise ValueError(f"x must be (L, N, H_in), got shape {tuple(x.shape)}")
     steps, n, _ = x.shape
@@ -727,7 +737,7 @@ def layer(
     h0 = h0.contiguous()
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    c_n: Optional[Tensor] = None
+    c_n: Tensor | None = None
     if is_lstm:
         c0 = c0.contiguous()
         if grad:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -49,7 +50,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def _key(mode: str, reverse: bool, training: bool, tensors: dict[str, Optional[Tensor]]) -> tuple:
+def _key(mode: str, reverse: bool, training: bool, tensors: dict[str, Tensor | None]) -> tuple:
     parts: list[Any] = [mode, bool(reverse), training]
     for name in _NAMES:
         t = tensors[name]
@@ -66,7 +67,7 @@ class _CopyGrads(torch.autograd.Function):
         return tuple(t.view_as(t) for t in tensors)
 
     @staticmethod
-    def backward(ctx: Any, *grads: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         return tuple(None if g is None else g.clone() for g in grads)
 
 
@@ -116,9 +117,19 @@ def _capture_training(fn: Callable[..., tuple[Tensor, ...]], args: list[Tensor])
     return run
 
 
-def graphed_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool,
-                  lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+def graphed_layer(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    reverse: bool,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """``fused_layer`` replayed from a CUDA graph cached for this shape (see the module docstring).
 
     x (L, N, H_in), h0 (N, H_out), c0 (N, H) or None -> (out (L, N, H_out), h_n (N, H_out), c_n or None).
@@ -128,7 +139,9 @@ def graphed_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
         return functional.fused_layer(*uncaptured)
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int64)
-    tensors = dict(x=x.contiguous(), h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr, lengths=lengths)
+    tensors = dict(
+        x=x.contiguous(), h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr, lengths=lengths
+    )
     args = [t for t in tensors.values() if t is not None]
     training = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     key = _key(mode, reverse, training, tensors)
@@ -140,7 +153,10 @@ def graphed_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
         try:
             entry = (_capture_training if training else _capture_inference)(fn, args)
         except Exception as err:  # capture is impossible here (e.g. a synchronising op): do not retry
-            warnings.warn(f"rnnlab.kernels.cuda_graphs: capture failed ({type(err).__name__}: {err}); using the fused form for this shape")
+            warnings.warn(
+                f"rnnlab.kernels.cuda_graphs: capture failed ({type(err).__name__}: {err}); using the fused form for this shape",
+                stacklevel=2,
+            )
             entry = _FAILED
         _cache[key] = entry
     if entry is _FAILED:

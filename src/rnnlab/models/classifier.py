@@ -75,8 +75,17 @@ def bigram_ids(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     return ((prev * _BIGRAM_PRIME + ids) % buckets + 1).masked_fill(ids == 0, 0)
 
 
-def make_encoder(cell: str, impl: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, nonlinearity: str = "tanh") -> nn.Module:
+def make_encoder(
+    cell: str,
+    impl: str,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    nonlinearity: str = "tanh",
+) -> nn.Module:
     """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``)."""
     if cell not in _CELLS:
         raise ValueError(f"cell must be one of {', '.join(_CELLS)}; got {cell!r}")
@@ -98,8 +107,9 @@ def make_encoder(cell: str, impl: str, input_size: int, hidden_size: int, *, num
 
         layer_cls = getattr(rnn_modules, _CELLS[cell])
     except (ImportError, AttributeError) as err:
-        raise RuntimeError(f"impl={impl!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); "
-                           "use impl='torch'") from err
+        raise RuntimeError(
+            f"impl={impl!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); use impl='torch'"
+        ) from err
     return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs)
 
 
@@ -133,11 +143,26 @@ class RNNClassifier(nn.Module):
     starts at each sequence's last real step.
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, *, cell: str = "lstm", impl: str = "rnnlab",
-                 embedding_dim: int = 64, hidden_size: int = 64, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, embedding_dropout: float = 0.0,
-                 head_dropout: float = 0.0, nonlinearity: str = "tanh", pooling: str = "last",
-                 log_softmax: bool = False, bigram_buckets: int = 0, word_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        cell: str = "lstm",
+        impl: str = "rnnlab",
+        embedding_dim: int = 64,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        head_dropout: float = 0.0,
+        nonlinearity: str = "tanh",
+        pooling: str = "last",
+        log_softmax: bool = False,
+        bigram_buckets: int = 0,
+        word_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
@@ -160,8 +185,20 @@ class RNNClassifier(nn.Module):
             self.bigram_embedding = nn.Embedding(self.bigram_buckets + 1, embedding_dim, padding_idx=0)
         if embedding_dropout:
             self.embedding_dropout = nn.Dropout(embedding_dropout)
-        setattr(self, cell, make_encoder(cell, impl, embedding_dim, hidden_size, num_layers=num_layers,
-                                         bidirectional=bidirectional, dropout=dropout, nonlinearity=nonlinearity))
+        setattr(
+            self,
+            cell,
+            make_encoder(
+                cell,
+                impl,
+                embedding_dim,
+                hidden_size,
+                num_layers=num_layers,
+                bidirectional=bidirectional,
+                dropout=dropout,
+                nonlinearity=nonlinearity,
+            ),
+        )
         self.linear1 = nn.Linear(pooled, enc_width)
         self.act1 = nn.ReLU()
         if head_dropout:
@@ -221,11 +258,23 @@ class RNNClassifier(nn.Module):
 def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier:
     """The classifier described by a ``rnnlab.train.Config`` (or any object with its fields)."""
     return RNNClassifier(
-        vocab_size, num_classes, cell=config.cell, impl=config.impl, embedding_dim=config.embedding_dim,
-        hidden_size=config.hidden_size, num_layers=config.num_layers, bidirectional=config.bidirectional,
-        dropout=config.dropout, embedding_dropout=config.embedding_dropout, head_dropout=config.head_dropout,
-        nonlinearity=config.nonlinearity, pooling=config.pooling, log_softmax=config.loss == "nll",
-        bigram_buckets=getattr(config, "bigram_buckets", 0), word_dropout=getattr(config, "word_dropout", 0.0))
+        vocab_size,
+        num_classes,
+        cell=config.cell,
+        impl=config.impl,
+        embedding_dim=config.embedding_dim,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        bidirectional=config.bidirectional,
+        dropout=config.dropout,
+        embedding_dropout=config.embedding_dropout,
+        head_dropout=config.head_dropout,
+        nonlinearity=config.nonlinearity,
+        pooling=config.pooling,
+        log_softmax=config.loss == "nll",
+        bigram_buckets=getattr(config, "bigram_buckets", 0),
+        word_dropout=getattr(config, "word_dropout", 0.0),
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

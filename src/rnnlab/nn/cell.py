@@ -9,7 +9,7 @@ gate block). Input ``(N, H_in)`` or unbatched ``(H_in,)``; state ``(N, H)`` or `
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,15 @@ class RNNCellBase(nn.Module):
     _torch_class: type[nn.RNNCellBase]
 
     def __init__(
-        self, mode: str, input_size: int, hidden_size: int, bias: bool, device: Any = None, dtype: Optional[torch.dtype] = None, *, impl: str = "fast"
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        impl: str = "fast",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -72,24 +80,32 @@ class RNNCellBase(nn.Module):
         return {"nonlinearity": self.nonlinearity} if self.mode.startswith("rnn_") else {}  # type: ignore[attr-defined]
 
     @classmethod
-    def from_torch(cls, module: nn.RNNCellBase, *, impl: str = "fast") -> "RNNCellBase":
+    def from_torch(cls, module: nn.RNNCellBase, *, impl: str = "fast") -> RNNCellBase:
         """A copy of a ``torch.nn`` cell (same configuration, weights, device, dtype)."""
         if not isinstance(module, cls._torch_class):
-            raise TypeError(f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}"
+            )
         extra = {"nonlinearity": module.nonlinearity} if cls is RNNCell else {}
         w = module.weight_ih
-        new = cls(module.input_size, module.hidden_size, module.bias, device=w.device, dtype=w.dtype, impl=impl, **extra)
+        new = cls(
+            module.input_size, module.hidden_size, module.bias, device=w.device, dtype=w.dtype, impl=impl, **extra
+        )
         new.load_state_dict(module.state_dict(), strict=True)
         return new
 
     def to_torch(self) -> nn.RNNCellBase:
         """The equivalent ``torch.nn`` cell, with a copy of these weights."""
         w = self.weight_ih
-        module = self._torch_class(self.input_size, self.hidden_size, self.bias, device=w.device, dtype=w.dtype, **self._kwargs())
+        module = self._torch_class(
+            self.input_size, self.hidden_size, self.bias, device=w.device, dtype=w.dtype, **self._kwargs()
+        )
         module.load_state_dict(self.state_dict(), strict=True)
         return module
 
-    def _prepare(self, input: Tensor, states: tuple[Optional[Tensor], ...], labels: tuple[str, ...]) -> tuple[Tensor, list[Tensor], bool]:
+    def _prepare(
+        self, input: Tensor, states: tuple[Tensor | None, ...], labels: tuple[str, ...]
+    ) -> tuple[Tensor, list[Tensor], bool]:
         """Check shapes/dtypes/devices, add the batch dimension, fill omitted states with zeros."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
@@ -102,7 +118,9 @@ class RNNCellBase(nn.Module):
         batched = input.dim() == 2
         for s, label in zip(states, labels):
             if s is not None and s.dim() != input.dim():
-                raise RuntimeError(f"{name}: {label} must have the same number of dimensions as input ({input.dim()}D), got {s.dim()}D")
+                raise RuntimeError(
+                    f"{name}: {label} must have the same number of dimensions as input ({input.dim()}D), got {s.dim()}D"
+                )
         if not batched:
             input = input.unsqueeze(0)
         w = self.weight_ih
@@ -111,7 +129,9 @@ class RNNCellBase(nn.Module):
         if input.device != w.device:
             raise RuntimeError(f"{name}: input is on {input.device} but the parameters are on {w.device}")
         if input.shape[1] != self.input_size:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.shape[1]} expected {self.input_size}")
+            raise RuntimeError(
+                f"{name}: input has inconsistent input_size: got {input.shape[1]} expected {self.input_size}"
+            )
         batch = input.shape[0]
         out = []
         for s, label in zip(states, labels):
@@ -122,7 +142,9 @@ class RNNCellBase(nn.Module):
             if s.shape[0] != batch:
                 raise RuntimeError(f"{name}: Input batch size {batch} doesn't match {label} batch size {s.shape[0]}")
             if s.shape[1] != self.hidden_size:
-                raise RuntimeError(f"{name}: {label} has inconsistent hidden_size: got {s.shape[1]}, expected {self.hidden_size}")
+                raise RuntimeError(
+                    f"{name}: {label} has inconsistent hidden_size: got {s.shape[1]}, expected {self.hidden_size}"
+                )
             if s.dtype != input.dtype:
                 raise RuntimeError(f"{name}: {label} dtype ({s.dtype}) does not match input dtype ({input.dtype})")
             if s.device != input.device:
@@ -152,7 +174,7 @@ class RNNCell(RNNCellBase):
         bias: bool = True,
         nonlinearity: str = "tanh",
         device: Any = None,
-        dtype: Optional[torch.dtype] = None,
+        dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
     ) -> None:
@@ -161,12 +183,16 @@ class RNNCell(RNNCellBase):
         self.nonlinearity = nonlinearity
         super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype, impl=impl)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         x, (h,), batched = self._prepare(input, (hx,), ("hidden",))
         if self.impl == "reference":
-            h = functional.rnn_cell_reference(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+            h = functional.rnn_cell_reference(
+                x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
+            )
         else:
-            h, _ = functional.cell_fused(self.mode, x, h, None, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            h, _ = functional.cell_fused(
+                self.mode, x, h, None, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+            )
         return h if batched else h.squeeze(0)
 
 
@@ -187,11 +213,18 @@ class LSTMCell(RNNCellBase):
     _torch_class = nn.LSTMCell
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Optional[torch.dtype] = None, *, impl: str = "fast"
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        impl: str = "fast",
     ) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, device, dtype, impl=impl)
 
-    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors, got {type(hx).__name__}")
         states = (None, None) if hx is None else tuple(hx)
@@ -220,11 +253,18 @@ class GRUCell(RNNCellBase):
     _torch_class = nn.GRUCell
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Optional[torch.dtype] = None, *, impl: str = "fast"
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        impl: str = "fast",
     ) -> None:
         super().__init__("gru", input_size, hidden_size, bias, device, dtype, impl=impl)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         x, (h,), batched = self._prepare(input, (hx,), ("hidden",))
         if self.impl == "reference":
             h = functional.gru_cell_reference(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)

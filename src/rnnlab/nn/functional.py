@@ -24,7 +24,7 @@ outputs at padded steps are zero.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ __all__ = [
 GATES: dict[str, int] = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 MODES = tuple(GATES)
 
-LayerResult = tuple[Tensor, Tensor, Optional[Tensor]]
+LayerResult = tuple[Tensor, Tensor, Tensor | None]
 
 
 def _check_mode(mode: str) -> None:
@@ -54,12 +54,12 @@ def _check_mode(mode: str) -> None:
 
 
 def _scan(
-    step: Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]],
+    step: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor | None]],
     inputs: Tensor,
     h0: Tensor,
-    c0: Optional[Tensor],
+    c0: Tensor | None,
     reverse: bool,
-    lengths: Optional[Tensor],
+    lengths: Tensor | None,
 ) -> LayerResult:
     """Run ``step(inputs[t], h, c) -> (h_new, c_new)`` over time, masking padded steps by ``lengths``.
 
@@ -69,7 +69,7 @@ def _scan(
     xs = inputs.unbind(0)
     steps = len(xs)
     order = range(steps - 1, -1, -1) if reverse else range(steps)
-    outs: list[Optional[Tensor]] = [None] * steps
+    outs: list[Tensor | None] = [None] * steps
     h, c = h0, c0
     if lengths is None:
         for t in order:
@@ -94,7 +94,9 @@ def _scan(
 # ----------------------------------------------------------------------------------------
 
 
-def _gate(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], k: int, size: int) -> Tensor:
+def _gate(
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, k: int, size: int
+) -> Tensor:
     """Pre-activation of gate ``k``: ``x W_ik^T + b_ik + h W_hk^T + b_hk``  (N, H)."""
     rows = slice(k * size, (k + 1) * size)
     return F.linear(x, w_ih[rows], None if b_ih is None else b_ih[rows]) + F.linear(
@@ -103,7 +105,13 @@ def _gate(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tenso
 
 
 def rnn_cell_reference(
-    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: str = "tanh"
+    x: Tensor,
+    h: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    nonlinearity: str = "tanh",
 ) -> Tensor:
     r"""Elman RNN cell, :math:`h' = \phi(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`.
 
@@ -123,9 +131,9 @@ def lstm_cell_reference(
     c: Tensor,
     w_ih: Tensor,
     w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor] = None,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""LSTM cell, gate by gate (torch's order i, f, g, o)::
 
@@ -151,7 +159,7 @@ def lstm_cell_reference(
 
 
 def gru_cell_reference(
-    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
 ) -> Tensor:
     r"""GRU cell, gate by gate (torch's order r, z, n and torch's reset placement)::
 
@@ -177,14 +185,14 @@ def reference_layer(
     mode: str,
     x: Tensor,
     h0: Tensor,
-    c0: Optional[Tensor],
+    c0: Tensor | None,
     w_ih: Tensor,
     w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor],
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
     reverse: bool,
-    lengths: Optional[Tensor],
+    lengths: Tensor | None,
 ) -> LayerResult:
     """One layer and direction with the reference cells, one step and one gate at a time.
 
@@ -193,18 +201,18 @@ def reference_layer(
     _check_mode(mode)
     if mode == "lstm":
 
-        def step(x_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
             return lstm_cell_reference(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)  # type: ignore[arg-type]
 
     elif mode == "gru":
 
-        def step(x_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
             return gru_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh), None
 
     else:
         nonlinearity = mode[4:]
 
-        def step(x_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
             return rnn_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, nonlinearity), None
 
     return _scan(step, x, h0, c0 if mode == "lstm" else None, reverse, lengths)
@@ -219,11 +227,11 @@ def _fused_step(
     mode: str,
     gi: Tensor,
     h: Tensor,
-    c: Optional[Tensor],
+    c: Tensor | None,
     w_hh: Tensor,
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor],
-) -> tuple[Tensor, Optional[Tensor]]:
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
     """One step from the input gates ``gi`` (N, G*H), which already hold ``b_ih`` and, except
     for GRU, may already hold ``b_hh`` (then pass ``b_hh=None``)."""
     if mode == "gru":
@@ -255,13 +263,13 @@ def cell_fused(
     mode: str,
     x: Tensor,
     h: Tensor,
-    c: Optional[Tensor],
+    c: Tensor | None,
     w_ih: Tensor,
     w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor] = None,
-) -> tuple[Tensor, Optional[Tensor]]:
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """One cell step with the fused gate block: x (N, H_in), h (N, H_out), c (N, H) or None."""
     _check_mode(mode)
     gi = F.linear(x, w_ih, b_ih)  # (N, G*H)
@@ -272,14 +280,14 @@ def fused_layer(
     mode: str,
     x: Tensor,
     h0: Tensor,
-    c0: Optional[Tensor],
+    c0: Tensor | None,
     w_ih: Tensor,
     w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor],
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
     reverse: bool,
-    lengths: Optional[Tensor],
+    lengths: Tensor | None,
 ) -> LayerResult:
     """One layer and direction: ``x W_ih^T + b`` for all steps in one GEMM, then per step one
     ``addmm`` of ``h W_hh^T`` into the gate block, ``chunk`` and the activations.
@@ -298,7 +306,7 @@ def fused_layer(
         bias, step_bias = b_hh, None
     gi = F.linear(x.reshape(steps * batch, x.shape[2]), w_ih, bias).view(steps, batch, w_ih.shape[0])  # (L, N, G*H)
 
-    def step(gi_t: Tensor, h: Tensor, c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    def step(gi_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
         return _fused_step(mode, gi_t, h, c, w_hh, step_bias, w_hr)
 
     return _scan(step, gi, h0, c0 if mode == "lstm" else None, reverse, lengths)

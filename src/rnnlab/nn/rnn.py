@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "IMPLS"]
 #: Accepted values of the ``impl`` keyword.
 IMPLS = ("fast", "fused", "reference")
 
-LayerFn = Callable[..., tuple[Tensor, Tensor, Optional[Tensor]]]
+LayerFn = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
 
 
 def _check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> None:
@@ -50,12 +51,16 @@ def _check_lengths(owner: str, lengths: Any, batch: int, steps: int) -> Tensor:
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"{owner}: lengths must be an integer tensor, got dtype {lengths.dtype}")
     if lengths.shape != (batch,):
-        raise ValueError(f"{owner}: lengths must have shape ({batch},) (one length per sequence), got {tuple(lengths.shape)}")
+        raise ValueError(
+            f"{owner}: lengths must have shape ({batch},) (one length per sequence), got {tuple(lengths.shape)}"
+        )
     if batch > 0:
         low, high = torch.aminmax(lengths)
         low, high = int(low), int(high)
         if low < 1 or high > steps:
-            raise ValueError(f"{owner}: lengths must lie in [1, {steps}] (the padded sequence length), got min {low} and max {high}")
+            raise ValueError(
+                f"{owner}: lengths must lie in [1, {steps}] (the padded sequence length), got min {low} and max {high}"
+            )
     return lengths.to(torch.int64)
 
 
@@ -84,7 +89,7 @@ class RNNBase(nn.Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         device: Any = None,
-        dtype: Optional[torch.dtype] = None,
+        dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
     ) -> None:
@@ -104,7 +109,9 @@ class RNNBase(nn.Module):
         _check_size(name, "num_layers", num_layers)
         _check_size(name, "proj_size", proj_size, minimum=0)
         if proj_size >= hidden_size:
-            raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} and hidden_size={hidden_size}")
+            raise ValueError(
+                f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} and hidden_size={hidden_size}"
+            )
         if dropout > 0 and num_layers == 1:  # type: ignore[operator]
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
@@ -160,7 +167,9 @@ class RNNBase(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for code written for torch.nn (there is no cuDNN weight buffer here)."""
 
-    def _layer_weights(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    def _layer_weights(
+        self, layer: int, direction: int
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda n: getattr(self, n + suffix) if hasattr(self, n + suffix) else None  # noqa: E731
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr")
@@ -204,10 +213,12 @@ class RNNBase(nn.Module):
         return cfg
 
     @classmethod
-    def from_torch(cls, module: nn.RNNBase, *, impl: str = "fast") -> "RNNBase":
+    def from_torch(cls, module: nn.RNNBase, *, impl: str = "fast") -> RNNBase:
         """A copy of a ``torch.nn`` recurrent module (same configuration, weights, device, dtype)."""
         if not isinstance(module, cls._torch_class):
-            raise TypeError(f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}"
+            )
         cfg: dict[str, Any] = dict(
             num_layers=module.num_layers,
             bias=module.bias,
@@ -232,7 +243,9 @@ class RNNBase(nn.Module):
         first = next(self.parameters())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = self._torch_class(self.input_size, self.hidden_size, **self._config(), device=first.device, dtype=first.dtype)
+            module = self._torch_class(
+                self.input_size, self.hidden_size, **self._config(), device=first.device, dtype=first.dtype
+            )
         module.load_state_dict(self.state_dict(), strict=True)
         module.train(self.training)
         return module
@@ -274,7 +287,9 @@ class RNNBase(nn.Module):
         if x.dim() != expected_dim:
             raise RuntimeError(f"{name}: input must have {expected_dim} dimensions, got {x.dim()}")
         if x.shape[-1] != self.input_size:
-            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
+            raise RuntimeError(
+                f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
 
     def _check_state(self, state: Tensor, expected: tuple[int, int, int], x: Tensor, label: str) -> None:
         name = type(self).__name__
@@ -283,9 +298,11 @@ class RNNBase(nn.Module):
         if state.dtype != x.dtype:
             raise RuntimeError(f"{name}: {label} dtype ({state.dtype}) does not match input dtype ({x.dtype})")
         if state.device != x.device:
-            raise RuntimeError(f"{name}: {label} is on {state.device} but input is on {x.device}; they must be on the same device")
+            raise RuntimeError(
+                f"{name}: {label} is on {state.device} but input is on {x.device}; they must be on the same device"
+            )
 
-    def _initial_states(self, hx: Any, x: Tensor, batch: int) -> tuple[Tensor, Optional[Tensor]]:
+    def _initial_states(self, hx: Any, x: Tensor, batch: int) -> tuple[Tensor, Tensor | None]:
         """(h0, c0) with shapes (D*layers, N, H_out) and (D*layers, N, H) (c0 None unless LSTM)."""
         name = type(self).__name__
         layers = self.num_layers * (2 if self.bidirectional else 1)
@@ -307,11 +324,16 @@ class RNNBase(nn.Module):
         self._check_state(hx, h_shape, x, "hidden")
         return hx, None
 
-    def _run(self, x: Tensor, h0: Tensor, c0: Optional[Tensor], lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    def _run(
+        self, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The stack: x (L, N, H_in) time-major -> (out (L, N, D*H_out), h_n (D*layers, N, H_out), c_n)."""
         directions = 2 if self.bidirectional else 1
         needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad) or any(p.requires_grad for p in self.parameters())
+            x.requires_grad
+            or h0.requires_grad
+            or (c0 is not None and c0.requires_grad)
+            or any(p.requires_grad for p in self.parameters())
         )
         layer_fn = self._layer_function(x, lengths is not None, needs_grad)
         h_n: list[Tensor] = []
@@ -323,7 +345,17 @@ class RNNBase(nn.Module):
                 k = layer * directions + direction
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(layer, direction)
                 out, h, c = layer_fn(
-                    self.mode, layer_input, h0[k], None if c0 is None else c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, direction == 1, lengths
+                    self.mode,
+                    layer_input,
+                    h0[k],
+                    None if c0 is None else c0[k],
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    w_hr,
+                    direction == 1,
+                    lengths,
                 )
                 outs.append(out)  # (L, N, H_out)
                 h_n.append(h)
@@ -335,8 +367,8 @@ class RNNBase(nn.Module):
         return layer_input, torch.stack(h_n), torch.stack(c_n) if c_n else None
 
     def forward(
-        self, input: Union[Tensor, PackedSequence], hx: Any = None, *, lengths: Optional[Tensor] = None
-    ) -> tuple[Union[Tensor, PackedSequence], Any]:
+        self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Any]:
         """Run the recurrent stack (shapes as in torch.nn; see the class docstring)."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
@@ -370,7 +402,9 @@ class RNNBase(nn.Module):
         x = input.transpose(0, 1) if self.batch_first else input  # (L, N, H_in)
         steps, batch = x.shape[0], x.shape[1]
         if steps == 0:
-            raise RuntimeError(f"{name}: Expected sequence length to be larger than 0, got input of shape {tuple(input.shape)}")
+            raise RuntimeError(
+                f"{name}: Expected sequence length to be larger than 0, got input of shape {tuple(input.shape)}"
+            )
         h0, c0 = self._initial_states(hx, x, batch)
         if lengths is not None:
             lengths = _check_lengths(name, lengths, batch, steps).to(x.device)
@@ -400,7 +434,9 @@ class RNNBase(nn.Module):
         x = data.new_zeros(steps, batch, data.shape[1])
         x = x.index_put((present,), data) if data.numel() else x  # (L, N, H_in)
         out, h_n, c_n = self._run(x, h0, c0, lengths)
-        out_packed = PackedSequence(out[present], batch_sizes, sorted_indices, unsorted_indices)  # (sum(lengths), D*H_out)
+        out_packed = PackedSequence(
+            out[present], batch_sizes, sorted_indices, unsorted_indices
+        )  # (sum(lengths), D*H_out)
         if unsorted_indices is not None:
             h_n = h_n.index_select(1, unsorted_indices)
             c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
@@ -460,7 +496,7 @@ class RNN(RNNBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         device: Any = None,
-        dtype: Optional[torch.dtype] = None,
+        dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
         **kwargs: Any,
@@ -470,7 +506,18 @@ class RNN(RNNBase):
             raise ValueError(f"RNN: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(
-            "rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype, impl=impl
+            "rnn_" + nonlinearity,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            device,
+            dtype,
+            impl=impl,
         )
 
     def extra_repr(self) -> str:
@@ -517,12 +564,23 @@ class LSTM(RNNBase):
         bidirectional: bool = False,
         proj_size: int = 0,
         device: Any = None,
-        dtype: Optional[torch.dtype] = None,
+        dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
     ) -> None:
         super().__init__(
-            "lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype, impl=impl
+            "lstm",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device,
+            dtype,
+            impl=impl,
         )
 
 
@@ -560,10 +618,23 @@ class GRU(RNNBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         device: Any = None,
-        dtype: Optional[torch.dtype] = None,
+        dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
         **kwargs: Any,
     ) -> None:
         _reject_kwargs("GRU", kwargs)
-        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype, impl=impl)
+        super().__init__(
+            "gru",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            device,
+            dtype,
+            impl=impl,
+        )

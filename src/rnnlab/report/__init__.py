@@ -17,8 +17,20 @@ from rnnlab.report.build import Report, write_report
 from rnnlab.report.original import ORIGINAL_RESULTS, OriginalResult
 from rnnlab.report.runs import ReportError, RunRecord, discover_runs, read_run
 
-__all__ = ["ORIGINAL_RESULTS", "ExperimentSummary", "OriginalResult", "Report", "ReportError", "RunRecord", "Stat",
-           "discover_runs", "read_run", "run_comparison", "summarize", "write_report"]
+__all__ = [
+    "ORIGINAL_RESULTS",
+    "ExperimentSummary",
+    "OriginalResult",
+    "Report",
+    "ReportError",
+    "RunRecord",
+    "Stat",
+    "discover_runs",
+    "read_run",
+    "run_comparison",
+    "summarize",
+    "write_report",
+]
 
 
 def __getattr__(name: str) -> Any:

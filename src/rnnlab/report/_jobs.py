@@ -33,9 +33,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: Seconds between polls of the workers and of the running runs' metrics.jsonl.
 POLL_SECONDS = 0.25
@@ -90,9 +91,12 @@ def worker_main(spec_path: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     threading.Thread(target=_watch_parent, args=(spec["parent"],), daemon=True).start()
-    print(f"=== rnnlab compare worker, pid {os.getpid()}, started "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC: {spec['run_dir']}"
-          f"{' (resuming)' if spec['resume'] else ''}", flush=True)
+    print(
+        f"=== rnnlab compare worker, pid {os.getpid()}, started "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC: {spec['run_dir']}"
+        f"{' (resuming)' if spec['resume'] else ''}",
+        flush=True,
+    )
     try:
         import torch
 
@@ -110,13 +114,20 @@ def worker_main(spec_path: str) -> int:
         data = _DataProvider(given, cache_dir=spec["cache_dir"], progress=False).encoded(config)
         from_cache = data is given or bool(getattr(data, "from_cache", False))
         threads = config.num_threads or torch.get_num_threads()  # train_and_evaluate sets num_threads > 0
-        how = ("as given (encoded by the caller)" if data is given else "from the encoded cache" if from_cache
-               else "encoded here (the cache missed)")
-        print(f"torch threads: {threads}; data: {len(data.train):,} train / {len(data.test):,} test, {how} "
-              f"({time.perf_counter() - t0:.2f} s)", flush=True)
+        how = (
+            "as given (encoded by the caller)"
+            if data is given
+            else "from the encoded cache"
+            if from_cache
+            else "encoded here (the cache missed)"
+        )
+        print(
+            f"torch threads: {threads}; data: {len(data.train):,} train / {len(data.test):,} test, {how} "
+            f"({time.perf_counter() - t0:.2f} s)",
+            flush=True,
+        )
         rows = train_and_evaluate(config, Path(spec["run_dir"]), data=data, resume=spec["resume"], progress=False)
-        message: dict[str, Any] = {"status": "ok", "rows": rows, "data_from_cache": from_cache,
-                                   "threads": threads}
+        message: dict[str, Any] = {"status": "ok", "rows": rows, "data_from_cache": from_cache, "threads": threads}
     except KeyboardInterrupt:
         print("=== interrupted (completed epochs are kept; the same compare command resumes)", flush=True)
         message = {"status": "interrupted", "error": "interrupted"}
@@ -173,10 +184,17 @@ def _result(job: Job) -> dict[str, Any]:
     return {"status": "failed", "error": f"{_exit_reason(job.process.returncode)}; see {job.spec['log']}"}
 
 
-def run_jobs(jobs: list[Job], slots: int, workdir: Path, *, on_start: Callable[[Job], None],
-             on_epoch: Callable[[Job, list[dict[str, Any]]], None],
-             on_end: Callable[[Job, dict[str, Any], float], None], log: Callable[[str], None],
-             read_rows: Callable[[Path], list[dict[str, Any]]]) -> None:
+def run_jobs(
+    jobs: list[Job],
+    slots: int,
+    workdir: Path,
+    *,
+    on_start: Callable[[Job], None],
+    on_epoch: Callable[[Job, list[dict[str, Any]]], None],
+    on_end: Callable[[Job, dict[str, Any], float], None],
+    log: Callable[[str], None],
+    read_rows: Callable[[Path], list[dict[str, Any]]],
+) -> None:
     """Run ``jobs`` in order, at most ``slots`` at a time, each in a fresh worker process.
 
     ``workdir`` holds the spec and result files. Callbacks run in this (the calling) thread
@@ -207,8 +225,13 @@ def run_jobs(jobs: list[Job], slots: int, workdir: Path, *, on_start: Callable[[
                 on_start(job)
                 with open(job.spec["log"], "ab") as out:
                     job.process = subprocess.Popen(
-                        [sys.executable, "-m", "rnnlab.report._jobs", str(spec_path)], stdin=subprocess.DEVNULL,
-                        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                        [sys.executable, "-m", "rnnlab.report._jobs", str(spec_path)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                    )
                 running.append(job)
             time.sleep(POLL_SECONDS)
             for job in list(running):

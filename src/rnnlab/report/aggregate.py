@@ -93,8 +93,9 @@ def summarize(runs: list[RunRecord], order: list[str] | None = None) -> list[Exp
     for name in sorted(groups, key=sort_key):
         members = sorted(groups[name], key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
         complete = [r for r in members if r.complete]
-        s = ExperimentSummary(name=name, kind=members[0].kind, runs=complete,
-                              incomplete=[r for r in members if not r.complete])
+        s = ExperimentSummary(
+            name=name, kind=members[0].kind, runs=complete, incomplete=[r for r in members if not r.complete]
+        )
         if complete:
             finals = [r.final_test() for r in complete]
             s.final_acc = Stat.of([f[0] for f in finals])

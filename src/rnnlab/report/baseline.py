@@ -23,9 +23,9 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -122,9 +122,18 @@ def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(picked).mean())
 
 
-def nbsvm(train_texts: Sequence[str], train_labels: Sequence[int], test_texts: Sequence[str],
-          test_labels: Sequence[int], *, tokenize: Callable[[str], list[str]], ngram: int = 2,
-          alpha: float = 1.0, C: float = 1.0, seed: int = 0) -> BaselineResult:
+def nbsvm(
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    test_texts: Sequence[str],
+    test_labels: Sequence[int],
+    *,
+    tokenize: Callable[[str], list[str]],
+    ngram: int = 2,
+    alpha: float = 1.0,
+    C: float = 1.0,
+    seed: int = 0,
+) -> BaselineResult:
     """Fit NB-scaled logistic regression on the training texts and score both splits.
 
     Args:
@@ -175,26 +184,47 @@ def nbsvm(train_texts: Sequence[str], train_labels: Sequence[int], test_texts: S
     )
 
 
-def write_baseline_run(result: BaselineResult, run_dir: Path, *, name: str = BASELINE_NAME,
-                       num_train: int, num_test: int, data: str = "") -> Path:
+def write_baseline_run(
+    result: BaselineResult, run_dir: Path, *, name: str = BASELINE_NAME, num_train: int, num_test: int, data: str = ""
+) -> Path:
     """Store a baseline result as a one-epoch run directory, so that ``report`` reads it like any run.
 
     ``run.json`` holds ``"kind": "baseline"``; ``num_params`` is the number of weights (V + 1).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"name": name, "model": "nbsvm", **result.settings, "tokenizer": "rnnlab.data.Tokenizer",
-                "data": data}
+    settings = {"name": name, "model": "nbsvm", **result.settings, "tokenizer": "rnnlab.data.Tokenizer", "data": data}
     write_text(run_dir / "config.toml", "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
-    row = {"epoch": 1, "train_loss": result.train_loss, "train_acc": result.train_acc,
-           "test_loss": result.test_loss, "test_acc": result.test_acc, "epoch_seconds": result.seconds,
-           "examples_per_second": num_train / result.seconds if result.seconds > 0 else None, "lr": None}
+    row = {
+        "epoch": 1,
+        "train_loss": result.train_loss,
+        "train_acc": result.train_acc,
+        "test_loss": result.test_loss,
+        "test_acc": result.test_acc,
+        "epoch_seconds": result.seconds,
+        "examples_per_second": num_train / result.seconds if result.seconds > 0 else None,
+        "lr": None,
+    }
     write_text(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
-    desc = (f"NB-scaled logistic regression (NBSVM, Wang & Manning 2012) on binary uni{'+bi' if result.settings.get('ngram', 2) >= 2 else ''}grams "
-            f"of the rnnlab tokenizer over whole reviews: {result.num_features:,} features, "
-            f"{num_train:,} train / {num_test:,} test texts, fitted in {result.seconds:.1f} s")
-    write_json(run_dir / "run.json", {
-        "rnnlab_version": __version__, "format": 1, "kind": "baseline", "status": "complete",
-        "epochs_completed": 1, "epochs": 1, "num_params": result.num_features + 1, "name": name,
-        "seed": 0, "device": "cpu", "description": desc})
+    desc = (
+        f"NB-scaled logistic regression (NBSVM, Wang & Manning 2012) on binary uni{'+bi' if result.settings.get('ngram', 2) >= 2 else ''}grams "
+        f"of the rnnlab tokenizer over whole reviews: {result.num_features:,} features, "
+        f"{num_train:,} train / {num_test:,} test texts, fitted in {result.seconds:.1f} s"
+    )
+    write_json(
+        run_dir / "run.json",
+        {
+            "rnnlab_version": __version__,
+            "format": 1,
+            "kind": "baseline",
+            "status": "complete",
+            "epochs_completed": 1,
+            "epochs": 1,
+            "num_params": result.num_features + 1,
+            "name": name,
+            "seed": 0,
+            "device": "cpu",
+            "description": desc,
+        },
+    )
     return run_dir

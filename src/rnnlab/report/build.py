@@ -16,9 +16,26 @@ from rnnlab.report.runs import ReportError, discover_runs, read_run
 from rnnlab.report.tables import csv_table, markdown_table
 
 #: Config fields shown in the settings table, in order.
-SETTINGS = ("cell", "impl", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "pooling",
-            "loss", "optimizer", "lr", "lr_schedule", "batch_size", "epochs", "max_len", "truncate", "max_words",
-            "embedding_dropout", "word_dropout")
+SETTINGS = (
+    "cell",
+    "impl",
+    "embedding_dim",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "pooling",
+    "loss",
+    "optimizer",
+    "lr",
+    "lr_schedule",
+    "batch_size",
+    "epochs",
+    "max_len",
+    "truncate",
+    "max_words",
+    "embedding_dropout",
+    "word_dropout",
+)
 #: Values of settings that runs made before the key existed had (their config.toml lacks the key).
 LATER_KEYS = {"word_dropout": 0.0}
 
@@ -55,8 +72,9 @@ def _baseline_lines(summaries: list[ExperimentSummary]) -> list[str]:
     return lines
 
 
-def render_markdown(summaries: list[ExperimentSummary], sources: list[str], title: str = "rnnlab comparison",
-                    intro: str = "") -> str:
+def render_markdown(
+    summaries: list[ExperimentSummary], sources: list[str], title: str = "rnnlab comparison", intro: str = ""
+) -> str:
     n_runs = sum(len(s.runs) + len(s.incomplete) for s in summaries)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -93,8 +111,14 @@ def _comparison_order(folder: Path) -> list[str]:
         return []
 
 
-def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
-                 order: list[str] | None = None, title: str = "rnnlab comparison", intro: str = "") -> Report:
+def write_report(
+    paths: list[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    order: list[str] | None = None,
+    title: str = "rnnlab comparison",
+    intro: str = "",
+) -> Report:
     """Discover the run directories under ``paths``, aggregate them and write the report into ``out_dir``.
 
     Writes ``results.md``, ``results.csv`` and the PNG files of :data:`rnnlab.report.plots.PLOTS`

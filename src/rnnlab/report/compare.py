@@ -20,11 +20,12 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TextIO
+from typing import Any, TextIO
 
 from rnnlab import __version__
 from rnnlab._io import write_json
@@ -81,16 +82,20 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
         return None
     path = out / MANIFEST
     if not path.is_file():
-        raise ReportError(f"--out {out} is not empty and is not an rnnlab comparison (no {MANIFEST}); "
-                          "refusing to write into it: choose a new or empty folder")
+        raise ReportError(
+            f"--out {out} is not empty and is not an rnnlab comparison (no {MANIFEST}); "
+            "refusing to write into it: choose a new or empty folder"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ReportError(f"{path} is not readable JSON ({err}); refusing to write into {out}") from None
     kind = manifest.get("kind") if isinstance(manifest, dict) else None
     if kind != MANIFEST_KIND:
-        raise ReportError(f"{path} is not an rnnlab comparison manifest (kind {kind!r}, expected "
-                          f"{MANIFEST_KIND!r}); refusing to write into {out}")
+        raise ReportError(
+            f"{path} is not an rnnlab comparison manifest (kind {kind!r}, expected "
+            f"{MANIFEST_KIND!r}); refusing to write into {out}"
+        )
     return manifest
 
 
@@ -99,32 +104,41 @@ def _plan_run(config: Config, run_dir: Path, k: int) -> PlannedRun:
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return PlannedRun(config, run_dir, k, "new")
     if not (run_dir / "run.json").is_file() or not (run_dir / "config.toml").is_file():
-        raise ReportError(f"{run_dir} exists but is not a run directory (no run.json/config.toml); "
-                          "move it away or choose another --out")
+        raise ReportError(
+            f"{run_dir} exists but is not a run directory (no run.json/config.toml); "
+            "move it away or choose another --out"
+        )
     try:
         info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         old = config_from_toml(run_dir / "config.toml")
     except Exception as err:  # noqa: BLE001 - any unreadable run is the same user-facing error
-        raise ReportError(f"{run_dir}: unreadable run ({type(err).__name__}: {err}); "
-                          "move it away or choose another --out") from None
-    diffs = [f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}" for f in old.to_dict()
-             if f not in _REUSE_IGNORES and getattr(old, f) != getattr(config, f)]
+        raise ReportError(
+            f"{run_dir}: unreadable run ({type(err).__name__}: {err}); move it away or choose another --out"
+        ) from None
+    diffs = [
+        f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}"
+        for f in old.to_dict()
+        if f not in _REUSE_IGNORES and getattr(old, f) != getattr(config, f)
+    ]
     rows, _ = read_metrics_rows(run_dir / "metrics.jsonl")
     if len(rows) > config.epochs:
-        raise ReportError(f"{run_dir} has {len(rows)} epochs done, more than the {config.epochs} asked for; "
-                          "use another --out for fewer epochs")
+        raise ReportError(
+            f"{run_dir} has {len(rows)} epochs done, more than the {config.epochs} asked for; "
+            "use another --out for fewer epochs"
+        )
     if info.get("status") == "complete" and not diffs:
         return PlannedRun(config, run_dir, k, "complete", len(rows))
     if any(not d.startswith("epochs:") for d in diffs):  # more epochs than before: resume extends the run
-        raise ReportError(f"{run_dir} was run with another config ({'; '.join(diffs)}); a comparison keeps "
-                          "its settings: use another --out to compare new settings")
+        raise ReportError(
+            f"{run_dir} was run with another config ({'; '.join(diffs)}); a comparison keeps "
+            "its settings: use another --out to compare new settings"
+        )
     return PlannedRun(config, run_dir, k, "resume", len(rows))
 
 
 def plan_comparison(configs: list[Config], out: Path, seeds: int) -> list[PlannedRun]:
     """Every (experiment, seed) run and its state; raises before anything runs if one is unusable."""
-    return [_plan_run(c.replace(seed=c.seed + k), out / c.name / f"seed{k}", k)
-            for c in configs for k in range(seeds)]
+    return [_plan_run(c.replace(seed=c.seed + k), out / c.name / f"seed{k}", k) for c in configs for k in range(seeds)]
 
 
 # ----------------------------------------------------------------------------- data
@@ -158,8 +172,9 @@ class _DataProvider:
         key, _ = _data_keys(config)
         if key not in self._texts:
             self._texts.clear()  # one raw dataset in memory at a time
-            self._texts[key] = load_dataset(key[0], val_fraction=config.val_fraction, val_split=config.val_split,
-                                            seed=0, progress=self.progress)
+            self._texts[key] = load_dataset(
+                key[0], val_fraction=config.val_fraction, val_split=config.val_split, seed=0, progress=self.progress
+            )
         return self._texts[key]
 
     def encoded(self, config: Config) -> Any:
@@ -170,9 +185,15 @@ class _DataProvider:
         key = _data_keys(config) if self.given is None else (None, _data_keys(config)[1])
         if self._encoded is None or self._encoded[0] != key:
             dataset = self.texts(config)
-            enc = encode_dataset(dataset, max_words=config.max_words, min_freq=config.min_freq,
-                                 max_len=config.max_len, truncate=config.truncate, cache_dir=self.cache_dir,
-                                 progress=self.progress)
+            enc = encode_dataset(
+                dataset,
+                max_words=config.max_words,
+                min_freq=config.min_freq,
+                max_len=config.max_len,
+                truncate=config.truncate,
+                cache_dir=self.cache_dir,
+                progress=self.progress,
+            )
             self._encoded = (key, enc)
         return self._encoded[1]
 
@@ -246,8 +267,9 @@ class _Eta:
             how += ", training passes only"
         if guessed:
             scaled = all(n in self.costs for n in guessed) and all(n in self.costs for n in medians)
-            how += (f"; {len(guessed)} experiment(s) not measured yet, "
-                    + ("scaled from the measured ones by model size" if scaled else "assumed at the average speed"))
+            how += f"; {len(guessed)} experiment(s) not measured yet, " + (
+                "scaled from the measured ones by model size" if scaled else "assumed at the average speed"
+            )
         return rates, how
 
     def estimate(self, pending: list[tuple[str, int]]) -> tuple[float | None, str]:
@@ -259,8 +281,9 @@ class _Eta:
         rates, how = self._rates({n for n, e in pending if e > 0})
         return sum(e * rates[n] for n, e in pending if e > 0), how
 
-    def schedule(self, running: list[tuple[str, int]], queued: list[tuple[str, int]],
-                 slots: int) -> tuple[float | None, str]:
+    def schedule(
+        self, running: list[tuple[str, int]], queued: list[tuple[str, int]], slots: int
+    ) -> tuple[float | None, str]:
         """Seconds left when ``slots`` runs go at once: runs on a slot (name, epochs left) finish their
         epochs, queued runs start in order on the first slot to free up (list scheduling)."""
         if not any(e > 0 for _, e in [*running, *queued]):
@@ -270,8 +293,9 @@ class _Eta:
         rates, how = self._rates({n for n, e in [*running, *queued] if e > 0})
         from rnnlab.report._jobs import greedy_finish
 
-        secs = greedy_finish([e * rates[n] for n, e in running if e > 0],
-                             [e * rates[n] for n, e in queued if e > 0], slots)
+        secs = greedy_finish(
+            [e * rates[n] for n, e in running if e > 0], [e * rates[n] for n, e in queued if e > 0], slots
+        )
         return secs, f"{slots} runs at a time, {how}"
 
 
@@ -324,11 +348,21 @@ def _write_line(line: str, stream: TextIO | None) -> None:
 # ----------------------------------------------------------------------------- the comparison
 
 
-def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, seeds: int = 1,
-                   only: list[str] | None = None, overrides: Iterable[str] | Mapping[str, Any] = (),
-                   data: Any = None, data_path: str | None = None, baseline: bool = True,
-                   progress: bool = True, cache_dir: str | os.PathLike | None = None,
-                   stream: TextIO | None = None, jobs: int = 1) -> ComparisonResult:
+def run_comparison(
+    preset: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    seeds: int = 1,
+    only: list[str] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    data: Any = None,
+    data_path: str | None = None,
+    baseline: bool = True,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    stream: TextIO | None = None,
+    jobs: int = 1,
+) -> ComparisonResult:
     """Run every experiment of the suite ``preset`` for ``seeds`` seeds into ``out_dir``, then report.
 
     Args:
@@ -358,29 +392,47 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise ReportError(f"--jobs must be an integer >= 1 (runs trained at once), got {jobs!r}")
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
     if data_path:
-        overrides = ({**overrides, "data": str(data_path)} if isinstance(overrides, dict)
-                     else [*overrides, f"data={data_path}"])
+        overrides = (
+            {**overrides, "data": str(data_path)} if isinstance(overrides, dict) else [*overrides, f"data={data_path}"]
+        )
     configs = load_suite(preset, overrides)
     names = [c.name for c in configs]
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
-            raise ReportError(f"unknown experiment(s) in --only: {', '.join(unknown)}; "
-                              f"the suite {preset} has: {', '.join(names)}")
+            raise ReportError(
+                f"unknown experiment(s) in --only: {', '.join(unknown)}; the suite {preset} has: {', '.join(names)}"
+            )
         configs = [c for c in configs if c.name in only]
     manifest = _read_manifest(out)
     plan = plan_comparison(configs, out, seeds)
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if manifest is None:
-        manifest = {"kind": MANIFEST_KIND, "format": 1, "rnnlab_version": __version__, "preset": str(preset),
-                    "experiments": names, "created": now, "invocations": []}
+        manifest = {
+            "kind": MANIFEST_KIND,
+            "format": 1,
+            "rnnlab_version": __version__,
+            "preset": str(preset),
+            "experiments": names,
+            "created": now,
+            "invocations": [],
+        }
     else:  # keep the order of earlier invocations, add new names at the end
         manifest["experiments"] = list(dict.fromkeys([*manifest.get("experiments", []), *names]))
-    manifest["invocations"] = [*manifest.get("invocations", []), {
-        "started": now, "preset": str(preset), "seeds": seeds, "only": list(only or []),
-        "overrides": overrides if isinstance(overrides, dict) else list(overrides), "baseline": baseline,
-        "jobs": jobs, "machine": _machine()}]
+    manifest["invocations"] = [
+        *manifest.get("invocations", []),
+        {
+            "started": now,
+            "preset": str(preset),
+            "seeds": seeds,
+            "only": list(only or []),
+            "overrides": overrides if isinstance(overrides, dict) else list(overrides),
+            "baseline": baseline,
+            "jobs": jobs,
+            "machine": _machine(),
+        },
+    ]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MANIFEST, manifest)
 
@@ -397,12 +449,25 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
     n_done = len(result.skipped)
     if baseline and configs:  # first: it takes seconds and shows at once where the models must get to
         result.baseline = _run_baseline(configs[0], provider, out, log)
-    log(f"compare: {len(plan)} runs ({len(configs)} experiments x {seeds} seed(s)) into {out}; "
-        f"{n_done} complete already, {len(pending)} to run")
+    log(
+        f"compare: {len(plan)} runs ({len(configs)} experiments x {seeds} seed(s)) into {out}; "
+        f"{n_done} complete already, {len(pending)} to run"
+    )
 
     if jobs > 1 and pending:
-        _run_parallel(pending, jobs, provider, eta, result, log, start=start, n_done=n_done, total=len(plan),
-                      cache_dir=cache_dir, progress=progress)
+        _run_parallel(
+            pending,
+            jobs,
+            provider,
+            eta,
+            result,
+            log,
+            start=start,
+            n_done=n_done,
+            total=len(plan),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         pending = []
     for i, run in enumerate(pending):
         left = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending[i:]]
@@ -410,23 +475,26 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
         elapsed = time.perf_counter() - start
         eta_text = f"~{_fmt_duration(secs)} left ({how})" if secs is not None else f"time left: unknown ({how})"
         c = run.config
-        log(f"\n[{n_done + i + 1}/{len(plan)}] {c.name} seed {c.seed} ({c.cell}, impl {c.impl}, "
+        log(
+            f"\n[{n_done + i + 1}/{len(plan)}] {c.name} seed {c.seed} ({c.cell}, impl {c.impl}, "
             f"{c.epochs} epochs{', resuming after epoch ' + str(run.done_epochs) if run.state == 'resume' else ''})"
-            f" -> {run.run_dir}   elapsed {_fmt_duration(elapsed)}, {eta_text}")
-        later = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending[i + 1:]]
+            f" -> {run.run_dir}   elapsed {_fmt_duration(elapsed)}, {eta_text}"
+        )
+        later = [(r.config.name, r.config.epochs - r.done_epochs) for r in pending[i + 1 :]]
 
         def on_epoch(rows: list[dict[str, Any]], c: Config = c, key: str = str(run.run_dir), later=later) -> None:
             eta.add(c.name, rows, key)
             secs, how = eta.estimate([(c.name, c.epochs - len(rows)), *later])
-            log(f"compare: {c.name} seed {c.seed}: epoch {len(rows)}/{c.epochs} done, "
-                f"elapsed {_fmt_duration(time.perf_counter() - start)}, ~{_fmt_duration(secs or 0)} left ({how})")
+            log(
+                f"compare: {c.name} seed {c.seed}: epoch {len(rows)}/{c.epochs} done, "
+                f"elapsed {_fmt_duration(time.perf_counter() - start)}, ~{_fmt_duration(secs or 0)} left ({how})"
+            )
 
         try:
             data_c = provider.encoded(c)
             t_call = time.perf_counter()
             with _EpochWatcher(run.run_dir / "metrics.jsonl", on_epoch) if progress else nullcontext():
-                rows = train_and_evaluate(c, run.run_dir, data=data_c, resume=run.state == "resume",
-                                          progress=progress)
+                rows = train_and_evaluate(c, run.run_dir, data=data_c, resume=run.state == "resume", progress=progress)
         except KeyboardInterrupt:
             log(f"\ncompare: interrupted; run the same command again to resume ({run.run_dir})")
             raise
@@ -436,22 +504,36 @@ def run_comparison(preset: str | os.PathLike[str], out_dir: str | os.PathLike[st
             continue
         result.trained.append(run.run_dir)
         eta.add(c.name, rows, str(run.run_dir))
-        eta.add_call(time.perf_counter() - t_call, rows[run.done_epochs:])
+        eta.add_call(time.perf_counter() - t_call, rows[run.done_epochs :])
 
-    manifest["invocations"][-1].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                       seconds=round(time.perf_counter() - start, 1))
+    manifest["invocations"][-1].update(
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), seconds=round(time.perf_counter() - start, 1)
+    )
     write_json(out / MANIFEST, manifest)
     result.report = write_report([out], out, order=manifest["experiments"], intro=_intro(manifest))
     result.seconds = time.perf_counter() - start
-    log(f"\ncompare: done in {_fmt_duration(result.seconds)} ({len(result.trained)} runs trained, "
+    log(
+        f"\ncompare: done in {_fmt_duration(result.seconds)} ({len(result.trained)} runs trained, "
         f"{len(result.skipped)} already complete, {len(result.failed)} failed); "
-        f"report: {out / 'results.md'}")
+        f"report: {out / 'results.md'}"
+    )
     return result
 
 
-def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider, eta: _Eta,
-                  result: ComparisonResult, log, *, start: float, n_done: int, total: int,
-                  cache_dir: str | os.PathLike | None, progress: bool) -> None:
+def _run_parallel(
+    pending: list[PlannedRun],
+    jobs: int,
+    provider: _DataProvider,
+    eta: _Eta,
+    result: ComparisonResult,
+    log,
+    *,
+    start: float,
+    n_done: int,
+    total: int,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+) -> None:
     """Train ``pending`` in up to ``jobs`` worker processes (see ``rnnlab.report._jobs``); fills ``result``."""
     from rnnlab.report import _jobs
 
@@ -466,14 +548,18 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
         for c in settings.values():
             t0 = time.perf_counter()
             enc = provider.encoded(c)
-            log(f"compare: data for max_words={c.max_words}, max_len={c.max_len}, truncate={c.truncate}: "
-                f"{'read from' if enc.from_cache else 'encoded into'} the cache in {time.perf_counter() - t0:.1f} s")
+            log(
+                f"compare: data for max_words={c.max_words}, max_len={c.max_len}, truncate={c.truncate}: "
+                f"{'read from' if enc.from_cache else 'encoded into'} the cache in {time.perf_counter() - t0:.1f} s"
+            )
     given = provider.given
     provider._encoded, provider._texts = None, {}  # the workers hold their own copies
     threads = {id(r): _jobs.worker_threads(r.config.num_threads, slots, cores) for r in pending}
-    log(f"compare: {len(pending)} runs on {slots} worker processes at a time ({cores} cores; torch threads per "
+    log(
+        f"compare: {len(pending)} runs on {slots} worker processes at a time ({cores} cores; torch threads per "
         f"worker: {', '.join(sorted({str(t) for t in threads.values()}))}); worker output: "
-        f"{pending[0].run_dir.parent.parent / '<experiment>' / 'seed<k>.worker.log'}")
+        f"{pending[0].run_dir.parent.parent / '<experiment>' / 'seed<k>.worker.log'}"
+    )
 
     order = {id(r): n_done + i + 1 for i, r in enumerate(pending)}
     # Longest first (LPT), so that a long run does not start last and leave a slot idle.
@@ -486,16 +572,26 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
 
     def left() -> str:
         on_slot = [(r.config.name, r.config.epochs - state[id(r)]) for r in pending if id(r) in state]
-        queued = [(r.config.name, r.config.epochs - r.done_epochs) for r in start_order
-                  if id(r) not in state and id(r) in waiting]
+        queued = [
+            (r.config.name, r.config.epochs - r.done_epochs)
+            for r in start_order
+            if id(r) not in state and id(r) in waiting
+        ]
         secs, how = eta.schedule(on_slot, queued, slots)
         when = f"~{_fmt_duration(secs)} left" if secs is not None else "time left: unknown"
         return f"elapsed {_fmt_duration(time.perf_counter() - start)}, {when} ({how})"
 
     def now_running() -> str:
         runs = [r for r in pending if id(r) in state]
-        return "; ".join(f"{label(r)} epoch {state[id(r)] + 1}/{r.config.epochs}" if state[id(r)] < r.config.epochs
-                         else f"{label(r)} finishing" for r in runs) or "none"
+        return (
+            "; ".join(
+                f"{label(r)} epoch {state[id(r)] + 1}/{r.config.epochs}"
+                if state[id(r)] < r.config.epochs
+                else f"{label(r)} finishing"
+                for r in runs
+            )
+            or "none"
+        )
 
     def on_start(job: _jobs.Job) -> None:
         run = job.key
@@ -503,16 +599,19 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
         state[id(run)] = run.done_epochs
         c = run.config
         resuming = f", resuming after epoch {run.done_epochs}" if run.state == "resume" else ""
-        log(f"\n[{order[id(run)]}/{total}] {label(run)} ({c.cell}, impl {c.impl}, {c.epochs} epochs{resuming}) -> "
-            f"{run.run_dir}  [worker {job.slot}/{slots}, {threads[id(run)]} thread(s)]  {left()}")
+        log(
+            f"\n[{order[id(run)]}/{total}] {label(run)} ({c.cell}, impl {c.impl}, {c.epochs} epochs{resuming}) -> "
+            f"{run.run_dir}  [worker {job.slot}/{slots}, {threads[id(run)]} thread(s)]  {left()}"
+        )
 
     def on_epoch(job: _jobs.Job, rows: list[dict[str, Any]]) -> None:
         run = job.key
         state[id(run)] = len(rows)
         eta.add(run.config.name, rows, str(run.run_dir))
         if len(rows) > run.done_epochs:
-            log(f"compare: {label(run)}: epoch {len(rows)}/{run.config.epochs} done; running: {now_running()}; "
-                f"{left()}")
+            log(
+                f"compare: {label(run)}: epoch {len(rows)}/{run.config.epochs} done; running: {now_running()}; {left()}"
+            )
 
     def on_end(job: _jobs.Job, message: dict[str, Any], wall: float) -> None:
         run = job.key
@@ -521,7 +620,7 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
             rows = message["rows"]
             result.trained.append(run.run_dir)
             eta.add(run.config.name, rows, str(run.run_dir))
-            eta.add_call(wall, rows[run.done_epochs:])
+            eta.add_call(wall, rows[run.done_epochs :])
             log(f"compare: {label(run)} finished in {_fmt_duration(wall)} (final {_final_acc(rows)}); {left()}")
         else:
             why = message.get("error", "unknown error")
@@ -541,18 +640,32 @@ def _run_parallel(pending: list[PlannedRun], jobs: int, provider: _DataProvider,
         for run in start_order:
             log_file = _jobs.log_path(run.run_dir)
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            spec = {"config": run.config.to_dict(), "run_dir": str(run.run_dir), "resume": run.state == "resume",
-                    "threads": None if run.config.num_threads else threads[id(run)], "log": str(log_file),
-                    "data_file": None if data_file is None else str(data_file),
-                    "cache_dir": None if cache_dir is None else str(cache_dir)}
+            spec = {
+                "config": run.config.to_dict(),
+                "run_dir": str(run.run_dir),
+                "resume": run.state == "resume",
+                "threads": None if run.config.num_threads else threads[id(run)],
+                "log": str(log_file),
+                "data_file": None if data_file is None else str(data_file),
+                "cache_dir": None if cache_dir is None else str(cache_dir),
+            }
             job_list.append(_jobs.Job(run, spec, label(run), run.done_epochs))
         try:
-            _jobs.run_jobs(job_list, slots, Path(tmp), on_start=on_start,
-                           on_epoch=on_epoch if progress else _no_epoch, on_end=on_end, log=log,
-                           read_rows=lambda p: read_metrics_rows(p)[0])
+            _jobs.run_jobs(
+                job_list,
+                slots,
+                Path(tmp),
+                on_start=on_start,
+                on_epoch=on_epoch if progress else _no_epoch,
+                on_end=on_end,
+                log=log,
+                read_rows=lambda p: read_metrics_rows(p)[0],
+            )
         except KeyboardInterrupt:
-            log("\ncompare: interrupted; the workers were stopped (completed epochs kept); run the same command "
-                "again to resume")
+            log(
+                "\ncompare: interrupted; the workers were stopped (completed epochs kept); run the same command "
+                "again to resume"
+            )
             raise
     rank = {r.run_dir: i for i, r in enumerate(pending)}  # report in plan order, as --jobs 1 does
     result.trained.sort(key=lambda p: rank[p])
@@ -590,8 +703,10 @@ def _machine() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+    )
 
 
 def _intro(manifest: Mapping[str, Any]) -> str:
@@ -608,10 +723,15 @@ def _intro(manifest: Mapping[str, Any]) -> str:
             opts.append("--no-baseline")
         if inv.get("jobs", 1) > 1:
             opts.append(f"--jobs {inv['jobs']}")
-        state = (f"finished {inv['finished']} ({_fmt_duration(inv.get('seconds', 0))})" if inv.get("finished")
-                 else "did not finish")
-        lines.append(f"- `rnnlab compare {' '.join(opts)}`: started {inv.get('started')}, {state}; "
-                     f"{inv.get('machine', 'machine not recorded')}")
+        state = (
+            f"finished {inv['finished']} ({_fmt_duration(inv.get('seconds', 0))})"
+            if inv.get("finished")
+            else "did not finish"
+        )
+        lines.append(
+            f"- `rnnlab compare {' '.join(opts)}`: started {inv.get('started')}, {state}; "
+            f"{inv.get('machine', 'machine not recorded')}"
+        )
     return "Produced by:\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
@@ -631,11 +751,24 @@ def _run_baseline(config: Config, provider: _DataProvider, out: Path, log) -> Pa
         return None
     from rnnlab.data import Tokenizer
 
-    log(f"\nbaseline: {BASELINE_NAME} (NB-scaled logistic regression on uni+bigrams), "
-        f"{len(dataset.train):,} train / {len(dataset.test):,} test texts ...")
-    res = nbsvm(dataset.train.texts, dataset.train.labels, dataset.test.texts, dataset.test.labels,
-                tokenize=Tokenizer().tokenize, seed=config.seed)
-    write_baseline_run(res, run_dir, num_train=len(dataset.train), num_test=len(dataset.test),
-                       data=str(data_source(config) or dataset.source))
+    log(
+        f"\nbaseline: {BASELINE_NAME} (NB-scaled logistic regression on uni+bigrams), "
+        f"{len(dataset.train):,} train / {len(dataset.test):,} test texts ..."
+    )
+    res = nbsvm(
+        dataset.train.texts,
+        dataset.train.labels,
+        dataset.test.texts,
+        dataset.test.labels,
+        tokenize=Tokenizer().tokenize,
+        seed=config.seed,
+    )
+    write_baseline_run(
+        res,
+        run_dir,
+        num_train=len(dataset.train),
+        num_test=len(dataset.test),
+        data=str(data_source(config) or dataset.source),
+    )
     log(f"baseline: test accuracy {res.test_acc:.4f} ({res.num_features:,} features, {res.seconds:.1f} s)")
     return run_dir

@@ -42,10 +42,13 @@ ORIGINAL_RESULTS: dict[str, OriginalResult] = {
     "rnn": OriginalResult("torch.nn.RNN", (0.7696, 0.8210, 0.8402, 0.8463, 0.8503)),
     "gru": OriginalResult("torch.nn.GRU", (0.8056, 0.8428, 0.8554, 0.8572, 0.8576)),
     "handwritten_lstm": OriginalResult("hand-written LSTM", (0.7625, 0.8240, 0.8410, 0.8528, 0.8570)),
-    "handwritten_lstm_128": OriginalResult("hand-written LSTM, embedding and hidden 128",
-                                           (0.8157, 0.8477, 0.8491, 0.8610, 0.8582)),
-    "handwritten_lstm_nll": OriginalResult("hand-written LSTM, log_softmax + NLLLoss",
-                                           (0.7838, 0.8234, 0.8471, 0.8534, 0.8527)),
-    "handwritten_lstm_b128_lr5e-3": OriginalResult("hand-written LSTM, batch 128, lr 5e-3",
-                                                   (0.8379, 0.8715, 0.8645, 0.8566, 0.8539)),
+    "handwritten_lstm_128": OriginalResult(
+        "hand-written LSTM, embedding and hidden 128", (0.8157, 0.8477, 0.8491, 0.8610, 0.8582)
+    ),
+    "handwritten_lstm_nll": OriginalResult(
+        "hand-written LSTM, log_softmax + NLLLoss", (0.7838, 0.8234, 0.8471, 0.8534, 0.8527)
+    ),
+    "handwritten_lstm_b128_lr5e-3": OriginalResult(
+        "hand-written LSTM, batch 128, lr 5e-3", (0.8379, 0.8715, 0.8645, 0.8566, 0.8539)
+    ),
 }

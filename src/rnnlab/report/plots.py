@@ -9,8 +9,8 @@ minimum to the maximum over seeds (the band appears when there are two seeds or 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -18,8 +18,18 @@ from matplotlib.figure import Figure
 from rnnlab._io import atomic_write
 from rnnlab.report.aggregate import ExperimentSummary
 
-_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-           "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+_COLORS = [
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+]
 
 
 def _color(i: int) -> str:
@@ -85,15 +95,23 @@ def plot_accuracy(summaries: list[ExperimentSummary], split: str = "test") -> Fi
             if s.original is not None and s.has_results and s.kind != "baseline":
                 n = min(len(s.original.test_acc), max(_curve(s, "test_acc")[0], default=0))
                 if n:
-                    ax.plot(range(1, n + 1), s.original.test_acc[:n], color=_color(i), linestyle=":",
-                            linewidth=1.0, alpha=0.8, label="_original")
+                    ax.plot(
+                        range(1, n + 1),
+                        s.original.test_acc[:n],
+                        color=_color(i),
+                        linestyle=":",
+                        linewidth=1.0,
+                        alpha=0.8,
+                        label="_original",
+                    )
                     drawn = True
         if drawn:
             ax.plot([], [], color="gray", linestyle=":", label="original (dotted, one seed)")
         for i, s in enumerate(summaries):
             if s.kind == "baseline" and s.final_acc is not None:
-                ax.axhline(s.final_acc.mean, color=_color(i), linestyle="--", linewidth=1.2,
-                           label=f"{s.name} (bag of words)")
+                ax.axhline(
+                    s.final_acc.mean, color=_color(i), linestyle="--", linewidth=1.2, label=f"{s.name} (bag of words)"
+                )
     word = {"val": "validation"}.get(split, split)
     ax.set_ylabel(f"{word} accuracy")
     ax.set_title(f"{word.capitalize()} accuracy per epoch (mean over seeds, band: min..max)")
@@ -109,8 +127,9 @@ def plot_loss(summaries: list[ExperimentSummary]) -> Figure:
     """
     fig, (ax_train, ax_test) = _new_figure(ncols=2, width=6.0)
     _draw_curves(ax_train, summaries, "train_loss")
-    per_epoch_test = any("test_loss" in row for s in summaries if s.kind != "baseline" for r in s.runs
-                         for row in r.rows)
+    per_epoch_test = any(
+        "test_loss" in row for s in summaries if s.kind != "baseline" for r in s.runs for row in r.rows
+    )
     split = "test" if per_epoch_test or not _has_validation(summaries) else "validation"
     _draw_curves(ax_test, summaries, "test_loss" if split == "test" else "val_loss")
     ax_train.set_ylabel("train loss")
@@ -130,8 +149,7 @@ def _barh(ax, names: list[str], values: list[float], errors: list[float], colors
     ax.invert_yaxis()  # first experiment on top
     ax.grid(True, axis="x", alpha=0.3)
     for y, v, e in zip(ys, values, errors):
-        ax.annotate(format(v, fmt), (v + e, y), xytext=(4, 0), textcoords="offset points",
-                    va="center", fontsize=7)
+        ax.annotate(format(v, fmt), (v + e, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
 
 
 def plot_best_accuracy(summaries: list[ExperimentSummary]) -> Figure:
@@ -142,8 +160,11 @@ def plot_best_accuracy(summaries: list[ExperimentSummary]) -> Figure:
     errors = [s.best_acc.std or 0.0 for _, s in rows]
     _barh(ax, [s.name for _, s in rows], values, errors, [_color(i) for i, _ in rows], ".4f")
     # the original's best test accuracy over the same number of epochs
-    originals = [(y, s.original.at(s.epochs)[1]) for y, (_, s) in enumerate(rows)
-                 if s.original is not None and s.original.at(s.epochs) is not None]
+    originals = [
+        (y, s.original.at(s.epochs)[1])
+        for y, (_, s) in enumerate(rows)
+        if s.original is not None and s.original.at(s.epochs) is not None
+    ]
     if values:
         extra = [v for _, v in originals]
         lo = min([v - e for v, e in zip(values, errors)] + extra)
@@ -151,8 +172,16 @@ def plot_best_accuracy(summaries: list[ExperimentSummary]) -> Figure:
         span = max(hi - lo, 0.01)
         ax.set_xlim(max(0.0, lo - 0.5 * span), min(1.0, hi + 0.35 * span) if hi < 1 else 1.0)
     if originals:
-        ax.plot([v for _, v in originals], [y for y, _ in originals], linestyle="none", marker="|", markersize=14,
-                markeredgewidth=2, color="black", label="original (one seed)")
+        ax.plot(
+            [v for _, v in originals],
+            [y for y, _ in originals],
+            linestyle="none",
+            marker="|",
+            markersize=14,
+            markeredgewidth=2,
+            color="black",
+            label="original (one seed)",
+        )
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel("best test accuracy (error bars: ±1 std over seeds; axis does not start at 0)")
     ax.set_title("Best test accuracy")

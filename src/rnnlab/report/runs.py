@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class ReportError(ValueError):
@@ -114,7 +115,8 @@ def discover_runs(paths: list[str | os.PathLike[str]]) -> list[Path]:
                 dirnames[:] = []  # a run directory does not nest other runs
     if not found:
         raise ReportError(
-            "no run directories found under " + ", ".join(str(p) for p in paths)
+            "no run directories found under "
+            + ", ".join(str(p) for p in paths)
             + " (a run directory holds run.json and metrics.jsonl, as written by `rnnlab train`)"
         )
     return found

@@ -8,10 +8,26 @@ import io
 from rnnlab.report.aggregate import ExperimentSummary, Stat
 
 CSV_COLUMNS = [
-    "experiment", "kind", "status", "seeds", "n_seeds", "epochs",
-    "final_test_acc_mean", "final_test_acc_std", "best_test_acc_mean", "best_test_acc_std",
-    "best_epochs", "final_test_loss_mean", "final_test_loss_std", "num_params", "median_epoch_seconds",
-    "original_epoch", "original_final_test_acc", "original_best_test_acc", "diff_final_test_acc", "note",
+    "experiment",
+    "kind",
+    "status",
+    "seeds",
+    "n_seeds",
+    "epochs",
+    "final_test_acc_mean",
+    "final_test_acc_std",
+    "best_test_acc_mean",
+    "best_test_acc_std",
+    "best_epochs",
+    "final_test_loss_mean",
+    "final_test_loss_std",
+    "num_params",
+    "median_epoch_seconds",
+    "original_epoch",
+    "original_final_test_acc",
+    "original_best_test_acc",
+    "diff_final_test_acc",
+    "note",
 ]
 
 
@@ -46,8 +62,17 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
     Accuracies are mean ± sample std over seeds; Δ is the difference from the original's
     final-epoch test accuracy in percentage points.
     """
-    header = ["experiment", "seeds", "final test acc", "best test acc (epoch)", "final test loss",
-              "params", "s/epoch", "original final (best)", "Δ final (pt)"]
+    header = [
+        "experiment",
+        "seeds",
+        "final test acc",
+        "best test acc (epoch)",
+        "final test loss",
+        "params",
+        "s/epoch",
+        "original final (best)",
+        "Δ final (pt)",
+    ]
     shorter = sorted({s.epochs for s in summaries if s.original and s.epochs and s.epochs < len(s.original.test_acc)})
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for s in summaries:
@@ -72,13 +97,17 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     notes = []
     if shorter:
-        notes.append(f"- \\* runs of {', '.join(map(str, shorter))} epoch(s): compared with the original's "
-                     "test accuracy after the same number of epochs (it ran 5)")
+        notes.append(
+            f"- \\* runs of {', '.join(map(str, shorter))} epoch(s): compared with the original's "
+            "test accuracy after the same number of epochs (it ran 5)"
+        )
     for s in summaries:
         if s.runs and all(r.test_once for r in s.runs):
-            notes.append(f"- `{s.name}`: tested once per seed, on the checkpoint with the best validation accuracy "
-                         "(`test_every_epoch = false`): *final* and *best* are that one test result and the "
-                         "epoch is the one validation chose, never picked on the test set")
+            notes.append(
+                f"- `{s.name}`: tested once per seed, on the checkpoint with the best validation accuracy "
+                "(`test_every_epoch = false`): *final* and *best* are that one test result and the "
+                "epoch is the one validation chose, never picked on the test set"
+            )
         if s.incomplete:
             notes.append(f"- `{s.name}`: incomplete runs, not counted: {_incomplete_text(s)}")
         for note in s.notes:
@@ -102,25 +131,39 @@ def csv_table(summaries: list[ExperimentSummary]) -> str:
         orig = s.original.at(s.epochs) if s.original else None
         if s.has_results:
             assert s.final_acc is not None and s.best_acc is not None and s.final_loss is not None
-            writer.writerow({
-                "experiment": s.name, "kind": s.kind, "status": "complete",
-                "seeds": _seeds(s), "n_seeds": len(s.runs), "epochs": num(s.epochs),
-                "final_test_acc_mean": num(s.final_acc.mean), "final_test_acc_std": num(s.final_acc.std),
-                "best_test_acc_mean": num(s.best_acc.mean), "best_test_acc_std": num(s.best_acc.std),
-                "best_epochs": " ".join(str(e) for e in s.best_epochs),
-                "final_test_loss_mean": num(s.final_loss.mean), "final_test_loss_std": num(s.final_loss.std),
-                "num_params": num(s.num_params), "median_epoch_seconds": num(s.epoch_seconds if s.kind != "baseline" else None),
-                "original_epoch": num(s.epochs if orig else None),
-                "original_final_test_acc": num(orig[0] if orig else None),
-                "original_best_test_acc": num(orig[1] if orig else None),
-                "diff_final_test_acc": num(s.final_acc.mean - orig[0] if orig else None),
-                "note": "; ".join(s.notes),
-            })
+            writer.writerow(
+                {
+                    "experiment": s.name,
+                    "kind": s.kind,
+                    "status": "complete",
+                    "seeds": _seeds(s),
+                    "n_seeds": len(s.runs),
+                    "epochs": num(s.epochs),
+                    "final_test_acc_mean": num(s.final_acc.mean),
+                    "final_test_acc_std": num(s.final_acc.std),
+                    "best_test_acc_mean": num(s.best_acc.mean),
+                    "best_test_acc_std": num(s.best_acc.std),
+                    "best_epochs": " ".join(str(e) for e in s.best_epochs),
+                    "final_test_loss_mean": num(s.final_loss.mean),
+                    "final_test_loss_std": num(s.final_loss.std),
+                    "num_params": num(s.num_params),
+                    "median_epoch_seconds": num(s.epoch_seconds if s.kind != "baseline" else None),
+                    "original_epoch": num(s.epochs if orig else None),
+                    "original_final_test_acc": num(orig[0] if orig else None),
+                    "original_best_test_acc": num(orig[1] if orig else None),
+                    "diff_final_test_acc": num(s.final_acc.mean - orig[0] if orig else None),
+                    "note": "; ".join(s.notes),
+                }
+            )
         if s.incomplete:
-            writer.writerow({
-                "experiment": s.name, "kind": s.kind, "status": "incomplete",
-                "seeds": " ".join("?" if r.seed is None else str(r.seed) for r in s.incomplete),
-                "n_seeds": len(s.incomplete),
-                "note": _incomplete_text(s),
-            })
+            writer.writerow(
+                {
+                    "experiment": s.name,
+                    "kind": s.kind,
+                    "status": "incomplete",
+                    "seeds": " ".join("?" if r.seed is None else str(r.seed) for r in s.incomplete),
+                    "n_seeds": len(s.incomplete),
+                    "note": _incomplete_text(s),
+                }
+            )
     return out.getvalue()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Any
 
 from rnnlab.cli import CLIError
@@ -14,14 +14,22 @@ from rnnlab.cli import CLIError
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "train", help="train one experiment into a run directory",
+        "train",
+        help="train one experiment into a run directory",
         description="Train one experiment (defaults <- --preset/--config <- --set) into RUN_DIR, evaluating on "
-                    "the test split (and validation, when configured) after every epoch.")
+        "the test split (and validation, when configured) after every epoch.",
+    )
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="a preset in configs/ (e.g. seed/lstm) or a TOML file")
     source.add_argument("--config", metavar="FILE", help="a TOML file of config keys")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                   help="override one config key (repeatable), e.g. --set hidden_size=128 --set cell=gru")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config key (repeatable), e.g. --set hidden_size=128 --set cell=gru",
+    )
     p.add_argument("--data", metavar="PATH", help="dataset path (same as --set data=PATH)")
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="the run directory to write")
     mode = p.add_mutually_exclusive_group()
@@ -31,19 +39,27 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
-        "evaluate", help="evaluate a trained run on the test split",
-        description="Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run.")
+        "evaluate",
+        help="evaluate a trained run on the test split",
+        description="Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", metavar="PATH", help="dataset path (default: the run's data / $RNNLAB_DATA)")
-    p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto",
-                   help="auto: best when the run had a validation split, else last")
+    p.add_argument(
+        "--checkpoint",
+        choices=("auto", "best", "last"),
+        default="auto",
+        help="auto: best when the run had a validation split, else last",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser(
-        "predict", help="classify texts with a trained run",
+        "predict",
+        help="classify texts with a trained run",
         description="Print each text's predicted label and its probability (texts as arguments, or one per "
-                    "line on stdin).")
+        "line on stdin).",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("texts", metavar="TEXT", nargs="*", help="texts to classify (default: lines of stdin)")
     p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto")
@@ -64,8 +80,9 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume and not args.preset and not config_file and (Path(args.out) / "config.toml").is_file():
             config_file = Path(args.out) / "config.toml"  # `--resume` alone continues the run as it was set up
         config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
-        rows = train_and_evaluate(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
+        rows = train_and_evaluate(
+            config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     except (ConfigError, RunDirError, TrainingError, DistributedError) as err:
         raise CLIError(_ranked(str(err))) from None
     except _data_errors() as err:
@@ -73,8 +90,11 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if not _is_main_rank():
             raise
-        print(f"rnnlab: training interrupted; the completed epochs are kept in {args.out}: continue with "
-              f"the same command plus --resume", file=sys.stderr)
+        print(
+            f"rnnlab: training interrupted; the completed epochs are kept in {args.out}: continue with "
+            f"the same command plus --resume",
+            file=sys.stderr,
+        )
         raise
     if not _is_main_rank():  # torchrun: rank 0 reports
         return 0
@@ -84,8 +104,10 @@ def _train(args: argparse.Namespace) -> int:
         from rnnlab.train.runner import read_run_info
 
         test = read_run_info(Path(args.out)).get("test", {})
-        print(f"Done: {len(rows)} epochs, test accuracy {test.get('acc', float('nan')):.4f} at epoch "
-              f"{test.get('epoch')} (best validation accuracy); run directory {args.out}")
+        print(
+            f"Done: {len(rows)} epochs, test accuracy {test.get('acc', float('nan')):.4f} at epoch "
+            f"{test.get('epoch')} (best validation accuracy); run directory {args.out}"
+        )
     return 0
 
 
@@ -111,8 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from rnnlab.train.runner import RunDirError
 
     try:
-        result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_path=args.data,
-                              progress=not args.json)
+        result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_path=args.data, progress=not args.json)
     except (ConfigError, RunDirError) as err:
         raise CLIError(str(err)) from None
     except _data_errors() as err:
@@ -129,8 +150,9 @@ def _predict(args: argparse.Namespace) -> int:
     texts = list(args.texts)
     if not texts:
         if sys.stdin is None or sys.stdin.isatty():
-            raise CLIError("no texts: pass them as arguments (rnnlab predict RUN_DIR \"text\" ...) or one per "
-                           "line on stdin")
+            raise CLIError(
+                'no texts: pass them as arguments (rnnlab predict RUN_DIR "text" ...) or one per line on stdin'
+            )
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
         if not texts:
             raise CLIError("no texts on stdin (empty lines are skipped)")

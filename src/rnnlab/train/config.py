@@ -116,8 +116,9 @@ class Config:
 
 _BUILTINS = {"str": str, "int": int, "float": float, "bool": bool}
 #: Field name -> its Python type (annotations are strings under ``from __future__ import annotations``).
-FIELD_TYPES: dict[str, type] = {f.name: _BUILTINS[f.type] if isinstance(f.type, str) else f.type
-                                for f in fields(Config)}
+FIELD_TYPES: dict[str, type] = {
+    f.name: _BUILTINS[f.type] if isinstance(f.type, str) else f.type for f in fields(Config)
+}
 _TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -139,8 +140,7 @@ def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
-            raise ConfigError(
-                f"{source}: {key!r} expects {_TYPE_WORDS[want]}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{source}: {key!r} expects {_TYPE_WORDS[want]}, got {type(value).__name__} {value!r}")
         out[key] = value
     return out
 
@@ -196,8 +196,16 @@ def validate(config: Config) -> None:
             close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key!r} must be one of {', '.join(choices)}; got {value!r}{hint}")
-    positive = ("embedding_dim", "hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size",
-                "min_freq", "max_len")
+    positive = (
+        "embedding_dim",
+        "hidden_size",
+        "num_layers",
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "min_freq",
+        "max_len",
+    )
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key!r} must be >= 1, got {getattr(config, key)}")
@@ -217,19 +225,24 @@ def validate(config: Config) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{key!r} must be a finite number >= 0, got {value}")
     if config.early_stopping and config.val_fraction == 0:
-        raise ConfigError("'early_stopping' watches validation accuracy: it needs val_fraction > 0 "
-                          f"(got early_stopping={config.early_stopping}, val_fraction=0)")
+        raise ConfigError(
+            "'early_stopping' watches validation accuracy: it needs val_fraction > 0 "
+            f"(got early_stopping={config.early_stopping}, val_fraction=0)"
+        )
     if not config.test_every_epoch and config.val_fraction == 0:
-        raise ConfigError("test_every_epoch=false evaluates the test split once, on the checkpoint with the best "
-                          "validation accuracy: it needs val_fraction > 0 (got val_fraction=0)")
+        raise ConfigError(
+            "test_every_epoch=false evaluates the test split once, on the checkpoint with the best "
+            "validation accuracy: it needs val_fraction > 0 (got val_fraction=0)"
+        )
     if config.device != "auto":
         import torch
 
         try:
             torch.device(config.device)
         except (RuntimeError, ValueError):
-            raise ConfigError(f"'device' must be 'auto' or a torch device such as cpu, cuda, cuda:1, mps; "
-                              f"got {config.device!r}") from None
+            raise ConfigError(
+                f"'device' must be 'auto' or a torch device such as cpu, cuda, cuda:1, mps; got {config.device!r}"
+            ) from None
     if not config.name.strip():
         raise ConfigError("'name' must not be empty")
 
@@ -294,19 +307,25 @@ def _experiment_values(path: Path, *, default_name: str | None) -> dict[str, Any
         shown = ", ".join(map(str, exps)) if isinstance(exps, list) else repr(exps)
         raise ConfigError(
             f"{path} is a suite of experiments ({shown}), not one experiment: train one of them "
-            f"(--preset NAME with NAME one of those), or run the whole suite with `rnnlab compare --preset ...`")
+            f"(--preset NAME with NAME one of those), or run the whole suite with `rnnlab compare --preset ...`"
+        )
     for key, value in values.items():
         if isinstance(value, dict):
-            raise ConfigError(f"{path}: tables are not allowed in an experiment preset, found [{key}]; "
-                              "use flat keys such as hidden_size = 128")
+            raise ConfigError(
+                f"{path}: tables are not allowed in an experiment preset, found [{key}]; "
+                "use flat keys such as hidden_size = 128"
+            )
     checked = _checked(values, str(path))
     if default_name and "name" not in checked:
         checked["name"] = default_name
     return checked
 
 
-def load_config(preset: str | Path | None = None, config_file: str | Path | None = None,
-                overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+def load_config(
+    preset: str | Path | None = None,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> Config:
     """Defaults <- preset <- config file <- overrides; returns one validated Config.
 
     A preset that names no ``name`` is named after its file (``seed/lstm`` -> ``lstm``).
@@ -353,8 +372,9 @@ def load_suite(name: str | Path, overrides: Iterable[str] | Mapping[str, Any] = 
             exp_path = resolve_preset(exp)
         except ConfigError:
             if not local.is_file():
-                raise ConfigError(f"{path}: experiment {exp!r} not found "
-                                  f"(looked for {CONFIGS_DIR / (exp + '.toml')} and {local})") from None
+                raise ConfigError(
+                    f"{path}: experiment {exp!r} not found (looked for {CONFIGS_DIR / (exp + '.toml')} and {local})"
+                ) from None
             exp_path = local
         exp_values = _experiment_values(exp_path, default_name=exp_path.stem)
         configs.append(Config(**{**exp_values, **shared, **extra}))

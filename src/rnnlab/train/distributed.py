@@ -129,18 +129,23 @@ def from_env(env: dict[str, str] | None = None) -> tuple[int, int, int, int] | N
         return None
     missing = [k for k in ENV_VARS if not env.get(k)]
     if missing:
-        raise DistributedError(f"WORLD_SIZE={world} asks for a distributed run, but {', '.join(missing)} "
-                               "is not set (launch with `torchrun --nproc_per_node=N -m rnnlab train ...`)")
+        raise DistributedError(
+            f"WORLD_SIZE={world} asks for a distributed run, but {', '.join(missing)} "
+            "is not set (launch with `torchrun --nproc_per_node=N -m rnnlab train ...`)"
+        )
     try:
         world_size, rank, local_rank = int(world), int(env["RANK"]), int(env["LOCAL_RANK"])
         local_world = int(env.get("LOCAL_WORLD_SIZE") or world_size)
     except ValueError as err:
-        raise DistributedError(f"distributed environment: expected integers in WORLD_SIZE, RANK, LOCAL_RANK, "
-                               f"LOCAL_WORLD_SIZE; {err}") from None
+        raise DistributedError(
+            f"distributed environment: expected integers in WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE; {err}"
+        ) from None
     if world_size < 1 or not 0 <= rank < world_size or not 0 <= local_rank < local_world:
-        raise DistributedError(f"distributed environment: expected 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < "
-                               f"LOCAL_WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world_size}, "
-                               f"LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world}")
+        raise DistributedError(
+            f"distributed environment: expected 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < "
+            f"LOCAL_WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world_size}, "
+            f"LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world}"
+        )
     return world_size, rank, local_rank, local_world
 
 
@@ -166,8 +171,10 @@ def session(device: torch.device, *, timeout_s: float = 1800.0) -> Iterator[tupl
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise DistributedError(f"distributed training runs on CPU (gloo) or CUDA (NCCL); device {device} has "
-                               "no torch.distributed backend (set device=cpu)")
+        raise DistributedError(
+            f"distributed training runs on CPU (gloo) or CUDA (NCCL); device {device} has "
+            "no torch.distributed backend (set device=cpu)"
+        )
     owned = not torch_dist.is_initialized()
     if owned:
         kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
@@ -176,8 +183,9 @@ def session(device: torch.device, *, timeout_s: float = 1800.0) -> Iterator[tupl
         torch_dist.init_process_group(backend, init_method="env://", world_size=world_size, rank=rank, **kwargs)
     else:
         backend = torch_dist.get_backend()
-    dist = Dist(world_size, rank, local_rank, local_world, backend,
-                device if backend == "nccl" else torch.device("cpu"))
+    dist = Dist(
+        world_size, rank, local_rank, local_world, backend, device if backend == "nccl" else torch.device("cpu")
+    )
     try:
         yield dist, device
     except BaseException:

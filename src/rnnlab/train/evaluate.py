@@ -19,8 +19,15 @@ import torch
 
 from rnnlab.models import RNNClassifier, build_model
 from rnnlab.train.config import Config, config_from_toml
-from rnnlab.train.runner import (RunDirError, _load_checkpoint, load_model_state, read_json, read_run_info,
-                                 run_eval, select_device)
+from rnnlab.train.runner import (
+    RunDirError,
+    _load_checkpoint,
+    load_model_state,
+    read_json,
+    read_run_info,
+    run_eval,
+    select_device,
+)
 
 
 @dataclass
@@ -63,8 +70,9 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "auto", device: st
         raise RunDirError(f"{run_dir}: cannot use its vocabulary/tokenizer: {err}") from None
     label_names = list(ckpt.get("label_names") or info.get("label_names") or [])
     if len(vocab) != ckpt.get("vocab_size"):
-        raise RunDirError(f"{run_dir / 'vocab.json'} has {len(vocab)} ids but {path} was trained with "
-                          f"{ckpt.get('vocab_size')}")
+        raise RunDirError(
+            f"{run_dir / 'vocab.json'} has {len(vocab)} ids but {path} was trained with {ckpt.get('vocab_size')}"
+        )
     # Inference keeps the architecture but may use any implementation: the weights are interchangeable.
     dev = select_device(device or "auto")  # not config.device: the run may come from another machine
     model = build_model(config, len(vocab), len(label_names))
@@ -94,8 +102,9 @@ def encode_texts(texts: Sequence[str], tokenizer: Any, vocab: Any, config: Confi
 
 
 @torch.no_grad()
-def predict(run_dir: str | os.PathLike | LoadedRun, texts: Sequence[str], *, checkpoint: str = "auto",
-            batch_size: int = 256) -> list[dict[str, Any]]:
+def predict(
+    run_dir: str | os.PathLike | LoadedRun, texts: Sequence[str], *, checkpoint: str = "auto", batch_size: int = 256
+) -> list[dict[str, Any]]:
     """Classify raw texts with a trained run: one dict per text.
 
     Each dict: ``text``, ``label`` (name), ``label_id``, ``probability`` (of that label) and
@@ -106,15 +115,21 @@ def predict(run_dir: str | os.PathLike | LoadedRun, texts: Sequence[str], *, che
     ids, lengths = encode_texts(texts, run.tokenizer, run.vocab, run.config)
     results = []
     for start in range(0, len(texts), batch_size):
-        b_ids, b_len = ids[start:start + batch_size], lengths[start:start + batch_size]
+        b_ids, b_len = ids[start : start + batch_size], lengths[start : start + batch_size]
         b_ids = b_ids[:, : int(b_len.max())].to(run.device)
         out = run.model(b_ids, b_len)
         probs = (out.exp() if run.config.loss == "nll" else out.softmax(-1)).double().cpu()
         for j, p in enumerate(probs):
             k = int(p.argmax())
-            results.append({"text": texts[start + j], "label": run.label_names[k], "label_id": k,
-                            "probability": float(p[k]),
-                            "probabilities": {name: float(p[c]) for c, name in enumerate(run.label_names)}})
+            results.append(
+                {
+                    "text": texts[start + j],
+                    "label": run.label_names[k],
+                    "label_id": k,
+                    "probability": float(p[k]),
+                    "probabilities": {name: float(p[c]) for c, name in enumerate(run.label_names)},
+                }
+            )
     return results
 
 
@@ -138,8 +153,14 @@ def classification_report(labels: torch.Tensor, preds: torch.Tensor, label_names
     return {"per_class": per_class, "confusion_matrix": cm.tolist()}
 
 
-def evaluate_run(run_dir: str | os.PathLike, data: Any = None, *, checkpoint: str = "auto",
-                 data_path: str | None = None, progress: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: Any = None,
+    *,
+    checkpoint: str = "auto",
+    data_path: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Evaluate a run's model on the test split.
 
     data: an encoded dataset whose vocabulary equals the run's, or None: the test texts of
@@ -152,29 +173,38 @@ def evaluate_run(run_dir: str | os.PathLike, data: Any = None, *, checkpoint: st
     config = run.config
     if data is not None:
         if len(data.vocab) != len(run.vocab) or data.vocab != run.vocab:
-            raise RunDirError(f"the given data's vocabulary ({len(data.vocab)} ids) is not the run's vocab.json "
-                              f"({len(run.vocab)} ids); pass data=None to encode the test texts with the run's")
+            raise RunDirError(
+                f"the given data's vocabulary ({len(data.vocab)} ids) is not the run's vocab.json "
+                f"({len(run.vocab)} ids); pass data=None to encode the test texts with the run's"
+            )
         split = data.test
     else:
         split = _encode_test_split(config, run, data_path, progress)
     result = run_eval(run.model, split, config, run.device)
     report = classification_report(result["labels"], result["preds"], run.label_names)
-    return {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "epoch": run.epoch,
-            "loss": result["loss"], "accuracy": result["acc"], "n": result["n"], "label_names": run.label_names,
-            **report}
+    return {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "epoch": run.epoch,
+        "loss": result["loss"],
+        "accuracy": result["acc"],
+        "n": result["n"],
+        "label_names": run.label_names,
+        **report,
+    }
 
 
 def _encode_test_split(config: Config, run: LoadedRun, data_path: str | None, progress: bool) -> Any:
     """The test texts of ``data_path`` (or the run's data), encoded with the run's tokenizer and vocabulary."""
     from rnnlab.data import EncodedSplit, encode_texts, load_dataset
-
     from rnnlab.train.runner import data_source
 
     dataset = load_dataset(data_path or data_source(config), progress=progress)
     if list(dataset.label_names) != run.label_names:
         raise RunDirError(f"the data's labels {list(dataset.label_names)} are not the run's {run.label_names}")
-    ids, lengths = encode_texts(dataset.test.texts, run.tokenizer, run.vocab, max_len=config.max_len,
-                                truncate=config.truncate)
+    ids, lengths = encode_texts(
+        dataset.test.texts, run.tokenizer, run.vocab, max_len=config.max_len, truncate=config.truncate
+    )
     return EncodedSplit(ids, lengths, torch.as_tensor(dataset.test.labels, dtype=torch.int64))
 
 
@@ -182,15 +212,20 @@ def format_evaluation(result: dict[str, Any]) -> str:
     """Human-readable evaluation: loss, accuracy, per-class P/R/F1, confusion matrix."""
     names = result["label_names"]
     width = max(9, *(len(n) for n in names))
-    lines = [f"Run: {result['run_dir']} (checkpoint {Path(result['checkpoint']).name}, epoch {result['epoch']})",
-             f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['accuracy']:.4f} "
-             f"({result['n']} examples)", "",
-             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    lines = [
+        f"Run: {result['run_dir']} (checkpoint {Path(result['checkpoint']).name}, epoch {result['epoch']})",
+        f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['accuracy']:.4f} ({result['n']} examples)",
+        "",
+        f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}",
+    ]
     for name in names:
         m = result["per_class"][name]
         lines.append(f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>9d}")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted):",
-              " " * width + " " + " ".join(f"{n:>9}" for n in names)]
+    lines += [
+        "",
+        "Confusion matrix (rows: true, columns: predicted):",
+        " " * width + " " + " ".join(f"{n:>9}" for n in names),
+    ]
     for name, row in zip(names, result["confusion_matrix"]):
         lines.append(f"{name:<{width}} " + " ".join(f"{v:>9d}" for v in row))
     return "\n".join(lines)

@@ -94,7 +94,8 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     if info.get("format") != FORMAT:
         raise RunDirError(
             f"{run_dir} was written by rnnlab {info.get('rnnlab_version', '?')} in run-directory format "
-            f"{info.get('format')!r}; this rnnlab ({__version__}) reads format {FORMAT}")
+            f"{info.get('format')!r}; this rnnlab ({__version__}) reads format {FORMAT}"
+        )
     return info
 
 
@@ -128,8 +129,13 @@ def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -194,14 +200,28 @@ def load_data(config: Config, *, progress: bool = True) -> Any:
     from rnnlab.data import encode_dataset, load_dataset
 
     source = data_source(config)
-    key = (source, config.val_fraction, config.val_split, config.max_words, config.min_freq, config.max_len,
-           config.truncate)
+    key = (
+        source,
+        config.val_fraction,
+        config.val_split,
+        config.max_words,
+        config.min_freq,
+        config.max_len,
+        config.truncate,
+    )
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    dataset = load_dataset(source, val_fraction=config.val_fraction, val_split=config.val_split, seed=0,
-                           progress=progress)
-    data = encode_dataset(dataset, max_words=config.max_words, min_freq=config.min_freq, max_len=config.max_len,
-                          truncate=config.truncate, progress=progress)
+    dataset = load_dataset(
+        source, val_fraction=config.val_fraction, val_split=config.val_split, seed=0, progress=progress
+    )
+    data = encode_dataset(
+        dataset,
+        max_words=config.max_words,
+        min_freq=config.min_freq,
+        max_len=config.max_len,
+        truncate=config.truncate,
+        progress=progress,
+    )
     _DATA_CACHE.clear()  # one dataset in memory at a time
     _DATA_CACHE[key] = data
     return data
@@ -241,8 +261,14 @@ def run_eval(model: nn.Module, split: Any, config: Config, device: torch.device)
         raise ValueError("cannot evaluate an empty split")
     pred = torch.cat(preds)
     lab = torch.cat(labels_all)
-    return {"loss": loss_sum / n, "acc": float((pred == lab).double().mean().item()), "n": n,
-            "preds": pred, "labels": lab, "probs": torch.cat(probs)}
+    return {
+        "loss": loss_sum / n,
+        "acc": float((pred == lab).double().mean().item()),
+        "n": n,
+        "preds": pred,
+        "labels": lab,
+        "probs": torch.cat(probs),
+    }
 
 
 def _criterion(config: Config) -> nn.Module:
@@ -264,8 +290,10 @@ def _prepare_run_dir(run_dir: Path, config: Config, *, resume: bool, overwrite: 
         return None
     if overwrite:
         if not (run_dir / "run.json").exists():
-            raise RunDirError(f"{run_dir} is not empty and is not a run directory (no run.json); "
-                              "refusing to delete it for --overwrite: choose another --out")
+            raise RunDirError(
+                f"{run_dir} is not empty and is not a run directory (no run.json); "
+                "refusing to delete it for --overwrite: choose another --out"
+            )
         shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         return None
@@ -274,18 +302,31 @@ def _prepare_run_dir(run_dir: Path, config: Config, *, resume: bool, overwrite: 
             info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
         except RunDirError:
             info = None
-        what = (f"a run ({info.get('status')}, {info.get('epochs_completed')}/{info.get('epochs')} epochs)"
-                if info else "files")
-        raise RunDirError(f"{run_dir} already exists and holds {what}; pass --resume to continue it "
-                          "or --overwrite to replace it (or choose another --out)")
+        what = (
+            f"a run ({info.get('status')}, {info.get('epochs_completed')}/{info.get('epochs')} epochs)"
+            if info
+            else "files"
+        )
+        raise RunDirError(
+            f"{run_dir} already exists and holds {what}; pass --resume to continue it "
+            "or --overwrite to replace it (or choose another --out)"
+        )
     info = read_run_info(run_dir)
     old = config_from_toml(run_dir / "config.toml")
-    diffs = [f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}"
-             for f in old.to_dict() if f not in RESUME_MUTABLE and getattr(old, f) != getattr(config, f)]
+    diffs = [
+        f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}"
+        for f in old.to_dict()
+        if f not in RESUME_MUTABLE and getattr(old, f) != getattr(config, f)
+    ]
     if diffs:
-        raise RunDirError(f"cannot resume {run_dir}: the config differs from the run's config.toml in "
-                          + "; ".join(diffs) + " (only " + ", ".join(RESUME_MUTABLE) + " may change; "
-                          "use --overwrite to start again)")
+        raise RunDirError(
+            f"cannot resume {run_dir}: the config differs from the run's config.toml in "
+            + "; ".join(diffs)
+            + " (only "
+            + ", ".join(RESUME_MUTABLE)
+            + " may change; "
+            "use --overwrite to start again)"
+        )
     return info
 
 
@@ -305,8 +346,11 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: P
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -351,8 +395,15 @@ def _tensorboard(run_dir: Path) -> Any:
 # ----------------------------------------------------------------------------- training
 
 
-def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any = None, resume: bool = False,
-                       overwrite: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+def train_and_evaluate(
+    config: Config,
+    run_dir: str | os.PathLike,
+    *,
+    data: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Train ``config`` into ``run_dir``, evaluating on test (and validation) after every epoch.
 
     With ``config.test_every_epoch`` false, each epoch is evaluated on validation only and the
@@ -373,15 +424,27 @@ def train_and_evaluate(config: Config, run_dir: str | os.PathLike, *, data: Any 
     if not isinstance(config, Config):
         raise TypeError(f"config must be a rnnlab.train.Config, got {type(config).__name__}")
     if data is not None and config.val_fraction > 0 and data.val is None:
-        raise ConfigError(f"val_fraction={config.val_fraction} asks for a validation split, but the data given "
-                          "has none (encode a dataset loaded with the same val_fraction)")
+        raise ConfigError(
+            f"val_fraction={config.val_fraction} asks for a validation split, but the data given "
+            "has none (encode a dataset loaded with the same val_fraction)"
+        )
     with distributed.session(select_device(config.device)) as (dist, device):
         if config.batch_size < dist.world_size:
-            raise ConfigError(f"batch_size={config.batch_size} is smaller than the number of processes "
-                              f"({dist.world_size}): every rank needs at least one example of each full batch; "
-                              f"use batch_size >= {dist.world_size} or fewer processes")
-        return _train_and_evaluate(config, Path(run_dir), data=data, resume=resume, overwrite=overwrite,
-                                   progress=progress and dist.is_main, dist=dist, device=device)
+            raise ConfigError(
+                f"batch_size={config.batch_size} is smaller than the number of processes "
+                f"({dist.world_size}): every rank needs at least one example of each full batch; "
+                f"use batch_size >= {dist.world_size} or fewer processes"
+            )
+        return _train_and_evaluate(
+            config,
+            Path(run_dir),
+            data=data,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress and dist.is_main,
+            dist=dist,
+            device=device,
+        )
 
 
 def _load_data_ranked(config: Config, dist: distributed.Dist, progress: bool) -> Any:
@@ -392,8 +455,17 @@ def _load_data_ranked(config: Config, dist: distributed.Dist, progress: bool) ->
     return data if dist.is_main else load_data(config, progress=False)
 
 
-def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: bool, overwrite: bool, progress: bool,
-                        dist: distributed.Dist, device: torch.device) -> list[dict[str, Any]]:
+def _train_and_evaluate(
+    config: Config,
+    run_dir: Path,
+    *,
+    data: Any,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    dist: distributed.Dist,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     main = dist.is_main
     last_path = run_dir / "checkpoints" / "last.pt"
 
@@ -403,8 +475,9 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
             return info, None
         ckpt = _load_checkpoint(last_path)
         if ckpt["epoch"] > config.epochs:
-            raise RunDirError(f"cannot resume {run_dir} with epochs={config.epochs}: it has {ckpt['epoch']} "
-                              "epochs completed")
+            raise RunDirError(
+                f"cannot resume {run_dir} with epochs={config.epochs}: it has {ckpt['epoch']} epochs completed"
+            )
         return info, ckpt
 
     # Rank 0 prepares the run directory and reads the checkpoint; the others get both (or its error).
@@ -414,8 +487,15 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
         if done == config.epochs or (ckpt.get("stopped_early") and info.get("epochs") == config.epochs):
             rows = dist.on_main(lambda: read_metrics(run_dir))
             if not config.test_every_epoch and "test" not in info:  # killed between training and the test pass
-                _final_test(run_dir, config, data if data is not None else _load_data_ranked(config, dist, progress),
-                            info, _Log(run_dir / "train.log", enabled=main), dist=dist, device=device)
+                _final_test(
+                    run_dir,
+                    config,
+                    data if data is not None else _load_data_ranked(config, dist, progress),
+                    info,
+                    _Log(run_dir / "train.log", enabled=main),
+                    dist=dist,
+                    device=device,
+                )
             if main:
                 print(f"{run_dir}: already complete ({done} epochs); nothing to train")
                 if info.get("status") != "complete":
@@ -433,12 +513,16 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
     num_classes = len(label_names)
     vocab_size = len(data.vocab)
     if info is not None:
+
         def check_vocab() -> None:
             saved_vocab = _read_vocab(run_dir / "vocab.json")
             if saved_vocab is not None and saved_vocab != data.vocab:
-                raise RunDirError(f"cannot resume {run_dir}: the data's vocabulary ({vocab_size} ids) differs from "
-                                  f"the run's vocab.json ({len(saved_vocab)} ids); train on the same data and "
-                                  "settings")
+                raise RunDirError(
+                    f"cannot resume {run_dir}: the data's vocabulary ({vocab_size} ids) differs from "
+                    f"the run's vocab.json ({len(saved_vocab)} ids); train on the same data and "
+                    "settings"
+                )
+
         dist.on_main(check_vocab, share=False)
 
     seed_everything(config.seed)  # every rank: the same initial weights (DDP also broadcasts rank 0's)
@@ -446,9 +530,16 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
     optimizer = make_optimizer(config, model.parameters())
     steps_per_epoch = _num_batches(_train_loader(data, config), len(data.train), config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, schedule=config.lr_schedule, warmup_steps=config.warmup_steps, total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(
+            s,
+            schedule=config.lr_schedule,
+            warmup_steps=config.warmup_steps,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+        ),
+    )
     num_params = count_parameters(model)
     log = _Log(run_dir / "train.log", enabled=main)
 
@@ -458,8 +549,10 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
     start_epoch = 1
     if ckpt is not None:
         if ckpt.get("vocab_size") != vocab_size or ckpt.get("num_classes") != num_classes:
-            raise RunDirError(f"{last_path} was trained with {ckpt.get('vocab_size')} ids "
-                              f"and {ckpt.get('num_classes')} classes; the data has {vocab_size} and {num_classes}")
+            raise RunDirError(
+                f"{last_path} was trained with {ckpt.get('vocab_size')} ids "
+                f"and {ckpt.get('num_classes')} classes; the data has {vocab_size} and {num_classes}"
+            )
         load_model_state(model, ckpt["model"], last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -480,22 +573,38 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
         write_text(run_dir / "model.txt", f"{model}\n")
         log(f"vocab_size: {vocab_size}")
         log(str(model))
-        log(f"Parameters: {num_params:,}  device: {device}  train: {len(data.train)}  test: {len(data.test)}"
+        log(
+            f"Parameters: {num_params:,}  device: {device}  train: {len(data.train)}  test: {len(data.test)}"
             + (f"  val: {len(data.val)}" if data.val is not None else "")
-            + (f"  processes: {dist.world_size} ({dist.backend})" if dist.enabled else ""))
+            + (f"  processes: {dist.world_size} ({dist.backend})" if dist.enabled else "")
+        )
     ckpt = None  # free it
 
     # The module that trains: DDP averages the gradients over ranks; checkpoints and evaluation use `model`.
     trained: nn.Module = model
     if dist.enabled:
         trained = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    run_info = {"rnnlab_version": __version__, "format": FORMAT, "status": "running",
-                "epochs_completed": start_epoch - 1, "epochs": config.epochs, "num_params": num_params,
-                "name": config.name, "seed": config.seed, "device": str(device), "label_names": label_names,
-                "num_classes": num_classes, "vocab_size": vocab_size, "best_epoch": best["epoch"],
-                "best_metric": best["metric"], "world_size": dist.world_size, "backend": dist.backend}
+    run_info = {
+        "rnnlab_version": __version__,
+        "format": FORMAT,
+        "status": "running",
+        "epochs_completed": start_epoch - 1,
+        "epochs": config.epochs,
+        "num_params": num_params,
+        "name": config.name,
+        "seed": config.seed,
+        "device": str(device),
+        "label_names": label_names,
+        "num_classes": num_classes,
+        "vocab_size": vocab_size,
+        "best_epoch": best["epoch"],
+        "best_metric": best["metric"],
+        "world_size": dist.world_size,
+        "backend": dist.backend,
+    }
     if main:
         write_json(run_dir / "run.json", run_info)
     writer = _tensorboard(run_dir) if main else None
@@ -505,8 +614,9 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
     committed = {"epoch": start_epoch - 1, "best_epoch": best["epoch"], "history": list(history)}
     try:
         for epoch in range(start_epoch, config.epochs + 1):
-            row = _train_epoch(trained, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress,
-                               dist=dist)
+            row = _train_epoch(
+                trained, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress, dist=dist
+            )
             eval_start = time.perf_counter()
             if config.test_every_epoch:
                 test = _evaluate(model, data.test, config, device, dist)
@@ -532,11 +642,21 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
             stopped_early = bool(config.early_stopping and bad_epochs >= config.early_stopping)
             if main:
                 ckpt_out = {
-                    "format": FORMAT, "rnnlab_version": __version__, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                    "loader": {"seed": config.seed, "next_epoch": epoch + 1}, "history": history,
-                    "best": dict(best), "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-                    "config": config.to_dict(), "vocab_size": vocab_size, "num_classes": num_classes,
+                    "format": FORMAT,
+                    "rnnlab_version": __version__,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "loader": {"seed": config.seed, "next_epoch": epoch + 1},
+                    "history": history,
+                    "best": dict(best),
+                    "bad_epochs": bad_epochs,
+                    "stopped_early": stopped_early,
+                    "config": config.to_dict(),
+                    "vocab_size": vocab_size,
+                    "num_classes": num_classes,
                     "label_names": label_names,
                 }
                 if improved:  # best.pt before last.pt: a last.pt of an improving epoch always has its best.pt
@@ -551,8 +671,10 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
                             writer.add_scalar(key, value, epoch)
                     writer.flush()
             if stopped_early:
-                log(f"Early stopping: validation accuracy has not improved for {bad_epochs} epochs "
-                    f"(best {best['value']:.4f} at epoch {best['epoch']})")
+                log(
+                    f"Early stopping: validation accuracy has not improved for {bad_epochs} epochs "
+                    f"(best {best['value']:.4f} at epoch {best['epoch']})"
+                )
                 break
     except BaseException as err:
         if main:
@@ -560,13 +682,17 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
             if last_path.exists():  # the interrupt may land anywhere, even just after last.pt was replaced
                 try:
                     saved = _load_checkpoint(last_path)
-                    committed = {"epoch": saved["epoch"], "best_epoch": saved["best"]["epoch"],
-                                 "history": saved["history"]}
+                    committed = {
+                        "epoch": saved["epoch"],
+                        "best_epoch": saved["best"]["epoch"],
+                        "history": saved["history"],
+                    }
                 except (RunDirError, KeyError, TypeError):
                     pass
             _write_metrics(run_dir, committed["history"])
-            run_info.update(status="failed", error=reason, epochs_completed=committed["epoch"],
-                            best_epoch=committed["best_epoch"])
+            run_info.update(
+                status="failed", error=reason, epochs_completed=committed["epoch"], best_epoch=committed["best_epoch"]
+            )
             write_json(run_dir / "run.json", run_info)
         raise
     finally:
@@ -582,9 +708,17 @@ def _train_and_evaluate(config: Config, run_dir: Path, *, data: Any, resume: boo
     return history
 
 
-def _final_test(run_dir: Path, config: Config, data: Any, run_info: dict[str, Any], log: Any, *,
-                model: nn.Module | None = None, device: torch.device | None = None,
-                dist: distributed.Dist | None = None) -> dict[str, Any]:
+def _final_test(
+    run_dir: Path,
+    config: Config,
+    data: Any,
+    run_info: dict[str, Any],
+    log: Any,
+    *,
+    model: nn.Module | None = None,
+    device: torch.device | None = None,
+    dist: distributed.Dist | None = None,
+) -> dict[str, Any]:
     """The one test pass of a ``test_every_epoch=false`` run, on ``checkpoints/best.pt``.
 
     best.pt holds the epoch with the best validation accuracy. Writes ``test.json`` and
@@ -600,21 +734,29 @@ def _final_test(run_dir: Path, config: Config, data: Any, run_info: dict[str, An
         model = build_model(config, ckpt["vocab_size"], ckpt["num_classes"]).to(device)
     load_model_state(model, ckpt["model"], best_path)
     result = _evaluate(model, data.test, config, device, dist)
-    test = {"epoch": int(ckpt["epoch"]), "loss": result["loss"], "acc": result["acc"], "n": result["n"],
-            "selected_by": "val_acc"}
+    test = {
+        "epoch": int(ckpt["epoch"]),
+        "loss": result["loss"],
+        "acc": result["acc"],
+        "n": result["n"],
+        "selected_by": "val_acc",
+    }
     run_info["test"] = test
     if dist.is_main:
         write_json(run_dir / "test.json", test)
         if run_info.get("status") == "complete":
             write_json(run_dir / "run.json", run_info)
-    log(f"Test set (epoch {test['epoch']}, best validation accuracy): Average loss: {test['loss']:.4f}, "
-        f"Accuracy: {test['acc']:.4f}")
+    log(
+        f"Test set (epoch {test['epoch']}, best validation accuracy): Average loss: {test['loss']:.4f}, "
+        f"Accuracy: {test['acc']:.4f}"
+    )
     return test
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, split: Any, config: Config, device: torch.device,
-              dist: distributed.Dist) -> dict[str, Any]:
+def _evaluate(
+    model: nn.Module, split: Any, config: Config, device: torch.device, dist: distributed.Dist
+) -> dict[str, Any]:
     """``run_eval``'s loss, acc and n; distributed: each rank evaluates its slice of every batch, sums reduced."""
     if not dist.enabled:
         return run_eval(model, split, config, device)
@@ -652,9 +794,19 @@ def _train_loader(data: Any, config: Config) -> Any:
     return make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed, bucket=config.bucket)
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: Any, config: Config,
-                 device: torch.device, epoch: int, steps_per_epoch: int, progress: bool, *,
-                 dist: distributed.Dist | None = None) -> dict[str, Any]:
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: Any,
+    config: Config,
+    device: torch.device,
+    epoch: int,
+    steps_per_epoch: int,
+    progress: bool,
+    *,
+    dist: distributed.Dist | None = None,
+) -> dict[str, Any]:
     """One pass over the training split; returns train_loss, train_acc, timing and lr.
 
     Distributed (``model`` wrapped in DDP): each rank runs its slice of every global batch of
@@ -671,8 +823,15 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(distributed.shard_batches(loader, dist), total=steps_per_epoch, desc=f"Epoch {epoch}/{config.epochs}",
-               disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        distributed.shard_batches(loader, dist),
+        total=steps_per_epoch,
+        desc=f"Epoch {epoch}/{config.epochs}",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     for step, (ids, lengths, labels, n_r, n) in enumerate(bar, 1):
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -680,19 +839,24 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
         loss = criterion(out, labels)
         if dist.enabled:
             # An empty slice runs one stand-in example with weight 0, so that DDP's all-reduce still matches.
-            step_loss, step_correct = dist.all_sum([float(loss.item()) * n_r if n_r else 0.0,
-                                                    int((out.argmax(-1) == labels).sum().item()) if n_r else 0])
+            step_loss, step_correct = dist.all_sum(
+                [float(loss.item()) * n_r if n_r else 0.0, int((out.argmax(-1) == labels).sum().item()) if n_r else 0]
+            )
             loss_value = step_loss / n
             loss = loss * (n_r * dist.world_size / n)
         else:
             loss_value = float(loss.item())
             step_correct = int((out.argmax(-1) == labels).sum().item())
         if not math.isfinite(loss_value):
-            kept = (f"The last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1
-                    else "No checkpoint was written (it failed in the first epoch)")
+            kept = (
+                f"The last good checkpoint (epoch {epoch - 1}) is kept"
+                if epoch > 1
+                else "No checkpoint was written (it failed in the first epoch)"
+            )
             raise TrainingError(
                 f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step} of {steps_per_epoch}; "
-                f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip")
+                f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -711,5 +875,11 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     bar.close()
     if seen == 0:
         raise TrainingError("the training split produced no batches")
-    return {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "epoch_seconds": seconds,
-            "examples_per_second": seen / seconds if seconds > 0 else float("inf"), "lr": lr}
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "epoch_seconds": seconds,
+        "examples_per_second": seen / seconds if seconds > 0 else float("inf"),
+        "lr": lr,
+    }

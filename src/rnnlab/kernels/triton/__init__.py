@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -44,7 +44,7 @@ def _choice() -> str:
 
 def cuda_layer_function(
     mode: str, device: torch.device, dtype: torch.dtype, *, has_lengths: bool, has_proj: bool, training: bool
-) -> Optional[Callable]:
+) -> Callable | None:
     """The GPU layer function for this case, or ``None`` (same contract as ``rnnlab.kernels.layer_function``).
 
     ``None`` for non-CUDA devices, LSTM projections, dtypes other than float32/bfloat16

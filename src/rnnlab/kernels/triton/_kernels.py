@@ -78,8 +78,20 @@ def _w_tile(w_ptr, k, H, offs, TRANSPOSE: tl.constexpr):
 
 
 @triton.jit
-def _streamed_dh(scr_ptr, w_ptr, gst, m2, H, offs, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
-                 IS_F32: tl.constexpr, EMULATE: tl.constexpr, PREC: tl.constexpr):
+def _streamed_dh(
+    scr_ptr,
+    w_ptr,
+    gst,
+    m2,
+    H,
+    offs,
+    G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    IS_F32: tl.constexpr,
+    EMULATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """``sum_k dA_k W_hk`` with the gate gradients ``dA_k`` parked in the scratch, one gate tile at a time."""
     wdt = w_ptr.dtype.element_ty
     tl.debug_barrier()  # the scratch writes of every thread are visible
@@ -367,7 +379,9 @@ def rnn_backward_kernel(
                 tl.store(scr_ptr + gst, da_r, mask=m2)
                 tl.store(scr_ptr + gst + H, da_z, mask=m2)
                 tl.store(scr_ptr + gst + 2 * H, dg_n, mask=m2)
-                dh_prev = dh * z + _streamed_dh(scr_ptr, w_ptr, gst, m2, H, offs, G, BLOCK_N, BLOCK_H, IS_F32, EMULATE, PREC)
+                dh_prev = dh * z + _streamed_dh(
+                    scr_ptr, w_ptr, gst, m2, H, offs, G, BLOCK_N, BLOCK_H, IS_F32, EMULATE, PREC
+                )
             tl.store(gb, da_r, mask=m2)
             tl.store(gb + H, da_z, mask=m2)
             tl.store(gb + 2 * H, da_n, mask=m2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -25,7 +25,12 @@ from rnnlab.nn import functional
 
 from .layer import triton_layer
 
-PATHS: dict[str, Callable] = {"triton": triton_layer, "graphs": cuda_graphs.graphed_layer, "bptt": bptt.layer, "fused": functional.fused_layer}
+PATHS: dict[str, Callable] = {
+    "triton": triton_layer,
+    "graphs": cuda_graphs.graphed_layer,
+    "bptt": bptt.layer,
+    "fused": functional.fused_layer,
+}
 TORCH = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}
 
 
@@ -48,8 +53,17 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(mode: str, steps: int, batch: int, hidden: int, dtype: torch.dtype, paths: list[str], repeats: int,
-        dev: torch.device = torch.device("cuda")) -> None:
+def run(
+    mode: str,
+    steps: int,
+    batch: int,
+    hidden: int,
+    dtype: torch.dtype,
+    paths: list[str],
+    repeats: int,
+    dev: torch.device | None = None,
+) -> None:
+    dev = torch.device("cuda") if dev is None else dev
     torch.manual_seed(0)
     ref = getattr(torch.nn, TORCH[mode])(hidden, hidden).to(dev, dtype)
     ws = [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]
@@ -95,8 +109,10 @@ def run(mode: str, steps: int, batch: int, hidden: int, dtype: torch.dtype, path
         err_out = (call()[0].detach().float() - ref_out).abs().max().item()
         err_dx = (x.grad.float() - ref_dx).abs().max().item()
         ti, tt = _median_ms(infer(call), repeats), _median_ms(train(call), repeats)
-        print(f"{name} {path:7s} infer {ti:8.3f} ms  train {tt:8.3f} ms  ratio infer {ti / t_inf:6.2f} train {tt / t_train:6.2f}"
-              f"  max|d out| {err_out:.1e} max|d dX| {err_dx:.1e}")
+        print(
+            f"{name} {path:7s} infer {ti:8.3f} ms  train {tt:8.3f} ms  ratio infer {ti / t_inf:6.2f} train {tt / t_train:6.2f}"
+            f"  max|d out| {err_out:.1e} max|d dX| {err_dx:.1e}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--paths", default="triton,graphs,bptt,fused")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--no-tf32", action="store_true", help="cuDNN/cuBLAS float32 without TF32 (torch's default allows it in cuDNN)")
+    p.add_argument(
+        "--no-tf32", action="store_true", help="cuDNN/cuBLAS float32 without TF32 (torch's default allows it in cuDNN)"
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("rnnlab.kernels.triton.bench: needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -121,9 +139,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import layer
 
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
-          f"cudnn tf32 {torch.backends.cudnn.allow_tf32}  cublas tf32 {torch.backends.cuda.matmul.allow_tf32}  "
-          f"triton float32 dot precision {layer._PRECISION}")
+    print(
+        f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+        f"cudnn tf32 {torch.backends.cudnn.allow_tf32}  cublas tf32 {torch.backends.cuda.matmul.allow_tf32}  "
+        f"triton float32 dot precision {layer._PRECISION}"
+    )
     for mode in args.modes.split(","):
         for shape in args.shapes.split(","):
             steps, batch, hidden = (int(v) for v in shape.split("x"))

@@ -60,16 +60,29 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = layer._launch_config(64, hidden, gates, dtype)
                 options = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 1)}
                 for reverse, has_len in ((False, True), (True, False)):
-                    kernels = ((K.rnn_forward_kernel, dict(HAS_BHN=mode == "gru", SAVE=True)), (K.rnn_backward_kernel, {}))
+                    kernels = (
+                        (K.rnn_forward_kernel, dict(HAS_BHN=mode == "gru", SAVE=True)),
+                        (K.rnn_backward_kernel, {}),
+                    )
                     for kernel, extra in kernels:
-                        consts = dict(cfg, MODE=layer._MODE_ID[mode], G=gates, REVERSE=reverse, HAS_LEN=has_len, **extra)
-                        src = ASTSource(fn=kernel, signature=_signature(kernel, consts, dt),
-                                        constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
+                        consts = dict(
+                            cfg, MODE=layer._MODE_ID[mode], G=gates, REVERSE=reverse, HAS_LEN=has_len, **extra
+                        )
+                        src = ASTSource(
+                            fn=kernel,
+                            signature=_signature(kernel, consts, dt),
+                            constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()},
+                        )
                         compiled = triton.compile(src, target=target, options=options)
                         count, worst = count + 1, max(worst, compiled.metadata.shared)
-                        print(f"ok {kernel.fn.__name__:20s} {mode:8s} {dt} H={hidden:<3d} reverse={reverse!s:5s} lengths={has_len!s:5s} "
-                              f"resident={cfg['W_RESIDENT']!s:5s} warps={options['num_warps']} shared={compiled.metadata.shared}", flush=True)
-    print(f"compiled {count} kernels for sm_{args.arch}; largest shared memory {worst} bytes; {time.time() - start:.0f} s")
+                        print(
+                            f"ok {kernel.fn.__name__:20s} {mode:8s} {dt} H={hidden:<3d} reverse={reverse!s:5s} lengths={has_len!s:5s} "
+                            f"resident={cfg['W_RESIDENT']!s:5s} warps={options['num_warps']} shared={compiled.metadata.shared}",
+                            flush=True,
+                        )
+    print(
+        f"compiled {count} kernels for sm_{args.arch}; largest shared memory {worst} bytes; {time.time() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,7 +75,7 @@ def _fits(hidden: int, dtype: torch.dtype) -> bool:
     return hidden <= MAX_HIDDEN and block_h * block_h * (4 if dtype == torch.float32 else 2) <= 160 * 1024
 
 
-def supports(mode: str, x: Tensor, w_hh: Tensor, w_hr: Optional[Tensor]) -> bool:
+def supports(mode: str, x: Tensor, w_hh: Tensor, w_hr: Tensor | None) -> bool:
     """Whether the kernels handle this call (else :func:`fallback_layer` runs it)."""
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
@@ -92,9 +92,19 @@ def supports(mode: str, x: Tensor, w_hh: Tensor, w_hr: Optional[Tensor]) -> bool
     )
 
 
-def fallback_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool,
-                   lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+def fallback_layer(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    reverse: bool,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """The next-best exact path: ``rnnlab.kernels.bptt.layer`` where it applies, else the fused form."""
     if w_hr is None and x.dtype in (torch.float32, torch.float64):
         from rnnlab.kernels import bptt
@@ -103,7 +113,9 @@ def fallback_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih:
     return functional.fused_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
 
 
-def _input_gates(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+def _input_gates(
+    mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
     """``gi = x W_ih^T + b`` (L, N, G*H) in x's dtype, and GRU's ``b_hn`` (H,) or None."""
     steps, batch, features = x.shape
     gates = w_ih.shape[0]
@@ -146,8 +158,17 @@ def _launch_config(batch: int, hidden: int, gates: int, dtype: torch.dtype) -> d
     return kwargs
 
 
-def _forward(mode: str, gi: Tensor, bhn: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
-             reverse: bool, lens: Optional[Tensor], save: bool) -> tuple[Tensor, ...]:
+def _forward(
+    mode: str,
+    gi: Tensor,
+    bhn: Tensor | None,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_hh: Tensor,
+    reverse: bool,
+    lens: Tensor | None,
+    save: bool,
+) -> tuple[Tensor, ...]:
     """Launch the forward kernel: -> (out, h_n, c_n or None, hs, cs, act) (the last three None unless save)."""
     steps, batch, _ = gi.shape
     hidden = w_hh.shape[1]
@@ -186,7 +207,7 @@ def _on_device(t: Tensor) -> Any:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _lengths_i32(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+def _lengths_i32(lengths: Tensor | None, device: torch.device) -> Tensor | None:
     if lengths is None:
         return None
     return lengths.to(device=device, dtype=torch.int32).contiguous()
@@ -196,8 +217,19 @@ class TritonRecurrence(torch.autograd.Function):
     """Autograd wrapper: forward and backward kernels plus the GEMMs of the module docstring."""
 
     @staticmethod
-    def forward(ctx: Any, mode: str, reverse: bool, lens: Optional[Tensor], x: Tensor, h0: Tensor, c0: Optional[Tensor],
-                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Tensor, ...]:
+    def forward(
+        ctx: Any,
+        mode: str,
+        reverse: bool,
+        lens: Tensor | None,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+    ) -> tuple[Tensor, ...]:
         gi, bhn = _input_gates(mode, x, w_ih, b_ih, b_hh)
         out, h_n, c_n, hs, cs, act = _forward(mode, gi, bhn, h0, c0, w_hh, reverse, lens, save=True)
         ctx.mode, ctx.reverse = mode, reverse
@@ -209,7 +241,9 @@ class TritonRecurrence(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor] = None) -> tuple[Optional[Tensor], ...]:
+    def backward(
+        ctx: Any, dout: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None = None
+    ) -> tuple[Tensor | None, ...]:
         x, w_ih, w_hh, hs, cs, act, lens = ctx.saved_tensors
         mode, reverse = ctx.mode, ctx.reverse
         steps, batch, features = x.shape
@@ -260,9 +294,19 @@ class TritonRecurrence(torch.autograd.Function):
         return None, None, None, dx, dh0, dc0 if ctx.has_c0 else None, dw_ih, dw_hh, db_ih, db_hh
 
 
-def triton_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                 b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool,
-                 lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+def triton_layer(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    reverse: bool,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer and direction on the Triton kernels (contract of ``docs/ARCHITECTURE.md``).
 
     x (L, N, H_in), h0 (N, H), c0 (N, H) for LSTM -> (out (L, N, H), h_n (N, H), c_n or None).
@@ -296,5 +340,8 @@ def triton_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: T
         return out, h_n, c_n
     except OutOfResources as err:  # this GPU cannot launch the variant: remember, use the next-best path
         _declined.add(key)
-        warnings.warn(f"rnnlab.kernels.triton: {err}; using the fallback path for {mode} H={w_hh.shape[1]} {x.dtype}")
+        warnings.warn(
+            f"rnnlab.kernels.triton: {err}; using the fallback path for {mode} H={w_hh.shape[1]} {x.dtype}",
+            stacklevel=2,
+        )
         return fallback_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
