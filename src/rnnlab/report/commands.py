@@ -20,7 +20,8 @@ def add_commands(subparsers: Any) -> None:
         "--preset",
         default="seed",
         metavar="NAME",
-        help="a suite preset in configs/ or a TOML file (default: seed, the seven original experiments)",
+        help="a packaged suite preset (`rnnlab presets` lists them) or a TOML file (default: seed, the seven "
+        "original experiments)",
     )
     p.add_argument("--data", metavar="PATH", help="dataset path (default: $RNNLAB_DATA, else the IMDB download)")
     p.add_argument(

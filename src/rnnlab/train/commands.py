@@ -1,4 +1,4 @@
-"""CLI: ``rnnlab train``, ``rnnlab evaluate``, ``rnnlab predict`` (thin wrappers over rnnlab.train)."""
+"""CLI: ``rnnlab train``, ``evaluate``, ``predict`` and ``presets`` (thin wrappers over rnnlab.train)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def add_commands(subparsers: Any) -> None:
         "the test split (and validation, when configured) after every epoch.",
     )
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", metavar="NAME", help="a preset in configs/ (e.g. seed/lstm) or a TOML file")
+    source.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a packaged preset (e.g. seed/lstm; `rnnlab presets` lists them) or a TOML file",
+    )
     source.add_argument("--config", metavar="FILE", help="a TOML file of config keys")
     p.add_argument(
         "--set",
@@ -65,6 +69,15 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
+
+    p = subparsers.add_parser(
+        "presets",
+        help="list the packaged presets, or print one",
+        description="Without NAME: every packaged preset with a one-line description. With NAME: the preset's TOML text, to copy and edit (rnnlab presets default > mine.toml; "
+        "rnnlab train --config mine.toml ...).",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="a preset to print (e.g. seed/lstm)")
+    p.set_defaults(func=_presets)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -167,6 +180,23 @@ def _predict(args: argparse.Namespace) -> int:
             text = " ".join(r["text"].split())
             shown = text if len(text) <= 70 else text[:67] + "..."
             print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from rnnlab.train.config import ConfigError, list_presets, resolve_preset
+
+    try:
+        if args.name is not None:
+            sys.stdout.write(resolve_preset(args.name).read_text(encoding="utf-8"))
+            return 0
+        presets = list_presets()
+    except ConfigError as err:
+        raise CLIError(str(err)) from None
+    width = max(len(p.name) for p in presets)
+    for p in presets:
+        suite = f"(suite of {len(p.experiments)}) " if p.experiments else ""
+        print(f"{p.name:<{width}}  {suite}{p.description}")
     return 0
 
 
