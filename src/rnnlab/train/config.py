@@ -51,6 +51,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The share of your own data held out for testing when no separate test file is given.
+DEFAULT_TEST_FRACTION = 0.2
+
+
 @dataclass
 class Config:
     """Every setting of one experiment (see the field table in docs/ARCHITECTURE.md).
@@ -96,6 +100,11 @@ class Config:
     val_split: str = "group"
     early_stopping: int = 0
     test_every_epoch: bool = True
+    text_column: str = "text"
+    label_column: str = "label"
+    group_column: str = ""
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    test_data: str = ""
     data: str = ""
 
     def __post_init__(self) -> None:
@@ -248,6 +257,30 @@ def validate(config: Config) -> None:
             ) from None
     if not config.name.strip():
         raise ConfigError("'name' must not be empty")
+    _validate_dataset(config)
+
+
+def _validate_dataset(config: Config) -> None:
+    """The own-data keys: column names, test fraction, separate test file."""
+    for key in ("text_column", "label_column"):
+        if not getattr(config, key).strip():
+            raise ConfigError(f"{key!r} must name a column of your data, got {getattr(config, key)!r}")
+    if config.text_column == config.label_column:
+        raise ConfigError(
+            f"'text_column' and 'label_column' must be different columns, both are {config.text_column!r}"
+        )
+    if config.group_column in (config.text_column, config.label_column):
+        raise ConfigError(
+            f"'group_column' must differ from the text and label columns ({config.text_column!r}, "
+            f"{config.label_column!r}), got {config.group_column!r}"
+        )
+    if not (0.0 < config.test_fraction < 1.0):
+        raise ConfigError(f"'test_fraction' must be in (0, 1), got {config.test_fraction}")
+    if config.test_data and config.test_fraction != DEFAULT_TEST_FRACTION:
+        raise ConfigError(
+            f"'test_fraction' ({config.test_fraction}) splits a test set off the data, but test_data "
+            f"({config.test_data!r}) is the test set: set one of them, not both"
+        )
 
 
 def _toml_value(value: Any) -> str:
