@@ -85,3 +85,14 @@ def test_presets_command(capsys):
     assert "rnnlab: error: unknown preset 'seed/lstmm': neither a packaged preset nor a TOML file" in (
         capsys.readouterr().err
     )
+
+
+def test_an_installation_without_presets_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(config_module, "PRESETS_DIR", tmp_path / "presets")
+    assert available_presets() == []
+    assert main(["presets"]) == 2
+    assert f"no presets found in {tmp_path / 'presets'}: this rnnlab installation is incomplete" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "--preset", "seed/lstm", "--out", str(tmp_path / "x")]) == 2
+    assert "Available presets (`rnnlab presets` describes them): (none)" in capsys.readouterr().err

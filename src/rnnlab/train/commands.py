@@ -322,6 +322,10 @@ def _presets(args: argparse.Namespace) -> int:
         presets = list_presets()
     except ConfigError as err:
         raise CLIError(str(err)) from None
+    if not presets:
+        from rnnlab.train.config import PRESETS_DIR
+
+        raise CLIError(f"no presets found in {PRESETS_DIR}: this rnnlab installation is incomplete")
     width = max(len(p.name) for p in presets)
     for p in presets:
         suite = f"(suite of {len(p.experiments)}) " if p.experiments else ""
