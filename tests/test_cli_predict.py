@@ -170,6 +170,11 @@ def test_bad_input(run, tmp_path, capsys, monkeypatch, name, content, extra, mes
         assert Path(name).read_text() == content
 
 
+def test_text_column_needs_a_file(run, capsys):
+    assert main(["predict", str(run), "good", "--text-column", "review"]) == 2
+    assert "--text-column names the text column of a --file table; give --file PATH" in capsys.readouterr().err
+
+
 def test_iter_predictions_batches_and_checks_first(run):
     from rnnlab.train.evaluate import iter_predictions
 

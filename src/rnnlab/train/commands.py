@@ -234,46 +234,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from rnnlab.data import DataError, iter_texts
+    from rnnlab.data import DataError
     from rnnlab.train.config import ConfigError
     from rnnlab.train.evaluate import iter_predictions, load_run, write_predictions
     from rnnlab.train.runner import RunDirError
 
     fmt = _prediction_format(args)
-    if args.file and args.texts:
-        raise CLIError("give the texts as arguments or in --file PATH, not both")
-    if args.file and args.output and Path(args.output).resolve() == Path(args.file).resolve():
-        raise CLIError(f"--output {args.output} is the --file to classify: choose another output file")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_predict_args(args)
     stdin_lines = None if args.file or args.texts else _stdin_lines()
     try:
         run = load_run(args.run_dir, checkpoint=args.checkpoint)
-        if args.file:
-            column = args.text_column or run.config.text_column
-            texts = lambda: iter_texts(args.file, text_column=column)  # noqa: E731 - read twice: check, classify
-            where = f"{args.file}:{{}}".format
-        elif args.texts:
-            texts, where = (lambda: enumerate(args.texts, 1)), "text {}".format
-        else:
-            texts, where = (lambda: stdin_lines), "stdin line {}".format
-        rows = iter_predictions(
-            run,
-            texts,
-            where=where,
-            batch_size=args.batch_size or run.config.eval_batch_size,
-            progress=not args.no_progress and not args.texts,
-        )
+        texts, where = _text_source(args, run.config.text_column, stdin_lines)
+        batch_size = args.batch_size or run.config.eval_batch_size
+        progress = not args.no_progress and not args.texts
+        rows = iter_predictions(run, texts, where=where, batch_size=batch_size, progress=progress)
 
         def write(out: Any) -> int:
             return write_predictions(rows, out, fmt, run.label_names, line_numbers=bool(args.file))
 
         if args.output:
-            from rnnlab._io import atomic_write
-
-            count: list[int] = []
-            atomic_write(Path(args.output), lambda tmp: count.append(_write_file(tmp, write)))
-            print(f"wrote {count[0]} predictions to {args.output} ({fmt})", file=sys.stderr)
+            count = _write_atomically(Path(args.output), write)
+            print(f"wrote {count} predictions to {args.output} ({fmt})", file=sys.stderr)
         else:
             write(sys.stdout)
     except (ConfigError, RunDirError, DataError, ValueError, TypeError) as err:
@@ -282,6 +263,32 @@ def _predict(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 1
     return 0
+
+
+def _check_predict_args(args: argparse.Namespace) -> None:
+    if args.file and args.texts:
+        raise CLIError("give the texts as arguments or in --file PATH, not both")
+    if args.text_column and not args.file:
+        raise CLIError("--text-column names the text column of a --file table; give --file PATH")
+    if args.file and args.output and Path(args.output).resolve() == Path(args.file).resolve():
+        raise CLIError(f"--output {args.output} is the --file to classify: choose another output file")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _text_source(
+    args: argparse.Namespace, run_text_column: str, stdin_lines: list[tuple[int, str]] | None
+) -> tuple[Any, Any]:
+    """``(texts, where)`` for ``iter_predictions``: a function giving fresh ``(number, text)`` pairs
+    (a file is read twice: to check, then to classify) and how to name text ``number`` in errors."""
+    from rnnlab.data import iter_texts
+
+    if args.file:
+        column = args.text_column or run_text_column
+        return (lambda: iter_texts(args.file, text_column=column)), f"{args.file}:{{}}".format
+    if args.texts:
+        return (lambda: enumerate(args.texts, 1)), "text {}".format
+    return (lambda: stdin_lines), "stdin line {}".format
 
 
 def _stdin_lines() -> list[tuple[int, str]]:
@@ -296,9 +303,19 @@ def _stdin_lines() -> list[tuple[int, str]]:
     return lines
 
 
-def _write_file(path: Path, write: Any) -> int:
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        return write(out)
+def _write_atomically(path: Path, write: Any) -> int:
+    """``write(file)`` into a temporary file that replaces ``path`` only when it returns (rnnlab._io)."""
+    from rnnlab._io import atomic_write
+
+    count = 0
+
+    def to_tmp(tmp: Path) -> None:
+        nonlocal count
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            count = write(out)
+
+    atomic_write(path, to_tmp)
+    return count
 
 
 def _prediction_format(args: argparse.Namespace) -> str:
