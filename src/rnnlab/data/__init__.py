@@ -9,7 +9,7 @@ See docs/ARCHITECTURE.md (section rnnlab.data) for the contract.
 """
 
 from rnnlab.data._cache import DataError, default_cache_dir
-from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit, load_text_dataset
+from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit, iter_texts, load_text_dataset
 from rnnlab.data.encoding import EncodedData, EncodedSplit, collate, encode_dataset, encode_texts, ids_dtype
 from rnnlab.data.imdb import IMDB_SHA256, IMDB_URL, download_imdb, load_imdb
 from rnnlab.data.loader import BatchLoader, make_loader
@@ -37,6 +37,7 @@ __all__ = [
     "encode_files",
     "encode_texts",
     "ids_dtype",
+    "iter_texts",
     "load_dataset",
     "load_imdb",
     "load_text_dataset",

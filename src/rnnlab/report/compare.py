@@ -34,7 +34,8 @@ from rnnlab.report.build import Report, write_report
 from rnnlab.report.runs import ReportError, read_metrics_rows
 from rnnlab.train import Config, TrainingError, load_suite, train_and_evaluate
 from rnnlab.train.config import config_from_toml
-from rnnlab.train.runner import RESUME_MUTABLE, data_source
+from rnnlab.train.dataset import data_source, load_key, load_texts
+from rnnlab.train.runner import RESUME_MUTABLE
 
 MANIFEST = "compare.json"
 MANIFEST_KIND = "rnnlab-compare"
@@ -146,8 +147,7 @@ def plan_comparison(configs: list[Config], out: Path, seeds: int) -> list[Planne
 
 def _data_keys(config: Config) -> tuple[tuple, tuple]:
     """(what loading depends on, what encoding adds): runs sharing both share one encoded dataset."""
-    load_key = (data_source(config), config.val_fraction, config.val_split)
-    return load_key, (config.max_words, config.min_freq, config.max_len, config.truncate)
+    return load_key(config), (config.max_words, config.min_freq, config.max_len, config.truncate)
 
 
 class _DataProvider:
@@ -167,14 +167,10 @@ class _DataProvider:
         """The TextDataset for this config (None when an encoded dataset was given)."""
         if self.given is not None:
             return None if self.given_encoded else self.given
-        from rnnlab.data import load_dataset
-
         key, _ = _data_keys(config)
         if key not in self._texts:
             self._texts.clear()  # one raw dataset in memory at a time
-            self._texts[key] = load_dataset(
-                key[0], val_fraction=config.val_fraction, val_split=config.val_split, seed=0, progress=self.progress
-            )
+            self._texts[key] = load_texts(config, progress=self.progress)
         return self._texts[key]
 
     def encoded(self, config: Config) -> Any:
