@@ -489,7 +489,7 @@ def cell_fused(
     """
     _check_mode(mode)
     check_options(mode, options)
-    if options is None:
+    if options is None or not options.active:
         gi = F.linear(x, w_ih, b_ih)  # (N, G*H)
         return _fused_step(mode, gi, h, c, w_hh, b_hh, w_hr)
     gi, step_bias = _input_part(mode, x, w_ih, b_ih, b_hh, options)  # (N, G*H)
@@ -521,7 +521,7 @@ def fused_layer(
     """
     _check_mode(mode)
     check_options(mode, options)
-    if options is not None:
+    if options is not None and options.active:
         return _fused_options_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths, options)
     steps, batch, _ = x.shape
     step_bias = b_hh
