@@ -30,6 +30,7 @@ from .options import (
     init_option_parameter,
     option_parameters,
     options_repr,
+    options_set,
     reject_foreign_options,
     zoneout_mask,
 )
@@ -201,7 +202,7 @@ class RNNCellBase(nn.Module):
 
     def to_torch(self) -> nn.RNNCellBase:
         """The equivalent ``torch.nn`` cell, with a copy of these weights (only without options)."""
-        on = [k for k, v in self._options.items() if v != check_cell_options("", self._kind)[k]]
+        on = list(options_set(self._options, self._kind))
         if on:
             raise ValueError(
                 f"{type(self).__name__}.to_torch: torch.nn.{self._torch_class.__name__} has no {', '.join(on)}; "

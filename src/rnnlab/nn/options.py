@@ -110,12 +110,13 @@ __all__ = [
     "SequenceMasks",
     "LAYER_NORM_EPS",
     "OPTION_NAMES",
+    "OPTION_DEFAULTS",
     "check_probability",
     "check_activation",
     "dropout_mask",
     "zoneout_mask",
     "OptionFallbackWarning",
-    "CELL_OPTIONS",
+    "options_set",
     "check_cell_options",
     "reject_foreign_options",
     "option_parameters",
@@ -138,16 +139,17 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 #: Epsilon of every layer normalisation, inside the square root (as torch.nn.LayerNorm).
 LAYER_NORM_EPS = 1e-5
 
-#: The module keywords, in the order they are documented.
-OPTION_NAMES = (
-    "layer_norm",
-    "recurrent_dropout",
-    "zoneout",
-    "weight_drop",
-    "peephole",
-    "gate_activation",
-    "activation",
-)
+#: The module keywords and their defaults (all off), in the order they are documented.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "layer_norm": False,
+    "recurrent_dropout": 0.0,
+    "zoneout": 0.0,
+    "weight_drop": 0.0,
+    "peephole": False,
+    "gate_activation": "sigmoid",
+    "activation": "tanh",
+}
+OPTION_NAMES = tuple(OPTION_DEFAULTS)
 
 
 def check_probability(owner: str, name: str, value: Any) -> float:
@@ -281,21 +283,17 @@ class OptionFallbackWarning(UserWarning):
 
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
-#: The options each kind of cell has (the others are refused, except at their default value).
-CELL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "lstm": OPTION_NAMES,
-    "gru": tuple(n for n in OPTION_NAMES if n != "peephole"),
-    "rnn": ("layer_norm", "recurrent_dropout", "zoneout", "weight_drop"),
-}
-_OPTION_DEFAULTS: dict[str, Any] = {"peephole": False, "gate_activation": "sigmoid", "activation": "tanh"}
+#: The options that only some cells have.
+_NOT_EVERYWHERE = ("peephole", "gate_activation", "activation")
 
 
 def reject_foreign_options(owner: str, kwargs: dict[str, Any]) -> None:
     """Pop the options ``owner`` (a GRU or RNN class) does not have: their default value is
     accepted (one set of keywords can build any class), anything else is a ValueError."""
-    for key, default in _OPTION_DEFAULTS.items():
+    for key in _NOT_EVERYWHERE:
         if key not in kwargs:
             continue
+        default = OPTION_DEFAULTS[key]
         value = kwargs.pop(key)
         if value == default and type(value) is type(default):
             continue
@@ -388,18 +386,21 @@ def init_option_parameter(name: str, param: Tensor, bound: float) -> None:
         nn.init.uniform_(param, -bound, bound)
 
 
+def options_set(opts: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The options of ``opts`` (as ``check_cell_options`` returns them) that differ from their
+    defaults, as keywords: ``zoneout`` a number, or a pair for an LSTM with two rates."""
+    out = {}
+    for key, default in OPTION_DEFAULTS.items():
+        value = opts[key]
+        if key == "zoneout":
+            z_h, z_c = value
+            if z_h or z_c:
+                out[key] = z_h if (kind != "lstm" or z_h == z_c) else (z_h, z_c)
+        elif value != default:
+            out[key] = value
+    return out
+
+
 def options_repr(opts: dict[str, Any], kind: str) -> str:
     """``, layer_norm=True, zoneout=0.1``: the options that differ from their defaults."""
-    s = ""
-    z_h, z_c = opts["zoneout"]
-    defaults = {"layer_norm": False, "recurrent_dropout": 0.0, "weight_drop": 0.0, "peephole": False}
-    defaults.update(gate_activation="sigmoid", activation="tanh")
-    for key in ("layer_norm", "recurrent_dropout"):
-        if opts[key] != defaults[key]:
-            s += f", {key}={opts[key]!r}"
-    if z_h or z_c:
-        s += f", zoneout={z_h!r}" if (kind != "lstm" or z_h == z_c) else f", zoneout={(z_h, z_c)!r}"
-    for key in ("weight_drop", "peephole", "gate_activation", "activation"):
-        if opts[key] != defaults[key]:
-            s += f", {key}={opts[key]!r}"
-    return s
+    return "".join(f", {key}={value!r}" for key, value in options_set(opts, kind).items())

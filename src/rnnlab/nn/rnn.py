@@ -33,6 +33,7 @@ from .options import (
     init_option_parameter,
     option_parameters,
     options_repr,
+    options_set,
     reject_foreign_options,
     zoneout_mask,
 )
@@ -323,7 +324,7 @@ class RNNBase(nn.Module):
     def to_torch(self) -> nn.RNNBase:
         """The equivalent ``torch.nn`` module, with a copy of these weights (only without options:
         torch.nn has none of them)."""
-        on = [k for k, v in self._options.items() if v != check_cell_options("", self._kind)[k]]
+        on = list(options_set(self._options, self._kind))
         if on:
             raise ValueError(
                 f"{type(self).__name__}.to_torch: torch.nn.{self._torch_class.__name__} has no {', '.join(on)}; "
