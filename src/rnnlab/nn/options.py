@@ -89,8 +89,21 @@ masks of h, then of c (each ``(L, N, .)``); only the ones in use, only in traini
 
 Combinations: every option combines with every other, with ``bidirectional``, ``num_layers``,
 ``batch_first``, unbatched input, ``lengths=`` and ``PackedSequence`` (padded steps never run,
-so their masks are unused), and with ``proj_size`` (the projection acts on :math:`\tilde h_t`;
-recurrent dropout and zoneout of h then act on the ``P`` projected units).
+so their masks are unused; a pack's masks are drawn per row of its sorted batch), and with
+``proj_size`` (the projection acts on :math:`\tilde h_t`; recurrent dropout and zoneout of h
+then act on the ``P`` projected units): no option is refused with a projection.
+
+Which form runs them
+--------------------
+
+``impl="reference"``: :func:`rnnlab.nn.functional.reference_layer`, the equations above gate
+by gate. ``impl="fused"``: :func:`rnnlab.nn.functional.fused_layer`, one GEMM (and the
+input-side layer norm) for all steps, the step's equations on the whole gate block, autograd.
+``impl="fast"``: ``rnnlab.kernels.layer_function`` is told which options are on
+(``RNNBase.options_on()``); ``weight_drop`` runs on every fast path (CPU BPTT, Triton) since it
+only changes ``w_hh``; for the others the fast paths have no kernel yet and the forward runs the
+fused form with one :class:`OptionFallbackWarning` (CPU and GPU alike; on the opt-in CUDA-graph
+path weight drop too, since it captures one graph per ``W_hh`` storage).
 """
 
 from __future__ import annotations
