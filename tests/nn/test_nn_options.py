@@ -310,7 +310,8 @@ def test_parameters_state_dict_and_torch_interop() -> None:
             rnn.LSTM(H_IN, H, num_layers=2, bidirectional=True, layer_norm=True).load_state_dict(ref.state_dict())
         # from_torch with options: torch's weights, options at their initial values
         added = rnn.LSTM.from_torch(ref, layer_norm=True, zoneout=0.1)
-        assert added.layer_norm and added.zoneout == (0.1, 0.1)
+        assert added.layer_norm and added.zoneout == (0.1, 0.1)  # LSTM: (p_h, p_c)
+        assert rnn.GRU(3, 4, zoneout=0.2).zoneout == 0.2
         assert torch.equal(added.weight_hh_l1_reverse, ref.weight_hh_l1_reverse)
     with pytest.raises(ValueError, match=r"LSTM.to_torch: torch.nn.LSTM has no layer_norm, zoneout; only a layer"):
         added.to_torch()
@@ -384,10 +385,17 @@ def test_bptt_layer_routes_active_options_to_the_fused_form() -> None:
             assert torch.equal(a, b)
 
 
-def test_gpu_layer_functions_refuse_active_options() -> None:
+def test_gpu_layer_functions_refuse_active_options(monkeypatch) -> None:
     """The CUDA-graph layer (importable without a GPU) takes the options argument and refuses
-    active options (layer_function never hands it any)."""
+    active options (layer_function never hands it any); the CUDA dispatch declines weight drop
+    on the graph path (one graph per W_hh storage) with one warning."""
     from rnnlab.kernels import cuda_graphs
+    from rnnlab.kernels.triton import cuda_layer_function
+
+    monkeypatch.setenv("RNNLAB_GPU_KERNEL", "graphs")
+    kw = dict(has_lengths=False, has_proj=False, training=True)
+    with pytest.warns(OptionFallbackWarning, match="RNNLAB_GPU_KERNEL=graphs captures one graph per W_hh storage"):
+        assert cuda_layer_function("lstm", torch.device("cuda"), torch.float32, **kw, options=("weight_drop",)) is None
 
     x = torch.randn(2, 1, 3)
     args = ("gru", x, torch.zeros(1, 4), None, torch.randn(12, 3), torch.randn(12, 4), None, None, None, False, None)

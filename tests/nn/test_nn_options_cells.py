@@ -69,7 +69,7 @@ def test_cell_impls_agree_and_a_sequence_of_steps_is_the_layer(cls: str) -> None
         for t in range(5):
             h = ref(xs[t], h, masks=masks)
             steps.append(h[0] if is_lstm else h)
-        p_h, p_c = ref.zoneout
+        p_h, p_c = ref.options["zoneout"]  # (p_h, p_c), p_c = 0 but for LSTM
         opt = CellOptions(
             gate_activation=ref.gate_activation,
             activation=ref.activation,

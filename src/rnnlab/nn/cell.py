@@ -73,7 +73,9 @@ class RNNCellBase(nn.Module):
         self._options = opts
         self.layer_norm: bool = opts["layer_norm"]
         self.recurrent_dropout: float = opts["recurrent_dropout"]
-        self.zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
+        self._zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
+        #: LSTM: (p_h, p_c); GRU and RNN: p.
+        self.zoneout: float | tuple[float, float] = opts["zoneout"] if self._kind == "lstm" else opts["zoneout"][0]
         self.weight_drop: float = opts["weight_drop"]
         self.peephole: bool = opts["peephole"]
         self.gate_activation: str = opts["gate_activation"]
@@ -135,7 +137,7 @@ class RNNCellBase(nn.Module):
                 f"{name}: masks were drawn for a batch of {masks.recurrent.shape[0]}, got input with batch {batch}"
             )
         w_hh = self.weight_hh if masks.weight_hh is None else self.weight_hh * masks.weight_hh
-        p_h, p_c = self.zoneout
+        p_h, p_c = self._zoneout
         train = self.training
         on = (
             self.layer_norm

@@ -152,7 +152,9 @@ class RNNBase(nn.Module):
         self._options = opts
         self.layer_norm: bool = opts["layer_norm"]
         self.recurrent_dropout: float = opts["recurrent_dropout"]
-        self.zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
+        self._zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
+        #: LSTM: (p_h, p_c); GRU and RNN: p.
+        self.zoneout: float | tuple[float, float] = opts["zoneout"] if self._kind == "lstm" else opts["zoneout"][0]
         self.weight_drop: float = opts["weight_drop"]
         self.peephole: bool = opts["peephole"]
         self.gate_activation: str = opts["gate_activation"]
@@ -252,7 +254,7 @@ class RNNBase(nn.Module):
             on.append("layer_norm")
         if self.recurrent_dropout > 0 and self.training:
             on.append("recurrent_dropout")
-        if self.zoneout[0] > 0 or self.zoneout[1] > 0:
+        if self._zoneout[0] > 0 or self._zoneout[1] > 0:
             on.append("zoneout")
         if self.weight_drop > 0 and self.training:
             on.append("weight_drop")
@@ -384,7 +386,7 @@ class RNNBase(nn.Module):
             return w_hh, None
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda n: getattr(self, n + suffix, None)  # noqa: E731
-        p_r, (p_h, p_c) = self.recurrent_dropout, self.zoneout
+        p_r, (p_h, p_c) = self.recurrent_dropout, self._zoneout
         rec = dropout_mask(p_r, (batch, self._out_size), x) if train and p_r > 0 else None  # (N, H_out)
         z_h = zoneout_mask(p_h, (steps, batch, self._out_size), x) if train and p_h > 0 else p_h  # (L, N, H_out)
         z_c = zoneout_mask(p_c, (steps, batch, self.hidden_size), x) if train and p_c > 0 else p_c  # (L, N, H)
