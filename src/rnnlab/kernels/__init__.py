@@ -15,7 +15,7 @@ or CUDA graphs, chosen by ``$RNNLAB_GPU_KERNEL``) answers first; where it has no
 same BPTT path as on CPU is used.
 
 Cell options (``rnnlab/nn/options.py``): ``options`` names the ones that are on for the call.
-Those in :data:`FAST_PATH_OPTIONS` run on the fast paths as they are (``weight_drop`` needs
+Those in ``FAST_PATH_OPTIONS[mode]`` run on the fast paths as they are (``weight_drop`` needs
 nothing: the module passes the masked ``W_hh`` as ``w_hh``); for any other the answer is
 ``None`` with one :class:`rnnlab.nn.options.OptionFallbackWarning` (the module then runs the
 fused autograd form), on CPU and GPU alike. The fast forms accept the ``options=`` argument of
@@ -36,8 +36,8 @@ from .bptt import MODES, layer
 
 __all__ = ["layer_function", "layer", "SUPPORTED_DTYPES", "FAST_PATH_OPTIONS"]
 
-#: Cell options the fast paths run themselves (see the module docstring).
-FAST_PATH_OPTIONS = frozenset({"weight_drop"})
+#: Per mode, the cell options the fast paths run themselves (see the module docstring).
+FAST_PATH_OPTIONS: dict[str, frozenset[str]] = {mode: frozenset({"weight_drop"}) for mode in MODES}
 
 #: dtypes the fast path is verified for (parity tests at 1e-5 / 1e-10 and gradcheck).
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -59,11 +59,11 @@ def layer_function(
     autograd ``Function`` when grad is enabled and an input requires it, and a forward that
     saves nothing otherwise. ``has_lengths`` is supported (sorted-prefix masking).
     ``options``: the cell options on for this call (``RNNBase.options_on()``); one outside
-    :data:`FAST_PATH_OPTIONS` gives ``None`` and one ``OptionFallbackWarning``.
+    ``FAST_PATH_OPTIONS[mode]`` gives ``None`` and one ``OptionFallbackWarning``.
     """
     if mode not in MODES:
         raise ValueError(f"rnnlab.kernels: mode must be one of {MODES}, got {mode!r}")
-    missing = [name for name in options if name not in FAST_PATH_OPTIONS]
+    missing = [name for name in options if name not in FAST_PATH_OPTIONS[mode]]
     if missing:
         warnings.warn(
             f"rnnlab.kernels: the fast path has no kernel for {', '.join(missing)} on {torch.device(device).type} "
