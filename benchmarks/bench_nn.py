@@ -18,6 +18,18 @@ inputs and parameters exist before the step and are not counted. Memory that a l
 allocates outside PyTorch's allocator (e.g. oneDNN's own scratchpad) is not seen by either
 method; RSS deltas were not used because glibc keeps freed memory mapped, which makes them
 depend on what ran before.
+
+    python benchmarks/bench_nn.py --options [--modes lstm,gru,rnn] [--shapes 200x64x64]
+
+times the cell options of issue 13 instead (``rnnlab/nn/options.py``): per mode one row per
+option alone and one combination, in training mode (masks drawn each call), fwd+bwd and
+inference (``torch.no_grad()``, eval mode), for ``impl="fast"`` (``[fused]`` marks a row where
+the fast path has no kernel for the option yet and ran the fused form, see
+``OptionFallbackWarning``), ``impl="fused"``, and the same options written the usual way
+(``nn.Linear`` for the input and recurrent products, a Python loop over time with autograd,
+``F.layer_norm`` per gate block, ``F.dropout`` on ``W_hh`` for weight drop; the same function,
+checked against rnnlab's in eval mode before timing). Ratios are against the plain rnnlab layer
+(``impl="fast"``, no option) in the same pass.
 """
 
 from __future__ import annotations
@@ -26,14 +38,19 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import rnnlab.nn as rnn  # noqa: E402
+from rnnlab.nn.options import ACTIVATIONS, OptionFallbackWarning  # noqa: E402
 
 MODES = {"lstm": ("LSTM", {}), "gru": ("GRU", {}), "rnn": ("RNN", {"nonlinearity": "tanh"})}
 
@@ -156,6 +173,158 @@ def _profile_tables(modes: list[str], shapes: list[tuple[int, int, int]], device
                     )
 
 
+#: The option rows per mode: label -> constructor keywords.
+OPTION_ROWS: dict[str, dict[str, dict[str, Any]]] = {
+    mode: {
+        "plain": {},
+        "layer_norm": {"layer_norm": True},
+        "recurrent_dropout 0.25": {"recurrent_dropout": 0.25},
+        "zoneout 0.1": {"zoneout": 0.1},
+        "weight_drop 0.3": {"weight_drop": 0.3},
+        **({"peephole": {"peephole": True}} if mode == "lstm" else {}),
+        **(
+            {"gate hard_sigmoid": {"gate_activation": "hard_sigmoid"}, "act hard_tanh": {"activation": "hard_tanh"}}
+            if mode != "rnn"
+            else {}
+        ),
+        "ln+rec_drop+w_drop": {"layer_norm": True, "recurrent_dropout": 0.25, "weight_drop": 0.3},
+    }
+    for mode in MODES
+}
+
+
+class UsualLayer(nn.Module):
+    """A one-layer RNN/LSTM/GRU with the options, written the usual way: ``nn.Linear`` for the
+    input and recurrent products, a Python loop over the steps, autograd for the backward.
+
+    Same function as the rnnlab layer it is built from (``from_rnnlab``), parameters copied.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.mode = layer.mode
+        self.gates = {"lstm": 4, "gru": 3}.get(layer.mode, 1)
+        size, g = layer.hidden_size, self.gates * layer.hidden_size
+        self.ih = nn.Linear(layer.input_size, g)
+        self.hh = nn.Linear(size, g)
+        with torch.no_grad():
+            for lin, kind in ((self.ih, "ih"), (self.hh, "hh")):
+                lin.weight.copy_(getattr(layer, f"weight_{kind}_l0"))
+                lin.bias.copy_(getattr(layer, f"bias_{kind}_l0"))
+        self.opts = layer.options
+        self.extra = nn.ParameterDict(
+            {
+                n.removesuffix("_l0"): nn.Parameter(p.detach().clone())
+                for n, p in layer.named_parameters()
+                if n.startswith(("ln_", "weight_peephole"))
+            }
+        )
+
+    def _norm(self, a: torch.Tensor, gain: str) -> torch.Tensor:
+        if not self.opts["layer_norm"]:
+            return a
+        n, size = a.shape[0], a.shape[1] // self.gates
+        return F.layer_norm(a.view(n, self.gates, size), (size,)).view(n, -1) * self.extra[gain]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        steps, n, _ = x.shape
+        size = self.hh.weight.shape[1]
+        o = self.opts
+        train = self.training
+        w_hh = F.dropout(self.hh.weight, o["weight_drop"], train) if o["weight_drop"] else self.hh.weight
+        mask = (
+            F.dropout(x.new_ones(n, size), o["recurrent_dropout"], train) if o["recurrent_dropout"] and train else None
+        )
+        sg, act = ACTIVATIONS[o["gate_activation"]], ACTIVATIONS[o["activation"]]
+        p_h, p_c = o["zoneout"]
+        h = x.new_zeros(n, size)
+        c = x.new_zeros(n, size)
+        outs = []
+        for t in range(steps):
+            hr = h if mask is None else h * mask
+            gx = self._norm(F.linear(x[t], self.ih.weight), "ln_weight_ih") + self.ih.bias
+            gh = self._norm(F.linear(hr, w_hh), "ln_weight_hh") + self.hh.bias
+            if self.mode == "lstm":
+                a_i, a_f, a_g, a_o = (gx + gh).chunk(4, 1)
+                if o["peephole"]:
+                    w_ci, w_cf, w_co = self.extra["weight_peephole"].chunk(3)
+                    a_i, a_f = a_i + w_ci * c, a_f + w_cf * c
+                c_new = sg(a_f) * c + sg(a_i) * act(a_g)
+                if o["peephole"]:
+                    a_o = a_o + w_co * c_new
+                cc = c_new
+                if o["layer_norm"]:
+                    cc = F.layer_norm(c_new, (size,), self.extra["ln_weight_c"], self.extra["ln_bias_c"])
+                h_new = sg(a_o) * act(cc)
+                c = self._zone(c, c_new, p_c, train)
+            elif self.mode == "gru":
+                r, z = sg(gx[:, : 2 * size] + gh[:, : 2 * size]).chunk(2, 1)
+                nn_ = act(gx[:, 2 * size :] + r * gh[:, 2 * size :])
+                h_new = (1 - z) * nn_ + z * h
+            else:
+                h_new = torch.tanh(gx + gh) if self.mode == "rnn_tanh" else torch.relu(gx + gh)
+            h = self._zone(h, h_new, p_h, train)
+            outs.append(h)
+        return torch.stack(outs), h.unsqueeze(0)
+
+    @staticmethod
+    def _zone(prev: torch.Tensor, new: torch.Tensor, p: float, train: bool) -> torch.Tensor:
+        if not p:
+            return new
+        if not train:
+            return p * prev + (1 - p) * new
+        d = torch.empty_like(new).bernoulli_(p)
+        return d * prev + (1 - d) * new
+
+
+def _option_rows(
+    modes: list[str], shapes: list[tuple[int, int, int]], args: argparse.Namespace, device: torch.device
+) -> None:
+    """The --options table (see the module docstring)."""
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, repeats {args.repeats} "
+        f"(median), float32; times in ms; ratio = time / plain rnnlab (impl fast) in the same pass"
+    )
+    head = f"{'mode':5} {'L x N x H':>11} {'option':30} {'pass':9} {'fast':>8} {'ratio':>6} {'fused':>8} {'ratio':>6} {'usual':>8} {'ratio':>6}"
+    print(head)
+    for mode in modes:
+        for steps, batch, size in shapes:
+            x = torch.randn(steps, batch, size, device=device)
+            xg = x.clone().requires_grad_(True)
+            shape = f"{steps}x{batch}x{size}"
+            cls_name, kwargs = MODES[mode]
+            base: dict[str, float] = {}
+            for label, opts in OPTION_ROWS[mode].items():
+                torch.manual_seed(args.seed)
+                fast = getattr(rnn, cls_name)(size, size, **kwargs, **opts).to(device)
+                fused = getattr(rnn, cls_name)(size, size, impl="fused", **kwargs, **opts).to(device)
+                fused.load_state_dict(fast.state_dict())
+                usual = UsualLayer(fast).to(device)
+                fast.eval(), usual.eval()
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", OptionFallbackWarning)
+                    torch.testing.assert_close(usual(x)[0], fast(x)[0], atol=1e-4, rtol=1e-4)  # the same function
+                fast.train()
+                with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    fast(x)  # in training: does the fast path run every option on?
+                fell_back = any(issubclass(w.category, OptionFallbackWarning) for w in caught)
+                models = {"fast": fast, "fused": fused, "usual": usual}
+                warnings.simplefilter("ignore", OptionFallbackWarning)
+                for pass_name, make, train in (("fwd+bwd", _train_step, True), ("inference", _forward, False)):
+                    for m in models.values():
+                        m.train(train)
+                    fns = {k: make(m, xg if train else x) for k, m in models.items()}
+                    res = _medians(fns, args.repeats, args.warmup, device, {})
+                    if label == "plain":
+                        base[pass_name] = res["fast"]
+                    tag = label + (" [fused]" if fell_back else "")
+                    line = f"{mode:5} {shape:>11} {tag:30} {pass_name:9}"
+                    for k in ("fast", "fused", "usual"):
+                        line += f" {res[k] * 1e3:8.2f} {res[k] / base[pass_name]:6.2f}"
+                    print(line, flush=True)
+
+
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
     shapes = []
     for item in text.split(","):
@@ -179,6 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--options",
+        action="store_true",
+        help="instead, time the cell options (issue 13) per mode against the plain layer (default shape 200x64x64)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of timing, print torch.profiler tables (5 calls) of impl fast and torch.nn per mode and shape",
@@ -198,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     shapes = _parse_shapes(args.shapes)
     torch.manual_seed(args.seed)
 
+    if args.options:
+        given = any(a.startswith("--shapes") for a in (argv if argv is not None else sys.argv[1:]))
+        _option_rows(modes, shapes if given else [(200, 64, 64)], args, device)
+        return
     if args.profile:
         _profile_tables(modes, shapes, device)
         return

@@ -189,3 +189,33 @@ def test_bigram_embedding_adds_word_pairs_and_keeps_padding_harmless():
     torch.testing.assert_close(both[:1], alone, rtol=1e-12, atol=1e-12)  # padding never matters
     with pytest.raises(ConfigError, match="'bigram_buckets' must be >= 0, got -1"):
         Config(bigram_buckets=-1)
+
+
+@pytest.mark.filterwarnings("ignore::rnnlab.nn.options.OptionFallbackWarning")
+def test_layer_options_reach_the_encoder():
+    """Config keys layer_norm, weight_drop, ... build the rnnlab.nn encoder with those options;
+    at their defaults the encoder is the plain one (same printout, same parameters)."""
+    config = Config(cell="lstm", layer_norm=True, weight_drop=0.3, zoneout=0.1, peephole=True, bidirectional=True)
+    model = build_model(config, 50, 2)
+    assert (
+        "(lstm): LSTM(64, 64, bidirectional=True, layer_norm=True, zoneout=0.1, weight_drop=0.3, peephole=True)"
+        in str(model)
+    )
+    assert {"ln_weight_ih_l0", "ln_bias_c_l0_reverse", "weight_peephole_l0"} <= set(dict(model.lstm.named_parameters()))
+    gru = build_model(Config(cell="gru", recurrent_dropout=0.2, gate_activation="hard_sigmoid"), 50, 2).gru
+    assert (gru.recurrent_dropout, gru.gate_activation) == (0.2, "hard_sigmoid")
+    rnn_model = build_model(Config(cell="rnn", layer_norm=True, impl="reference"), 50, 2).rnn
+    assert rnn_model.layer_norm and rnn_model.impl == "reference"
+    ids, lengths = torch.randint(1, 50, (3, 7)), torch.tensor([7, 4, 2])
+    model.eval()
+    assert model(ids, lengths).shape == (3, 2)
+
+
+def test_layer_options_and_torch_layers():
+    from rnnlab.models.classifier import make_encoder
+
+    with pytest.raises(ValueError, match=r"impl='torch': torch.nn.GRU has no layer_norm; use impl='rnnlab'"):
+        make_encoder("gru", "torch", 4, 4, options={"layer_norm": True})
+    with pytest.raises(ValueError, match=r"unknown layer option\(s\) layernorm; valid: layer_norm, recurrent_dropout"):
+        make_encoder("gru", "rnnlab", 4, 4, options={"layernorm": True})
+    assert str(make_encoder("gru", "torch", 4, 4, options={"layer_norm": False})) == "GRU(4, 4)"

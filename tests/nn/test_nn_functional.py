@@ -117,10 +117,12 @@ def test_fast_uses_the_kernel_it_is_given(monkeypatch) -> None:
 
     asked, calls, returned = [], [], []
 
-    def layer_function(mode, device, dtype, *, has_lengths, has_proj, training):
+    def layer_function(mode, device, dtype, *, has_lengths, has_proj, training, options):
         asked.append((mode, device, dtype, has_lengths, has_proj, training))
+        assert options == ()  # no cell options on
 
-        def kernel(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths):
+        def kernel(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths, options):
+            assert options is None
             calls.append((tuple(x.shape), reverse, lengths is not None))
             out, h, c = F.fused_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
             returned.append(out + 1.0)

@@ -262,7 +262,7 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
         for line in settings.strip().splitlines()[2:]
         if line.startswith("| `")
     }
-    assert head[-5:] == ["max_len", "truncate", "max_words", "embedding_dropout", "word_dropout"]
+    assert head[-6:] == ["max_len", "truncate", "max_words", "embedding_dropout", "word_dropout", "options"]
     assert (
         rows["wd"]["word_dropout"],
         rows["wd"]["embedding_dropout"],
@@ -270,3 +270,23 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
         rows["wd"]["lr_schedule"],
     ) == ("0.2", "0.1", "head_tail", "linear")
     assert rows["old"]["word_dropout"] == "0.0" and rows["old"]["truncate"] == ""
+
+
+def test_settings_table_shows_the_layer_options(tmp_path):
+    """The rnnlab.nn cell options a run changed, in one "options" column ("none" at their
+    defaults, also for runs made before the keys existed); defaults as rnnlab.train.config's."""
+    from rnnlab.report.build import LAYER_OPTIONS
+    from rnnlab.train.config import LAYER_OPTIONS as CONFIG_LAYER_OPTIONS
+
+    assert LAYER_OPTIONS == CONFIG_LAYER_OPTIONS
+    root = tmp_path / "runs"
+    make_run(root, "ln", 0, [0.80], config={"layer_norm": True, "weight_drop": 0.3, "zoneout": 0.0})
+    make_run(root, "hs", 0, [0.80], config={"cell": "gru", "gate_activation": "hard_sigmoid"})
+    make_run(root, "old", 0, [0.80])
+    md = write_report([root], tmp_path / "out").markdown
+    rows = {
+        line.split(" | ")[0].strip("| `"): line.strip("| ").split(" | ")[-1]
+        for line in md.split("## Settings")[1].strip().splitlines()[2:]
+        if line.startswith("| `")
+    }
+    assert rows == {"ln": "layer_norm=True, weight_drop=0.3", "hs": "gate_activation=hard_sigmoid", "old": "none"}

@@ -135,3 +135,81 @@ def test_default_preset_lists_every_field_at_its_default():
     assert load_config(preset="default") == Config()
     text = (PRESETS_DIR / "default.toml").read_text()
     assert all(f"\n{key} = " in text for key in Config().to_dict())
+
+
+def test_layer_options_are_config_keys():
+    """The rnnlab.nn cell options as config keys of the same names (issue 13): typed --set,
+    defaults off, the same defaults and names as rnnlab.nn (the config keeps its own copy)."""
+    from rnnlab.nn.options import ACTIVATIONS, OPTION_DEFAULTS
+    from rnnlab.train.config import ACTIVATION_NAMES, LAYER_OPTIONS
+
+    assert LAYER_OPTIONS == OPTION_DEFAULTS and ACTIVATION_NAMES == tuple(ACTIVATIONS)
+    assert {k: getattr(Config(), k) for k in LAYER_OPTIONS} == LAYER_OPTIONS
+    c = load_config(
+        overrides=["layer_norm=true", "weight_drop=0.3", "zoneout=0.1", "recurrent_dropout=0.25", "peephole=yes"]
+    )
+    assert (c.layer_norm, c.weight_drop, c.zoneout, c.recurrent_dropout, c.peephole) == (True, 0.3, 0.1, 0.25, True)
+    c = load_config(overrides=["cell=gru", "gate_activation=hard_sigmoid", "activation=hard_tanh"])
+    assert (c.gate_activation, c.activation) == ("hard_sigmoid", "hard_tanh")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["weight_drop=1.0"], r"'weight_drop' must be in \[0, 1\), got 1.0"),
+        (["zoneout=-0.1"], r"'zoneout' must be in \[0, 1\), got -0.1"),
+        (["recurrent_dropout=2"], r"'recurrent_dropout' must be in \[0, 1\), got 2.0"),
+        (["layer_norm=maybe"], r"'layer_norm' expects a boolean \(true/false\), got 'maybe'"),
+        (
+            ["gate_activation=gelu"],
+            r"'gate_activation' must be one of sigmoid, hard_sigmoid, tanh, hard_tanh, relu; got 'gelu'",
+        ),
+        (["activation=hardtanh"], r"'activation' must be one of .*; got 'hardtanh' \(did you mean 'hard_tanh'\?\)"),
+        (
+            ["cell=gru", "peephole=true"],
+            r"'peephole' is only for cell = \"lstm\" \(the gates look at the cell state\), got cell = 'gru'",
+        ),
+        (
+            ["cell=rnn", "activation=relu"],
+            r"'activation': only for cell = \"lstm\" or \"gru\" \(the rnn cell has no gates; its nonlinearity is the 'nonlinearity' key\), got cell = 'rnn'",
+        ),
+        (
+            ["impl=torch", "layer_norm=true", "weight_drop=0.3"],
+            r"'layer_norm', 'weight_drop': torch.nn's layers have no such option; use impl = \"rnnlab\"",
+        ),
+    ],
+)
+def test_layer_option_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_variants_suite():
+    """`rnnlab compare --preset variants`: LSTM and GRU, each option alone on the seed setup
+    (rnnlab layers, embedding and hidden 64, 5 epochs, mean pooling, unbucketed batches)."""
+    configs = load_suite("variants")
+    default = Config()
+    base = dict(impl="rnnlab", pooling="mean", bucket=False)
+    changed = {}
+    for c in configs:
+        assert c == default.replace(
+            name=c.name, cell=c.cell, **base, **{k: getattr(c, k) for k in LAYER_OPTIONS_KEYS}
+        ), c.name
+        changed[c.name] = {k: getattr(c, k) for k in LAYER_OPTIONS_KEYS if getattr(c, k) != getattr(default, k)}
+    assert [c.cell for c in configs].count("lstm") == 8 and [c.cell for c in configs].count("gru") == 7
+    assert changed["lstm_plain"] == changed["gru_plain"] == {}
+    for name, options in changed.items():
+        assert len(options) == (0 if name.endswith("_plain") else 1), name  # each option alone
+        assert name.endswith("_plain") or name.split("_", 1)[1] == next(iter(options)), name
+    assert {k for o in changed.values() for k in o} == set(LAYER_OPTIONS_KEYS)
+
+
+LAYER_OPTIONS_KEYS = (
+    "layer_norm",
+    "recurrent_dropout",
+    "zoneout",
+    "weight_drop",
+    "peephole",
+    "gate_activation",
+    "activation",
+)

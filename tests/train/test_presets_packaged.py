@@ -22,11 +22,25 @@ SEED = (
     "seed/handwritten_lstm_nll",
     "seed/handwritten_lstm_b128_lr5e-3",
 )
+VARIANTS = tuple(
+    f"variants/{cell}_{option}"
+    for cell in ("lstm", "gru")
+    for option in (
+        "plain",
+        "layer_norm",
+        "recurrent_dropout",
+        "zoneout",
+        "weight_drop",
+        "gate_activation",
+        "activation",
+    )
+) + ("variants/lstm_peephole",)
+ALL = sorted(["best", "default", "seed", "variants", *SEED, *VARIANTS])
 
 
 def test_presets_live_inside_the_package():
     assert Path(str(PRESETS_DIR)) == Path(rnnlab.__file__).parent / "presets"
-    assert available_presets() == ["best", "default", "seed", *sorted(SEED)]
+    assert available_presets() == ALL
     assert resolve_preset("seed/lstm") == PRESETS_DIR / "seed" / "lstm.toml"
     assert resolve_preset("seed/lstm.toml") == PRESETS_DIR / "seed" / "lstm.toml"
 
@@ -55,7 +69,7 @@ def test_presets_read_through_a_non_filesystem_resource(tmp_path, monkeypatch):
         for name in available_presets():
             zf.writestr(f"presets/{name}.toml", resolve_preset(name).read_text(encoding="utf-8"))
     monkeypatch.setattr(config_module, "PRESETS_DIR", zipfile.Path(archive) / "presets")
-    assert available_presets() == ["best", "default", "seed", *sorted(SEED)]
+    assert available_presets() == ALL
     assert [c.name for c in load_suite("seed")] == [n.split("/")[1] for n in SEED]
     assert load_config(preset="seed/gru").cell == "gru"
     assert list_presets()[2].experiments == SEED

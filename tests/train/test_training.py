@@ -410,3 +410,20 @@ def test_tensorboard_scalars_when_installed(tmp_path, tiny_data, monkeypatch):
     rows = train_and_evaluate(tiny_config(), tmp_path / "run", data=tiny_data, progress=False)
     assert written[0] == ("logdir", str(tmp_path / "run" / "tensorboard")) and written[-1] == ("closed",)
     assert ("test_acc", rows[1]["test_acc"], 2) in written and ("train_loss", rows[0]["train_loss"], 1) in written
+
+
+@pytest.mark.filterwarnings("ignore::rnnlab.nn.options.OptionFallbackWarning")
+def test_training_with_layer_options(tmp_path, tiny_data):
+    """The rnnlab.nn cell options from the config: written to config.toml and model.txt, the
+    loss decreases, and the same seed gives the same metrics (masks from the seeded generator)."""
+    config = tiny_config(layer_norm=True, recurrent_dropout=0.2, zoneout=0.1, weight_drop=0.3, peephole=True)
+    a = train_and_evaluate(config, tmp_path / "a", data=tiny_data, progress=False)
+    b = train_and_evaluate(config, tmp_path / "b", data=tiny_data, progress=False)
+    assert _values(a) == _values(b)
+    assert a[1]["train_loss"] < a[0]["train_loss"]
+    text = (tmp_path / "a" / "config.toml").read_text()
+    assert "layer_norm = true\n" in text and "weight_drop = 0.3\n" in text and "peephole = true\n" in text
+    model_txt = (tmp_path / "a" / "model.txt").read_text()
+    assert (
+        "LSTM(16, 16, layer_norm=True, recurrent_dropout=0.2, zoneout=0.1, weight_drop=0.3, peephole=True)" in model_txt
+    )

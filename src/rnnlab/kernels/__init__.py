@@ -13,37 +13,71 @@ projections (``proj_size > 0``) and other dtypes fall back to the fused form.
 On CUDA devices :func:`rnnlab.kernels.triton.cuda_layer_function` (persistent Triton kernels
 or CUDA graphs, chosen by ``$RNNLAB_GPU_KERNEL``) answers first; where it has nothing, the
 same BPTT path as on CPU is used.
+
+Cell options (``rnnlab/nn/options.py``): ``options`` names the ones that are on for the call.
+Those in ``FAST_PATH_OPTIONS[mode]`` run on the fast paths as they are (``weight_drop`` needs
+nothing: the module passes the masked ``W_hh`` as ``w_hh``); for any other the answer is
+``None`` with one :class:`rnnlab.nn.options.OptionFallbackWarning` (the module then runs the
+fused autograd form), on CPU and GPU alike. The fast forms accept the ``options=`` argument of
+the layer signature; ``bptt.layer`` given active options routes to the fused form with the
+same warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 
+from rnnlab.nn.options import OptionFallbackWarning
+
 from .bptt import MODES, layer
 
-__all__ = ["layer_function", "layer", "SUPPORTED_DTYPES"]
+__all__ = ["layer_function", "layer", "SUPPORTED_DTYPES", "FAST_PATH_OPTIONS"]
+
+#: Per mode, the cell options the fast paths run themselves (see the module docstring).
+FAST_PATH_OPTIONS: dict[str, frozenset[str]] = {mode: frozenset({"weight_drop"}) for mode in MODES}
 
 #: dtypes the fast path is verified for (parity tests at 1e-5 / 1e-10 and gradcheck).
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def layer_function(
-    mode: str, device: torch.device, dtype: torch.dtype, *, has_lengths: bool, has_proj: bool, training: bool
+    mode: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    has_lengths: bool,
+    has_proj: bool,
+    training: bool,
+    options: tuple[str, ...] = (),
 ) -> Callable | None:
     """The fast layer function for this case, or ``None`` where it has none.
 
     ``training`` needs no separate kernel: the returned function runs the hand-written
     autograd ``Function`` when grad is enabled and an input requires it, and a forward that
     saves nothing otherwise. ``has_lengths`` is supported (sorted-prefix masking).
+    ``options``: the cell options on for this call (``RNNBase.options_on()``); one outside
+    ``FAST_PATH_OPTIONS[mode]`` gives ``None`` and one ``OptionFallbackWarning``.
     """
     if mode not in MODES:
         raise ValueError(f"rnnlab.kernels: mode must be one of {MODES}, got {mode!r}")
+    missing = [name for name in options if name not in FAST_PATH_OPTIONS[mode]]
+    if missing:
+        warnings.warn(
+            f"rnnlab.kernels: the fast path has no kernel for {', '.join(missing)} on {torch.device(device).type} "
+            "yet; this forward runs impl='fused' instead (the same equations through autograd, slower)",
+            OptionFallbackWarning,
+            stacklevel=3,
+        )
+        return None
     if torch.device(device).type == "cuda":
         from .triton import cuda_layer_function
 
-        fn = cuda_layer_function(mode, device, dtype, has_lengths=has_lengths, has_proj=has_proj, training=training)
+        fn = cuda_layer_function(
+            mode, device, dtype, has_lengths=has_lengths, has_proj=has_proj, training=training, options=options
+        )
         if fn is not None:
             return fn
     if has_proj or dtype not in SUPPORTED_DTYPES:

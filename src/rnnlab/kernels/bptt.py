@@ -29,8 +29,12 @@ are contiguous. Gradients are rolled back to torch's ``(i, f, g, o)``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
+
+from rnnlab.nn.options import CellOptions, OptionFallbackWarning
 
 __all__ = ["layer", "MODES"]
 
@@ -707,6 +711,7 @@ def layer(
     w_hr: Tensor | None,
     reverse: bool,
     lengths: Tensor | None,
+    options: CellOptions | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer, one direction (``docs/ARCHITECTURE.md``): returns ``(out, h_n, c_n)``.
 
@@ -714,9 +719,21 @@ def layer(
     w_hh: (G*H, H); b_ih, b_hh: (G*H,) or None; w_hr must be None (no projections here);
     lengths: (N,) int64 or None. out: (L, N, H), zero at padded steps; h_n, c_n: (N, H).
     Differentiable through a hand-written BPTT when grad is enabled and any input needs it.
+    ``options``: cell options (``rnnlab/nn/options.py``) have no hand-written backward here
+    yet: active ones run ``rnnlab.nn.functional.fused_layer`` with one ``OptionFallbackWarning``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if options is not None and options.active:
+        from rnnlab.nn.functional import fused_layer
+
+        warnings.warn(
+            f"rnnlab.kernels.bptt.layer: no hand-written backward for {', '.join(options.names())} yet; "
+            "running rnnlab.nn.functional.fused_layer (the same equations through autograd, slower)",
+            OptionFallbackWarning,
+            stacklevel=2,
+        )
+        return fused_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths, options)
     if w_hr is not None:
         raise NotImplementedError(
             "rnnlab.kernels: LSTM projections (proj_size > 0) are not supported; use impl='fused'"

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn import functional
+from rnnlab.nn.options import CellOptions
 
 __all__ = ["graphed_layer", "available", "clear_cache", "DTYPES", "MAX_GRAPHS"]
 
@@ -129,11 +130,17 @@ def graphed_layer(
     w_hr: Tensor | None,
     reverse: bool,
     lengths: Tensor | None,
+    options: CellOptions | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``fused_layer`` replayed from a CUDA graph cached for this shape (see the module docstring).
 
     x (L, N, H_in), h0 (N, H_out), c0 (N, H) or None -> (out (L, N, H_out), h_n (N, H_out), c_n or None).
     """
+    if options is not None and options.active:
+        raise ValueError(
+            f"graphed_layer: no cell options on this path, got {', '.join(options.names())} "
+            "(rnnlab.kernels.layer_function sends such calls to the fused form)"
+        )
     uncaptured = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
     if not x.is_cuda or torch.cuda.is_current_stream_capturing() or x.shape[0] == 0 or x.shape[1] == 0:
         return functional.fused_layer(*uncaptured)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rnnlab.nn.options import OPTION_DEFAULTS
+
 POOLINGS = ("last", "mean", "max", "meanmax")
 _CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 #: Config ``impl`` -> the ``impl`` keyword of rnnlab.nn's layers.
@@ -85,8 +87,13 @@ def make_encoder(
     bidirectional: bool = False,
     dropout: float = 0.0,
     nonlinearity: str = "tanh",
+    options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``)."""
+    """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``).
+
+    ``options``: rnnlab.nn cell options (``layer_norm=True``, ``weight_drop=0.3``...); those at
+    their default are left out, so the default layer prints as before; torch.nn has none.
+    """
     if cell not in _CELLS:
         raise ValueError(f"cell must be one of {', '.join(_CELLS)}; got {cell!r}")
     kwargs: dict[str, Any] = {}
@@ -98,7 +105,13 @@ def make_encoder(
         kwargs["dropout"] = dropout
     if cell == "rnn" and nonlinearity != "tanh":
         kwargs["nonlinearity"] = nonlinearity
+    unknown = sorted(set(options or {}) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown layer option(s) {', '.join(unknown)}; valid: {', '.join(OPTION_DEFAULTS)}")
+    on = {k: v for k, v in (options or {}).items() if v != OPTION_DEFAULTS[k]}
     if impl == "torch":
+        if on:
+            raise ValueError(f"impl='torch': torch.nn.{_CELLS[cell]} has no {', '.join(on)}; use impl='rnnlab'")
         return getattr(nn, _CELLS[cell])(input_size, hidden_size, **kwargs)
     if impl not in _RNNLAB_IMPLS:
         raise ValueError(f"impl must be one of rnnlab, reference, torch; got {impl!r}")
@@ -110,7 +123,7 @@ def make_encoder(
         raise RuntimeError(
             f"impl={impl!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); use impl='torch'"
         ) from err
-    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs)
+    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs, **on)
 
 
 def drop_words(ids: torch.Tensor, p: float, unk_id: int = 1) -> torch.Tensor:
@@ -130,7 +143,8 @@ class RNNClassifier(nn.Module):
     embedding ``(L, N, E)`` (plus a hashed bigram embedding when ``bigram_buckets`` > 0,
     see :func:`bigram_ids`; in training, ``word_dropout`` p replaces each real token by
     ``<unk>`` (id 1) with probability p before the lookup, see :func:`drop_words`) -> encoder
-    ``(L, N, D*H)`` -> masked pooling ``(N, P)`` with P = D*H (2*D*H for meanmax) -> linear1
+    ``(L, N, D*H)`` (with rnnlab.nn's cell options ``layer_options``, see :func:`make_encoder`)
+    -> masked pooling ``(N, P)`` with P = D*H (2*D*H for meanmax) -> linear1
     ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
 
     The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
@@ -162,6 +176,7 @@ class RNNClassifier(nn.Module):
         log_softmax: bool = False,
         bigram_buckets: int = 0,
         word_dropout: float = 0.0,
+        layer_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -197,6 +212,7 @@ class RNNClassifier(nn.Module):
                 bidirectional=bidirectional,
                 dropout=dropout,
                 nonlinearity=nonlinearity,
+                options=layer_options,
             ),
         )
         self.linear1 = nn.Linear(pooled, enc_width)
@@ -274,6 +290,7 @@ def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier
         log_softmax=config.loss == "nll",
         bigram_buckets=getattr(config, "bigram_buckets", 0),
         word_dropout=getattr(config, "word_dropout", 0.0),
+        layer_options={k: getattr(config, k, default) for k, default in OPTION_DEFAULTS.items()},
     )
 
 

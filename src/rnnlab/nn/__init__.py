@@ -6,10 +6,32 @@
 ``impl="fast"`` (default; ``rnnlab.kernels`` when available, else fused), ``"fused"`` or
 ``"reference"`` (the equations one gate at a time). ``LSTM.from_torch(m)`` and
 ``.to_torch()`` move weights between rnnlab and torch.nn.
+
+Options beyond torch.nn, all off by default (``rnnlab.nn.options`` has the equations):
+``layer_norm``, ``recurrent_dropout``, ``zoneout``, ``weight_drop``, ``peephole`` (LSTM),
+``gate_activation`` and ``activation`` (LSTM, GRU), e.g.
+``LSTM(64, 128, layer_norm=True, weight_drop=0.3)``.
 """
 
-from . import functional
+from . import functional, options
 from .cell import GRUCell, LSTMCell, RNNCell, RNNCellBase
+from .options import ACTIVATIONS, CellOptions, OptionFallbackWarning, SequenceMasks
 from .rnn import GRU, IMPLS, LSTM, RNN, RNNBase
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase", "IMPLS", "functional"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "RNNBase",
+    "RNNCellBase",
+    "IMPLS",
+    "functional",
+    "options",
+    "ACTIVATIONS",
+    "CellOptions",
+    "OptionFallbackWarning",
+    "SequenceMasks",
+]

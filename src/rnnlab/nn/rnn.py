@@ -4,6 +4,12 @@ The modules handle the layout (``batch_first``, unbatched input, ``PackedSequenc
 the ``lengths`` keyword, stacking, the two directions, dropout between layers) and call
 one layer function per (layer, direction), with the signature of
 ``rnnlab.nn.functional.fused_layer`` (see ``docs/ARCHITECTURE.md``).
+
+The options beyond torch.nn (``layer_norm``, ``recurrent_dropout``, ``zoneout``,
+``weight_drop``, ``peephole``, ``gate_activation``, ``activation``; equations and design in
+``rnnlab/nn/options.py``) are validated and own their parameters here; per call the module
+draws their masks, applies weight drop to ``W_hh`` and passes one ``CellOptions`` per layer and
+direction to the layer function.
 """
 
 from __future__ import annotations
@@ -20,6 +26,17 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
+from .options import (
+    CellOptions,
+    check_cell_options,
+    dropout_mask,
+    init_option_parameter,
+    option_parameters,
+    options_repr,
+    options_set,
+    reject_foreign_options,
+    zoneout_mask,
+)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "IMPLS"]
 
@@ -67,6 +84,7 @@ def _check_lengths(owner: str, lengths: Any, batch: int, steps: int) -> Tensor:
 def _reject_kwargs(owner: str, kwargs: dict[str, Any]) -> None:
     if "proj_size" in kwargs:
         raise ValueError(f"{owner}: proj_size argument is only supported for LSTM, not RNN or GRU")
+    reject_foreign_options(owner, kwargs)
     if kwargs:
         raise TypeError(f"{owner}.__init__() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
 
@@ -92,6 +110,7 @@ class RNNBase(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
+        **options: Any,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -128,12 +147,25 @@ class RNNBase(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.proj_size = proj_size
         self.impl = _check_impl(name, impl)
+        self._kind = "rnn" if mode.startswith("rnn_") else mode
+        opts = check_cell_options(name, self._kind, **options)
+        self._options = opts
+        self.layer_norm: bool = opts["layer_norm"]
+        self.recurrent_dropout: float = opts["recurrent_dropout"]
+        self._zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
+        #: LSTM: (p_h, p_c); GRU and RNN: p.
+        self.zoneout: float | tuple[float, float] = opts["zoneout"] if self._kind == "lstm" else opts["zoneout"][0]
+        self.weight_drop: float = opts["weight_drop"]
+        self.peephole: bool = opts["peephole"]
+        self.gate_activation: str = opts["gate_activation"]
+        self.activation: str = opts["activation"]
 
         factory = {"device": device, "dtype": dtype}
         gate_size = functional.GATES[mode] * hidden_size
         out_size = proj_size if proj_size > 0 else hidden_size
         directions = 2 if self.bidirectional else 1
         self._all_weights: list[list[str]] = []
+        self._option_weights: list[list[str]] = []
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else out_size * directions
             for direction in range(directions):
@@ -149,15 +181,27 @@ class RNNBase(nn.Module):
                 for pname, shape in zip(names, shapes):
                     self.register_parameter(pname, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append(names)
+                extra = [
+                    (base + suffix, shape) for base, shape in option_parameters(self._kind, opts, hidden_size, bias)
+                ]
+                for pname, shape in extra:
+                    self.register_parameter(pname, nn.Parameter(torch.empty(shape, **factory)))
+                self._option_weights.append([pname for pname, _ in extra])
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """Every parameter from U(-1/sqrt(H), 1/sqrt(H)), in torch.nn's order (same seed, same values)."""
+        """torch.nn's parameters from U(-1/sqrt(H), 1/sqrt(H)), in torch.nn's order (same seed,
+        same values); then the options' (layer-norm gains 1 and biases 0, peepholes from the
+        same uniform)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        for names in self._all_weights:
+            for pname in names:
+                nn.init.uniform_(getattr(self, pname), -bound, bound)
+        for names in self._option_weights:
+            for pname in names:
+                init_option_parameter(pname, getattr(self, pname), bound)
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -194,7 +238,33 @@ class RNNBase(nn.Module):
             s += f", bidirectional={self.bidirectional}"
         if self.impl != "fast":
             s += f", impl={self.impl!r}"
-        return s
+        return s + options_repr(self._options, self._kind)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The option keywords this layer was built with (normalised; ``zoneout`` as ``(p_h, p_c)``)."""
+        return dict(self._options)
+
+    def options_on(self) -> list[str]:
+        """The options that change this layer's computation in its current mode (train/eval):
+        ``recurrent_dropout`` and ``weight_drop`` only in training; ``zoneout`` in both (eval
+        runs its expectation)."""
+        on = []
+        if self.layer_norm:
+            on.append("layer_norm")
+        if self.recurrent_dropout > 0 and self.training:
+            on.append("recurrent_dropout")
+        if self._zoneout[0] > 0 or self._zoneout[1] > 0:
+            on.append("zoneout")
+        if self.weight_drop > 0 and self.training:
+            on.append("weight_drop")
+        if self.peephole:
+            on.append("peephole")
+        if self.gate_activation != "sigmoid":
+            on.append("gate_activation")
+        if self.activation != "tanh":
+            on.append("activation")
+        return on
 
     # -- torch.nn interop --------------------------------------------------------------------
 
@@ -213,8 +283,12 @@ class RNNBase(nn.Module):
         return cfg
 
     @classmethod
-    def from_torch(cls, module: nn.RNNBase, *, impl: str = "fast") -> RNNBase:
-        """A copy of a ``torch.nn`` recurrent module (same configuration, weights, device, dtype)."""
+    def from_torch(cls, module: nn.RNNBase, *, impl: str = "fast", **options: Any) -> RNNBase:
+        """A copy of a ``torch.nn`` recurrent module (same configuration, weights, device, dtype).
+
+        ``options`` (``layer_norm=True``, ...) are added on top: their parameters start at
+        their initial values (layer-norm gains 1 and biases 0, peepholes random).
+        """
         if not isinstance(module, cls._torch_class):
             raise TypeError(
                 f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}"
@@ -233,13 +307,31 @@ class RNNBase(nn.Module):
         first = next(module.parameters())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the dropout warning was already given for `module`
-            new = cls(module.input_size, module.hidden_size, **cfg, device=first.device, dtype=first.dtype, impl=impl)
-        new.load_state_dict(module.state_dict(), strict=True)
+            new = cls(
+                module.input_size,
+                module.hidden_size,
+                **cfg,
+                device=first.device,
+                dtype=first.dtype,
+                impl=impl,
+                **options,
+            )
+        missing, unexpected = new.load_state_dict(module.state_dict(), strict=False)
+        option_names = {n for names in new._option_weights for n in names}
+        if unexpected or set(missing) - option_names:  # pragma: no cover - same configuration, same names
+            raise RuntimeError(f"{cls.__name__}.from_torch: missing {missing}, unexpected {unexpected}")
         new.train(module.training)
         return new
 
     def to_torch(self) -> nn.RNNBase:
-        """The equivalent ``torch.nn`` module, with a copy of these weights."""
+        """The equivalent ``torch.nn`` module, with a copy of these weights (only without options:
+        torch.nn has none of them)."""
+        on = list(options_set(self._options, self._kind))
+        if on:
+            raise ValueError(
+                f"{type(self).__name__}.to_torch: torch.nn.{self._torch_class.__name__} has no {', '.join(on)}; "
+                "only a layer with every option off has a torch.nn equivalent"
+            )
         first = next(self.parameters())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -257,7 +349,8 @@ class RNNBase(nn.Module):
 
         ``"fast"`` asks ``rnnlab.kernels.layer_function`` with ``training=needs_grad`` (grad
         mode on and some input, state or parameter requires grad: a backward may follow) and
-        falls back to the fused form when it answers ``None``.
+        the options that are on (``options_on``), and falls back to the fused form when it
+        answers ``None`` (for an option it lacks it says so in one ``OptionFallbackWarning``).
         """
         if self.impl == "reference":
             return functional.reference_layer
@@ -265,11 +358,51 @@ class RNNBase(nn.Module):
             from rnnlab import kernels
 
             fn = kernels.layer_function(
-                self.mode, x.device, x.dtype, has_lengths=has_lengths, has_proj=self.proj_size > 0, training=needs_grad
+                self.mode,
+                x.device,
+                x.dtype,
+                has_lengths=has_lengths,
+                has_proj=self.proj_size > 0,
+                training=needs_grad,
+                options=tuple(self.options_on()),
             )
             if fn is not None:
                 return fn
         return functional.fused_layer
+
+    def _call_options(self, layer: int, direction: int, w_hh: Tensor, x: Tensor) -> tuple[Tensor, CellOptions | None]:
+        """This call's ``W_hh`` (weight-dropped in training) and :class:`CellOptions` (None when
+        no option that the layer function sees is on) for one layer and direction.
+
+        Masks are drawn here, in the order of ``rnnlab/nn/options.py``: weight drop, recurrent
+        dropout, zoneout of h, zoneout of c (each only when in use, only in training).
+        """
+        steps, batch = x.shape[0], x.shape[1]
+        train = self.training
+        if train and self.weight_drop > 0:
+            w_hh = w_hh * dropout_mask(self.weight_drop, tuple(w_hh.shape), w_hh)  # (G*H, H_out)
+        on = self.options_on()
+        if not any(name != "weight_drop" for name in on):
+            return w_hh, None
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        get = lambda n: getattr(self, n + suffix, None)  # noqa: E731
+        p_r, (p_h, p_c) = self.recurrent_dropout, self._zoneout
+        rec = dropout_mask(p_r, (batch, self._out_size), x) if train and p_r > 0 else None  # (N, H_out)
+        z_h = zoneout_mask(p_h, (steps, batch, self._out_size), x) if train and p_h > 0 else p_h  # (L, N, H_out)
+        z_c = zoneout_mask(p_c, (steps, batch, self.hidden_size), x) if train and p_c > 0 else p_c  # (L, N, H)
+        options = CellOptions(
+            gate_activation=self.gate_activation,
+            activation=self.activation,
+            ln_weight_ih=get("ln_weight_ih"),
+            ln_weight_hh=get("ln_weight_hh"),
+            ln_weight_c=get("ln_weight_c"),
+            ln_bias_c=get("ln_bias_c"),
+            weight_peephole=get("weight_peephole"),
+            recurrent_mask=rec,
+            zoneout_h=z_h,
+            zoneout_c=z_c,
+        )
+        return w_hh, options
 
     def _check_input(self, x: Tensor, expected_dim: int) -> None:
         name = type(self).__name__
@@ -344,6 +477,7 @@ class RNNBase(nn.Module):
             for direction in range(directions):
                 k = layer * directions + direction
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(layer, direction)
+                w_hh, options = self._call_options(layer, direction, w_hh, layer_input)
                 out, h, c = layer_fn(
                     self.mode,
                     layer_input,
@@ -356,6 +490,7 @@ class RNNBase(nn.Module):
                     w_hr,
                     direction == 1,
                     lengths,
+                    options=options,
                 )
                 outs.append(out)  # (L, N, H_out)
                 h_n.append(h)
@@ -460,6 +595,19 @@ _SHAPES_DOC = r"""
     ``D`` = 2 if bidirectional else 1. ``impl``: ``"fast"`` (default: ``rnnlab.kernels`` when it
     has a kernel for the case, else ``"fused"``), ``"fused"`` (one input GEMM per layer, one
     ``addmm`` per step) or ``"reference"`` (the equations one gate at a time).
+
+    Options beyond torch.nn (keywords, all off by default; equations in ``rnnlab/nn/options.py``):
+    ``layer_norm`` (bool: per-gate-block layer norm of the input and recurrent products, and of
+    the LSTM cell state before its nonlinearity; parameters ``ln_weight_ih_l{k}``,
+    ``ln_weight_hh_l{k}``, LSTM ``ln_weight_c_l{k}``, ``ln_bias_c_l{k}``), ``recurrent_dropout``
+    (p: one mask per sequence, layer and direction on ``h_{t-1}`` in the recurrent product),
+    ``zoneout`` (p, or ``(p_h, p_c)`` for LSTM: each unit keeps its previous value with
+    probability p; the expectation in eval), ``weight_drop`` (p: DropConnect on ``W_hh``, one mask
+    per forward call), and for LSTM/GRU ``gate_activation`` / ``activation`` (one of
+    ``rnnlab.nn.options.ACTIVATIONS``) and for LSTM ``peephole`` (bool: ``weight_peephole_l{k}``,
+    3*H). Dropout-type options act in training only (``.train()``), masks drawn from torch's
+    global generator. ``impl="fast"`` runs those it has no kernel for through the fused form,
+    with one ``OptionFallbackWarning`` per forward.
 """
 
 
@@ -499,6 +647,10 @@ class RNN(RNNBase):
         dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
         **kwargs: Any,
     ) -> None:
         _reject_kwargs("RNN", kwargs)
@@ -518,6 +670,10 @@ class RNN(RNNBase):
             device,
             dtype,
             impl=impl,
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
+            weight_drop=weight_drop,
         )
 
     def extra_repr(self) -> str:
@@ -567,6 +723,13 @@ class LSTM(RNNBase):
         dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_drop: float = 0.0,
+        peephole: bool = False,
+        gate_activation: str = "sigmoid",
+        activation: str = "tanh",
     ) -> None:
         super().__init__(
             "lstm",
@@ -581,6 +744,13 @@ class LSTM(RNNBase):
             device,
             dtype,
             impl=impl,
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
+            weight_drop=weight_drop,
+            peephole=peephole,
+            gate_activation=gate_activation,
+            activation=activation,
         )
 
 
@@ -621,6 +791,12 @@ class GRU(RNNBase):
         dtype: torch.dtype | None = None,
         *,
         impl: str = "fast",
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
+        gate_activation: str = "sigmoid",
+        activation: str = "tanh",
         **kwargs: Any,
     ) -> None:
         _reject_kwargs("GRU", kwargs)
@@ -637,4 +813,10 @@ class GRU(RNNBase):
             device,
             dtype,
             impl=impl,
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
+            weight_drop=weight_drop,
+            gate_activation=gate_activation,
+            activation=activation,
         )

@@ -38,6 +38,25 @@ SETTINGS = (
 )
 #: Values of settings that runs made before the key existed had (their config.toml lacks the key).
 LATER_KEYS = {"word_dropout": 0.0}
+#: The last column, "options": the rnnlab.nn cell options a run changed (``layer_norm=True,
+#: weight_drop=0.3``), "none" when all are at their defaults (also for runs made before them).
+#: Their defaults are ``rnnlab.train.config.LAYER_OPTIONS`` (repeated here: the report side
+#: imports no torch; a test checks that the two agree).
+OPTIONS_COLUMN = "options"
+LAYER_OPTIONS = {
+    "layer_norm": False,
+    "recurrent_dropout": 0.0,
+    "zoneout": 0.0,
+    "weight_drop": 0.0,
+    "peephole": False,
+    "gate_activation": "sigmoid",
+    "activation": "tanh",
+}
+
+
+def _options_cell(cfg: dict) -> str:
+    on = [f"{key}={cfg[key]}" for key, default in LAYER_OPTIONS.items() if cfg.get(key, default) != default]
+    return ", ".join(on) or "none"
 
 
 @dataclass
@@ -55,10 +74,11 @@ def _settings_table(summaries: list[ExperimentSummary]) -> str:
             continue
         cfg = runs[0].config
         values = [str(cfg.get(k, LATER_KEYS.get(k, ""))) for k in SETTINGS]
-        rows.append("| " + " | ".join([f"`{s.name}`", *values]) + " |")
+        rows.append("| " + " | ".join([f"`{s.name}`", *values, _options_cell(cfg)]) + " |")
     if not rows:
         return ""
-    head = "| experiment | " + " | ".join(SETTINGS) + " |\n|---|" + "---|" * len(SETTINGS) + "\n"
+    columns = (*SETTINGS, OPTIONS_COLUMN)
+    head = "| experiment | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     return head + "\n".join(rows) + "\n"
 
 

@@ -37,11 +37,28 @@ class ConfigError(ValueError):
     """A bad preset, config file, key or value; the message says what was expected and what was found."""
 
 
+#: The recurrent layers' nonlinearity names (``rnnlab.nn.options.ACTIVATIONS``; kept here so
+#: that reading a config does not import torch; a test checks that the two agree).
+ACTIVATION_NAMES = ("sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "relu")
+
+#: The rnnlab.nn cell options (issue 13) and their defaults (all off).
+LAYER_OPTIONS: dict[str, Any] = {
+    "layer_norm": False,
+    "recurrent_dropout": 0.0,
+    "zoneout": 0.0,
+    "weight_drop": 0.0,
+    "peephole": False,
+    "gate_activation": "sigmoid",
+    "activation": "tanh",
+}
+
 #: Allowed values of the enumerated fields.
 CHOICES: dict[str, tuple[str, ...]] = {
     "cell": ("rnn", "lstm", "gru"),
     "impl": ("rnnlab", "reference", "torch"),
     "nonlinearity": ("tanh", "relu"),
+    "gate_activation": ACTIVATION_NAMES,
+    "activation": ACTIVATION_NAMES,
     "pooling": ("last", "mean", "max", "meanmax"),
     "loss": ("cross_entropy", "nll"),
     "optimizer": ("adam", "adamw", "sgd"),
@@ -77,6 +94,13 @@ class Config:
     head_dropout: float = 0.0
     word_dropout: float = 0.0
     nonlinearity: str = "tanh"
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_drop: float = 0.0
+    peephole: bool = False
+    gate_activation: str = "sigmoid"
+    activation: str = "tanh"
     pooling: str = "last"
     loss: str = "cross_entropy"
     optimizer: str = "adam"
@@ -230,6 +254,7 @@ def validate(config: Config) -> None:
         value = getattr(config, key)
         if not (0.0 <= value < 1.0):
             raise ConfigError(f"{key!r} must be in [0, 1), got {value}")
+    _validate_layer_options(config)
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise ConfigError(f"'lr' must be a finite number > 0, got {config.lr}")
     for key in ("weight_decay", "grad_clip"):
@@ -280,6 +305,31 @@ def _validate_dataset(config: Config) -> None:
         raise ConfigError(
             f"'test_fraction' ({config.test_fraction}) splits a test set off the data, but test_data "
             f"({config.test_data!r}) is the test set: set one of them, not both"
+        )
+
+
+def _validate_layer_options(config: Config) -> None:
+    """The rnnlab.nn cell options: probabilities in [0, 1), and only where the cell and the
+    implementation have them (torch.nn has none; peepholes are LSTM's; the RNN has no gates)."""
+    for key in ("recurrent_dropout", "zoneout", "weight_drop"):
+        value = getattr(config, key)
+        if not (0.0 <= value < 1.0):
+            raise ConfigError(f"{key!r} must be in [0, 1), got {value}")
+    on = [key for key, default in LAYER_OPTIONS.items() if getattr(config, key) != default]
+    if on and config.impl == "torch":
+        raise ConfigError(
+            f'{", ".join(map(repr, on))}: torch.nn\'s layers have no such option; use impl = "rnnlab" '
+            "(or \"reference\") for the rnnlab.nn layers, got impl = 'torch'"
+        )
+    if config.peephole and config.cell != "lstm":
+        raise ConfigError(
+            f"'peephole' is only for cell = \"lstm\" (the gates look at the cell state), got cell = {config.cell!r}"
+        )
+    gates = [key for key in ("gate_activation", "activation") if key in on]
+    if gates and config.cell == "rnn":
+        raise ConfigError(
+            f'{", ".join(map(repr, gates))}: only for cell = "lstm" or "gru" (the rnn cell has no gates; '
+            "its nonlinearity is the 'nonlinearity' key), got cell = 'rnn'"
         )
 
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
+
+from rnnlab.nn.options import OptionFallbackWarning
 
 __all__ = ["cuda_layer_function", "triton_available", "GPU_KERNELS"]
 
@@ -43,14 +46,23 @@ def _choice() -> str:
 
 
 def cuda_layer_function(
-    mode: str, device: torch.device, dtype: torch.dtype, *, has_lengths: bool, has_proj: bool, training: bool
+    mode: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    has_lengths: bool,
+    has_proj: bool,
+    training: bool,
+    options: tuple[str, ...] = (),
 ) -> Callable | None:
     """The GPU layer function for this case, or ``None`` (same contract as ``rnnlab.kernels.layer_function``).
 
     ``None`` for non-CUDA devices, LSTM projections, dtypes other than float32/bfloat16
     (``graphs``: float32/float64/bfloat16/float16), or when the chosen path is unavailable.
     ``has_lengths`` and ``training`` need nothing special: both paths mask by lengths and run
-    a saving forward only when a backward may follow.
+    a saving forward only when a backward may follow. ``options``: the cell options on for the
+    call, of which only ``weight_drop`` reaches here (a masked ``w_hh``: Triton runs it; the
+    ``graphs`` path, one graph per ``W_hh`` storage, answers ``None`` with one warning).
     """
     if mode not in _MODES:
         raise ValueError(f"rnnlab.kernels.triton: mode must be one of {_MODES}, got {mode!r}")
@@ -67,6 +79,14 @@ def cuda_layer_function(
     if choice == "graphs":
         from rnnlab.kernels import cuda_graphs
 
+        if options:
+            warnings.warn(
+                f"rnnlab.kernels: RNNLAB_GPU_KERNEL=graphs captures one graph per W_hh storage and {', '.join(options)} "
+                "gives a new one each forward; this forward runs the generic BPTT path instead",
+                OptionFallbackWarning,
+                stacklevel=3,
+            )
+            return None
         if dtype not in cuda_graphs.DTYPES or not cuda_graphs.available(device):
             return None
         return cuda_graphs.graphed_layer

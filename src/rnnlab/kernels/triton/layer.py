@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.nn import functional
+from rnnlab.nn.options import CellOptions
 
 from . import _kernels as K
 
@@ -306,6 +307,7 @@ def triton_layer(
     w_hr: Tensor | None,
     reverse: bool,
     lengths: Tensor | None,
+    options: CellOptions | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer and direction on the Triton kernels (contract of ``docs/ARCHITECTURE.md``).
 
@@ -314,6 +316,11 @@ def triton_layer(
     that saves nothing otherwise; unsupported calls (see :func:`supports`) and variants whose
     launch runs out of GPU resources (remembered, one warning) go to :func:`fallback_layer`.
     """
+    if options is not None and options.active:
+        raise ValueError(
+            f"triton_layer: no cell options on this path, got {', '.join(options.names())} "
+            "(rnnlab.kernels.layer_function sends such calls to the fused form)"
+        )
     if not supports(mode, x, w_hh, w_hr):
         return fallback_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
     x = x.contiguous()
