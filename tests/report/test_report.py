@@ -143,7 +143,8 @@ def test_report_files_table_and_csv(runs, tmp_path):
     [
         ("running", "status 'running'"),
         ("short", "2 of 3 epochs in metrics.jsonl"),
-        ("truncated", "metrics.jsonl line 3 is not valid JSON"),
+        ("truncated", "metrics.jsonl line 3 is cut short (a write was interrupted)"),
+        ("garbled", "metrics.jsonl:2: not valid JSON"),
         ("no_metrics", "metrics.jsonl is missing"),
         ("nan", "epoch 2: no finite test_acc"),
     ],
@@ -158,6 +159,9 @@ def test_incomplete_runs_are_marked_never_results(tmp_path, damage, problem):
         metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
     elif damage == "truncated":
         metrics.write_text(metrics.read_text()[:-20])
+    elif damage == "garbled":
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text(lines[0] + "{oops\n" + lines[2])
     elif damage == "no_metrics":
         metrics.unlink()
     elif damage == "nan":

@@ -10,7 +10,7 @@ from rnnlab.train.config import CONFIGS_DIR, config_from_toml
 
 def test_defaults_are_the_original_experiment():
     c = Config()
-    assert (c.cell, c.impl, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == (
+    assert (c.cell, c.encoder, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == (
         "lstm",
         "rnnlab",
         64,
@@ -46,7 +46,7 @@ def test_toml_round_trip(tmp_path):
 def test_preset_and_config_file(tmp_path):
     assert resolve_preset("seed/lstm") == CONFIGS_DIR / "seed" / "lstm.toml"
     c = load_config(preset="seed/handwritten_lstm_b128_lr5e-3", overrides=["epochs=1"])
-    assert (c.name, c.impl, c.batch_size, c.lr, c.epochs) == ("handwritten_lstm_b128_lr5e-3", "rnnlab", 128, 5e-3, 1)
+    assert (c.name, c.encoder, c.batch_size, c.lr, c.epochs) == ("handwritten_lstm_b128_lr5e-3", "rnnlab", 128, 5e-3, 1)
     f = tmp_path / "mine.toml"
     f.write_text('cell = "gru"\nhidden_size = 32\n')
     c = load_config(config_file=f, overrides=["hidden_size=48"])
@@ -90,7 +90,7 @@ def test_suite_with_shared_set_table(tmp_path):
     [
         (dict(preset="seed/lstmm"), r"unknown preset 'seed/lstmm'.*did you mean seed/lstm"),
         (dict(overrides=["hiden_size=3"]), r"unknown config key 'hiden_size' \(did you mean 'hidden_size'\?\)"),
-        (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, impl, .*, data$"),
+        (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, encoder, .*, data$"),
         (dict(overrides=["epochs=five"]), r"--set epochs=five: 'epochs' expects an integer, got 'five'"),
         (dict(overrides=["epochs=2.5"]), r"'epochs' expects an integer, got '2.5'"),
         (dict(overrides=["lr=fast"]), r"'lr' expects a number, got 'fast'"),

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 POOLINGS = ("last", "mean", "max", "meanmax")
 _CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-#: Config ``impl`` -> the ``impl`` keyword of rnnlab.nn's layers.
+#: Config ``encoder`` -> the ``impl`` keyword of rnnlab.nn's layers (which of its code paths runs).
 _RNNLAB_IMPLS = {"rnnlab": "fast", "reference": "reference"}
 
 
@@ -77,7 +77,7 @@ def bigram_ids(ids: torch.Tensor, buckets: int) -> torch.Tensor:
 
 def make_encoder(
     cell: str,
-    impl: str,
+    encoder: str,
     input_size: int,
     hidden_size: int,
     *,
@@ -86,7 +86,8 @@ def make_encoder(
     dropout: float = 0.0,
     nonlinearity: str = "tanh",
 ) -> nn.Module:
-    """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``)."""
+    """A time-major recurrent layer: torch.nn's (``encoder="torch"``) or rnnlab.nn's (``rnnlab``: its fast
+    path, ``reference``: its gate-by-gate form, i.e. ``rnnlab.nn``'s ``impl="fast"`` / ``"reference"``)."""
     if cell not in _CELLS:
         raise ValueError(f"cell must be one of {', '.join(_CELLS)}; got {cell!r}")
     kwargs: dict[str, Any] = {}
@@ -98,19 +99,19 @@ def make_encoder(
         kwargs["dropout"] = dropout
     if cell == "rnn" and nonlinearity != "tanh":
         kwargs["nonlinearity"] = nonlinearity
-    if impl == "torch":
+    if encoder == "torch":
         return getattr(nn, _CELLS[cell])(input_size, hidden_size, **kwargs)
-    if impl not in _RNNLAB_IMPLS:
-        raise ValueError(f"impl must be one of rnnlab, reference, torch; got {impl!r}")
+    if encoder not in _RNNLAB_IMPLS:
+        raise ValueError(f"encoder must be one of rnnlab, reference, torch; got {encoder!r}")
     try:
         import rnnlab.nn as rnn_modules
 
         layer_cls = getattr(rnn_modules, _CELLS[cell])
     except (ImportError, AttributeError) as err:
         raise RuntimeError(
-            f"impl={impl!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); use impl='torch'"
+            f"encoder={encoder!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); use encoder='torch'"
         ) from err
-    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs)
+    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[encoder], **kwargs)
 
 
 def drop_words(ids: torch.Tensor, p: float, unk_id: int = 1) -> torch.Tensor:
@@ -149,7 +150,7 @@ class RNNClassifier(nn.Module):
         num_classes: int,
         *,
         cell: str = "lstm",
-        impl: str = "rnnlab",
+        encoder: str = "rnnlab",
         embedding_dim: int = 64,
         hidden_size: int = 64,
         num_layers: int = 1,
@@ -168,7 +169,7 @@ class RNNClassifier(nn.Module):
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         if vocab_size < 2 or num_classes < 2:
             raise ValueError(f"need vocab_size >= 2 and num_classes >= 2; got {vocab_size} and {num_classes}")
-        self.cell, self.impl, self.pooling = cell, impl, pooling
+        self.cell, self.encoder_kind, self.pooling = cell, encoder, pooling
         self.num_directions = 2 if bidirectional else 1
         self.log_softmax = log_softmax
         enc_width = hidden_size * self.num_directions
@@ -190,7 +191,7 @@ class RNNClassifier(nn.Module):
             cell,
             make_encoder(
                 cell,
-                impl,
+                encoder,
                 embedding_dim,
                 hidden_size,
                 num_layers=num_layers,
@@ -240,7 +241,7 @@ class RNNClassifier(nn.Module):
             # Outputs at real steps never depend on the padding after them, and the pooling
             # reads real steps only: the padded batch needs no lengths (and no sort).
             out, _ = self.encoder(x)  # (L, N, H)
-        elif self.impl == "torch":
+        elif self.encoder_kind == "torch":
             packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
             out, _ = pad_packed_sequence(self.encoder(packed)[0], total_length=x.shape[0])  # (L, N, 2H)
         else:
@@ -261,7 +262,7 @@ def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier
         vocab_size,
         num_classes,
         cell=config.cell,
-        impl=config.impl,
+        encoder=config.encoder,
         embedding_dim=config.embedding_dim,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,

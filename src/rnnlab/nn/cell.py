@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional
-from .rnn import _check_impl, _check_size
+from .rnn import check_impl, check_size
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -39,15 +39,15 @@ class RNNCellBase(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        _check_size(name, "input_size", input_size)
-        _check_size(name, "hidden_size", hidden_size)
+        check_size(name, "input_size", input_size)
+        check_size(name, "hidden_size", hidden_size)
         if not isinstance(bias, bool):
             raise TypeError(f"{name}: bias should be of type bool, got: {type(bias).__name__}")
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        self.impl = _check_impl(name, impl)
+        self.impl = check_impl(name, impl)
         factory = {"device": device, "dtype": dtype}
         gates = functional.GATES[mode] * hidden_size
         self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory))

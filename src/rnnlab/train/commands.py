@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from rnnlab.cli import CLIError
+from rnnlab.errors import UsageError
 
 
 def add_commands(subparsers: Any) -> None:
@@ -47,9 +47,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--data", metavar="PATH", help="dataset path (default: the run's data / $RNNLAB_DATA)")
     p.add_argument(
         "--checkpoint",
-        choices=("auto", "best", "last"),
+        type=_checkpoint_arg,
         default="auto",
-        help="auto: best when the run had a validation split, else last",
+        metavar="auto|best|last|epoch_K",
+        help="auto: best when the run had a validation split, else last; epoch_K: the weights after epoch K "
+        "(runs trained with keep_epoch_checkpoints = true)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_evaluate)
@@ -62,31 +64,33 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("texts", metavar="TEXT", nargs="*", help="texts to classify (default: lines of stdin)")
-    p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto")
+    p.add_argument("--checkpoint", type=_checkpoint_arg, default="auto", metavar="auto|best|last|epoch_K")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
 
 
+def _checkpoint_arg(text: str) -> str:
+    if text in ("auto", "best", "last") or re.fullmatch(r"epoch_\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, best, last or epoch_K (K = 0, 1, ...), got {text!r}")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from rnnlab.train.config import ConfigError, load_config
-    from rnnlab.train.distributed import DistributedError
-    from rnnlab.train.runner import RunDirError, TrainingError, train_and_evaluate
+    from rnnlab.rundir import RunDir
+    from rnnlab.train.config import load_config
+    from rnnlab.train.runner import train_and_evaluate
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data={args.data}")
+    config_file = args.config
+    if args.resume and not args.preset and not config_file and (Path(args.out) / "config.toml").is_file():
+        config_file = Path(args.out) / "config.toml"  # `--resume` alone continues the run as it was set up
+    config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
     try:
-        config_file = args.config
-        if args.resume and not args.preset and not config_file and (Path(args.out) / "config.toml").is_file():
-            config_file = Path(args.out) / "config.toml"  # `--resume` alone continues the run as it was set up
-        config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
         rows = train_and_evaluate(
             config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
         )
-    except (ConfigError, RunDirError, TrainingError, DistributedError) as err:
-        raise CLIError(_ranked(str(err))) from None
-    except _data_errors() as err:
-        raise CLIError(_ranked(str(err))) from None
     except KeyboardInterrupt:
         if not _is_main_rank():
             raise
@@ -101,9 +105,7 @@ def _train(args: argparse.Namespace) -> int:
     if rows and "test_acc" in rows[-1]:
         print(f"Done: {len(rows)} epochs, final test accuracy {rows[-1]['test_acc']:.4f}; run directory {args.out}")
     elif rows:
-        from rnnlab.train.runner import read_run_info
-
-        test = read_run_info(Path(args.out)).get("test", {})
+        test = RunDir(args.out).read_info().get("test", {})
         print(
             f"Done: {len(rows)} epochs, test accuracy {test.get('acc', float('nan')):.4f} at epoch "
             f"{test.get('epoch')} (best validation accuracy); run directory {args.out}"
@@ -121,45 +123,27 @@ def _is_main_rank() -> bool:
     return env is None or env[1] == 0
 
 
-def _ranked(message: str) -> str:
-    """Under torchrun, the rank in front of an error message (every rank reports the shared error)."""
-    rank = os.environ.get("RANK")
-    return f"[rank {rank}] {message}" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else message
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from rnnlab.train.config import ConfigError
     from rnnlab.train.evaluate import evaluate_run, format_evaluation
-    from rnnlab.train.runner import RunDirError
 
-    try:
-        result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_path=args.data, progress=not args.json)
-    except (ConfigError, RunDirError) as err:
-        raise CLIError(str(err)) from None
-    except _data_errors() as err:
-        raise CLIError(str(err)) from None
+    result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_path=args.data, progress=not args.json)
     print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from rnnlab.train.config import ConfigError
     from rnnlab.train.evaluate import predict
-    from rnnlab.train.runner import RunDirError
 
     texts = list(args.texts)
     if not texts:
         if sys.stdin is None or sys.stdin.isatty():
-            raise CLIError(
+            raise UsageError(
                 'no texts: pass them as arguments (rnnlab predict RUN_DIR "text" ...) or one per line on stdin'
             )
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
         if not texts:
-            raise CLIError("no texts on stdin (empty lines are skipped)")
-    try:
-        results = predict(args.run_dir, texts, checkpoint=args.checkpoint)
-    except (ConfigError, RunDirError, ValueError) as err:
-        raise CLIError(str(err)) from None
+            raise UsageError("no texts on stdin (empty lines are skipped)")
+    results = predict(args.run_dir, texts, checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -168,15 +152,3 @@ def _predict(args: argparse.Namespace) -> int:
             shown = text if len(text) <= 70 else text[:67] + "..."
             print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
     return 0
-
-
-def _data_errors() -> tuple[type[BaseException], ...]:
-    """The data package's user errors (missing path, bad file...), when it defines them."""
-    errors: list[type[BaseException]] = [FileNotFoundError]
-    try:
-        from rnnlab.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
