@@ -134,9 +134,16 @@ def test_no_import_cycles_between_rnnlab_modules():
         ("rnnlab.report", "rnnlab.data"),
         ("rnnlab.train", "rnnlab.experiments"),
         ("rnnlab.train", "rnnlab.report"),
+        ("rnnlab.report", "rnnlab.models"),
+        ("rnnlab.rundir", "rnnlab.data"),
+        ("rnnlab._io", "rnnlab."),
+        ("rnnlab.train", "rnnlab.cli"),
         ("rnnlab.data", "rnnlab.train"),
+        ("rnnlab.data", "rnnlab.models"),
+        ("rnnlab.data", "rnnlab.rundir"),
         ("rnnlab.nn", "rnnlab.data"),
         ("rnnlab.models", "rnnlab.train"),
+        ("rnnlab.models", "rnnlab.data"),
     ],
 )
 def test_imports_flow_one_way(lower, upper):

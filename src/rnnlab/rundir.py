@@ -129,7 +129,11 @@ class DirLock:
     def acquire(self) -> DirLock:
         if self._fd is not None or fcntl is None:
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):  # a read-only folder: "cannot write DIR/.lock: [Errno 13] ..."
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return self._acquire()
+
+    def _acquire(self) -> DirLock:
         for _ in range(100):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -145,8 +149,12 @@ class DirLock:
                     pid=pid,
                 ) from None
             if _same_file(fd, self.path):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError:
+                    os.close(fd)
+                    raise
                 self._fd = fd
                 return self
             os.close(fd)  # the file was removed (or replaced) between open and flock: lock the new one

@@ -255,9 +255,11 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
             "truncate": "head_tail",
             "lr_schedule": "linear",
             "max_len": 500,
+            "encoder": "reference",
         },
     )
-    make_run(root, "old", 0, [0.80], config={"embedding_dropout": 0.0})  # made before word_dropout existed
+    # made before word_dropout existed, and when encoder was called impl
+    make_run(root, "old", 0, [0.80], config={"embedding_dropout": 0.0, "impl": "torch"})
     md = write_report([root], tmp_path / "out").markdown
     settings = md.split("## Settings")[1]
     head = settings.strip().splitlines()[0].strip("| ").split(" | ")
@@ -274,3 +276,4 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
         rows["wd"]["lr_schedule"],
     ) == ("0.2", "0.1", "head_tail", "linear")
     assert rows["old"]["word_dropout"] == "0.0" and rows["old"]["truncate"] == ""
+    assert (head[2], rows["wd"]["encoder"], rows["old"]["encoder"]) == ("encoder", "reference", "torch")

@@ -135,3 +135,45 @@ def test_default_preset_lists_every_field_at_its_default():
     assert load_config(preset="default") == Config()
     text = (CONFIGS_DIR / "default.toml").read_text()
     assert all(f"\n{key} = " in text for key in Config().to_dict())
+
+
+# ------------------------------------------------------------------ impl -> encoder
+
+
+def test_the_old_key_impl_still_works_with_one_deprecation_message(tmp_path):
+    from rnnlab.errors import RnnlabDeprecationWarning
+
+    preset = tmp_path / "old.toml"
+    preset.write_text('cell = "gru"\nimpl = "torch"\n')
+    with pytest.warns(
+        RnnlabDeprecationWarning, match=r"old.toml: config key 'impl' is deprecated, it is now 'encoder'"
+    ):
+        assert load_config(config_file=preset).encoder == "torch"
+    with pytest.warns(RnnlabDeprecationWarning, match=r"--set: config key 'impl' is deprecated"):
+        assert load_config(overrides=["impl=reference"]).encoder == "reference"
+    with pytest.warns(RnnlabDeprecationWarning, match=r"Config\(\): config key 'impl'"):
+        config = Config(impl="torch")
+    assert config.encoder == "torch" and "impl" not in config.to_dict() and '\nencoder = "torch"\n' in config.to_toml()
+    with pytest.warns(RnnlabDeprecationWarning, match=r"Config.impl: config key 'impl' is deprecated"):
+        assert config.impl == "torch"
+    with pytest.warns(RnnlabDeprecationWarning):
+        assert config.replace(impl="rnnlab").encoder == "rnnlab"
+    preset.write_text('impl = "torch"\nencoder = "rnnlab"\n')
+    with pytest.raises(ConfigError, match=r"old.toml: 'impl' and 'encoder' are the same key"):
+        load_config(config_file=preset)
+    with pytest.raises(ConfigError, match=r"'encoder' must be one of rnnlab, reference, torch; got 'fast'"):
+        with pytest.warns(RnnlabDeprecationWarning):
+            load_config(overrides=["impl=fast"])  # the layers' impl values are not the config's
+
+
+def test_the_cli_prints_the_deprecation_as_one_line(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    code = main(["train", "--set", "impl=torch", "--set", "hiden_size=3", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "rnnlab: warning: --set: config key 'impl' is deprecated, it is now 'encoder' (same values: rnnlab, "
+        "reference, torch); 'impl' still works for now"
+    )
+    assert err[1].startswith("rnnlab: error: --set: unknown config key 'hiden_size'") and len(err) == 2

@@ -369,3 +369,41 @@ def test_epoch_checkpoints_from_initialisation_to_the_last_epoch(tmp_path, tiny_
 def test_without_the_key_no_epoch_checkpoints(tmp_path, tiny_data):
     train_and_evaluate(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+# ------------------------------------------------------------------ runs written before format 2
+
+
+def _as_format_1(run: Path) -> None:
+    """Rewrite a run directory as rnnlab wrote it before format 2: config key impl, format 1 everywhere."""
+    config = (run / "config.toml").read_text().replace("\nencoder = ", "\nimpl = ")
+    (run / "config.toml").write_text(config)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "format": 1}))
+    for ckpt in (run / "checkpoints").glob("*.pt"):
+        state = torch.load(ckpt, weights_only=True)
+        state["config"]["impl"] = state["config"].pop("encoder")
+        torch.save({**state, "format": 1}, ckpt)
+
+
+def test_a_format_1_run_directory_still_loads_resumes_and_is_upgraded(tmp_path, tiny_data):
+    from rnnlab.errors import RnnlabDeprecationWarning
+    from rnnlab.report import read_run
+    from rnnlab.train import evaluate_run
+
+    config = tiny_config(epochs=3)
+    full = train_and_evaluate(config, tmp_path / "full", data=tiny_data, progress=False)
+    run = tmp_path / "old"
+    train_and_evaluate(config.replace(epochs=2), run, data=tiny_data, progress=False)
+    _as_format_1(run)
+    with pytest.warns(RnnlabDeprecationWarning, match=r"config.toml: config key 'impl' is deprecated"):
+        result = evaluate_run(run, data=tiny_data)
+    assert result["epoch"] == 2 and result["accuracy"] == pytest.approx(full[1]["test_acc"], abs=1e-12)
+    record = read_run(run)
+    assert record.complete and record.config["impl"] == "rnnlab"  # the report reads it as it is
+    with pytest.warns(RnnlabDeprecationWarning):
+        resumed = train_and_evaluate(config, run, data=tiny_data, resume=True, progress=False)
+    assert _values(resumed) == _values(full)
+    info = json.loads((run / "run.json").read_text())
+    assert (info["format"], info["status"]) == (rundir_mod.FORMAT, "complete")
+    assert '\nencoder = "rnnlab"\n' in (run / "config.toml").read_text()  # written in the new spelling

@@ -6,7 +6,6 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from rnnlab.errors import UsageError
@@ -84,8 +83,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data={args.data}")
     config_file = args.config
-    if args.resume and not args.preset and not config_file and (Path(args.out) / "config.toml").is_file():
-        config_file = Path(args.out) / "config.toml"  # `--resume` alone continues the run as it was set up
+    if args.resume and not args.preset and not config_file and RunDir(args.out).config_path.is_file():
+        config_file = RunDir(args.out).config_path  # `--resume` alone continues the run as it was set up
     config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
     try:
         rows = train_and_evaluate(

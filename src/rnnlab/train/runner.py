@@ -849,28 +849,9 @@ def _train_epoch(
     start = time.perf_counter()
     for step, (ids, lengths, labels, n_r, n) in enumerate(bar, 1):
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        out = model(ids, lengths)
-        loss = criterion(out, labels)
-        if dist.enabled:
-            # An empty slice runs one stand-in example with weight 0, so that DDP's all-reduce still matches.
-            step_loss, step_correct = dist.all_sum(
-                [float(loss.item()) * n_r if n_r else 0.0, int((out.argmax(-1) == labels).sum().item()) if n_r else 0]
-            )
-            loss_value = step_loss / n
-            loss = loss * (n_r * dist.world_size / n)
-        else:
-            loss_value = float(loss.item())
-            step_correct = int((out.argmax(-1) == labels).sum().item())
+        loss, loss_value, step_correct = _batch_loss(model, criterion, ids, lengths, labels, n_r, n, dist)
         if not math.isfinite(loss_value):
-            kept = (
-                f"The last good checkpoint (epoch {epoch - 1}) is kept"
-                if epoch > 1
-                else "No checkpoint was written (it failed in the first epoch)"
-            )
-            raise TrainingError(
-                f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step} of {steps_per_epoch}; "
-                f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip"
-            )
+            raise _non_finite(loss_value, epoch, step, steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -897,3 +878,41 @@ def _train_epoch(
         "examples_per_second": seen / seconds if seconds > 0 else float("inf"),
         "lr": lr,
     }
+
+
+def _batch_loss(
+    model: nn.Module,
+    criterion: nn.Module,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    labels: torch.Tensor,
+    n_r: int,
+    n: int,
+    dist: distributed.Dist,
+) -> tuple[torch.Tensor, float, int]:
+    """``(loss to back-propagate, the batch's mean loss, its correct predictions)`` of one global batch.
+
+    Distributed: this rank's slice is ``n_r`` of the batch's ``n`` examples; the loss and the
+    correct count are summed over ranks, and the loss to back-propagate is ``loss_r * n_r * W / n``.
+    An empty slice runs one stand-in example with weight 0, so that DDP's all-reduce still matches.
+    """
+    out = model(ids, lengths)
+    loss = criterion(out, labels)
+    if not dist.enabled:
+        return loss, float(loss.item()), int((out.argmax(-1) == labels).sum().item())
+    step_loss, step_correct = dist.all_sum(
+        [float(loss.item()) * n_r if n_r else 0.0, int((out.argmax(-1) == labels).sum().item()) if n_r else 0]
+    )
+    return loss * (n_r * dist.world_size / n), step_loss / n, int(step_correct)
+
+
+def _non_finite(loss_value: float, epoch: int, step: int, steps_per_epoch: int) -> TrainingError:
+    kept = (
+        f"The last good checkpoint (epoch {epoch - 1}) is kept"
+        if epoch > 1
+        else "No checkpoint was written (it failed in the first epoch)"
+    )
+    return TrainingError(
+        f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step} of {steps_per_epoch}; "
+        f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip"
+    )
