@@ -282,6 +282,23 @@ def test_a_cut_short_last_metrics_line_is_dropped_and_repaired_on_resume(tmp_pat
     )
 
 
+def test_killed_after_the_last_checkpoint_but_before_its_metrics_row(tmp_path, tiny_data):
+    """last.pt holds all the epochs, metrics.jsonl and run.json one fewer: a resume completes the files."""
+    config = tiny_config(epochs=2)
+    rows = train_and_evaluate(config, tmp_path / "run", data=tiny_data, progress=False)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**info, "status": "running", "epochs_completed": 1}))
+    again = train_and_evaluate(config, tmp_path / "run", data=tiny_data, resume=True, progress=False)
+    assert again == rows == read_metrics(tmp_path / "run")
+    from rnnlab.report import read_run
+
+    assert read_run(tmp_path / "run").complete
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["status"], info["epochs_completed"]) == ("complete", 2)
+
+
 def test_one_metrics_reader_later_rows_replace_earlier_ones_and_damage_is_named(tmp_path):
     rd = RunDir(tmp_path)
     rd.metrics_path.write_text(

@@ -448,8 +448,11 @@ def _already_trained(
     device: torch.device,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """A resumed run with nothing left to train: run the test pass if a kill skipped it, mark it complete."""
-    rows = dist.on_main(rd.read_metrics)
+    """A resumed run with nothing left to train: its files brought back to last.pt (a kill may have cut the
+    last epoch's metrics row), the test pass run if a kill skipped it, the run marked complete."""
+    if dist.is_main:
+        rd.restore_files(ckpt)
+    rows = list(ckpt["history"])
     if not config.test_every_epoch and "test" not in info:  # killed between training and the test pass
         data = data if data is not None else _load_data_ranked(config, dist, progress)
         test = _final_test(rd, config, data, dist=dist, device=device)
@@ -458,8 +461,14 @@ def _already_trained(
             info = rd.update_info(test=test)
     if dist.is_main:
         print(f"{rd.path}: already complete ({ckpt['epoch']} epochs); nothing to train")
-        if info.get("status") != "complete":
-            rd.update_info(status="complete", epochs=config.epochs, error=None)
+        if info.get("status") != "complete" or info.get("epochs_completed") != ckpt["epoch"]:
+            rd.update_info(
+                status="complete",
+                epochs=config.epochs,
+                epochs_completed=ckpt["epoch"],
+                best_epoch=ckpt["best"]["epoch"],
+                error=None,
+            )
     return rows
 
 
@@ -702,7 +711,7 @@ class Trainer:
         """The one test pass of a ``test_every_epoch = false`` run, on best.pt (see ``_final_test``)."""
         test = _final_test(self.run_dir, self.config, self.data, model=self.model, device=self.device, dist=self.dist)
         if self.main:
-            self.run_dir.info = {**(self.run_dir.info or {}), "test": test}
+            self.run_dir.update_info(test=test)
         self._emit("on_test", test)
 
     def complete(self) -> None:
