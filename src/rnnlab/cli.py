@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 import warnings
+from typing import Any
 
 from rnnlab import __version__
 from rnnlab.data import commands as data_commands
@@ -33,8 +34,34 @@ COMMAND_MODULES = (data_commands, train_commands, experiment_commands, report_co
 CLIError = UsageError
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose commands take their options anywhere on the line.
+
+    A parser without subcommands (each ``rnnlab`` command) parses with argparse's
+    ``parse_known_intermixed_args``, so ``rnnlab predict RUN_DIR --json "text"`` equals
+    ``rnnlab predict --json RUN_DIR "text"`` (plain argparse stops filling ``TEXT...`` once an
+    option follows the first positional). The command parsers inherit the class.
+    """
+
+    _has_commands = False
+    _intermixing = False
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self._has_commands = True
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._has_commands or self._intermixing:  # the intermixed parse calls this twice itself
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="rnnlab",
         description="Build, verify, train and compare recurrent networks (RNN, LSTM, GRU) on text classification.",
     )

@@ -56,24 +56,14 @@ def test_inspect_own_csv_with_columns(tmp_path: Path, capsys: pytest.CaptureFixt
     path = tmp_path / "reviews.csv"
     rows = [f'"{"nice film" if i % 2 else "bad film"} {i}",{"pos" if i % 2 else "neg"}' for i in range(10)]
     path.write_text("body,stars\n" + "\n".join(rows) + "\n")
-    rc = main(
-        [
-            "data",
-            "inspect",
-            "--data",
-            str(path),
-            "--text-column",
-            "body",
-            "--label-column",
-            "stars",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--json",
-        ]
-    )
-    assert rc == 0
+    args = ["data", "inspect", "--data", str(path), "--text-column", "body", "--label-column", "stars"]
+    args += ["--cache-dir", str(tmp_path / "c"), "--json"]
+    assert main(args) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["label_names"] == ["neg", "pos"] and r["source"] == str(path)
     assert r["splits"]["train"]["per_label"] == {"neg": 4, "pos": 4}
     assert r["splits"]["test"]["per_label"] == {"neg": 1, "pos": 1}
     assert r["splits"]["test"]["tokens"] == 6  # "<word> film <i>" per text
+    assert main([*args, "--test-fraction", "0.4"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["splits"]["test"]["per_label"] == {"neg": 2, "pos": 2} and r["splits"]["train"]["examples"] == 6

@@ -154,3 +154,44 @@ def test_csv_with_bom_quoted_newlines_and_jsonl_line_separator(tmp_path: Path) -
     jl = _jsonl(tmp_path / "d.jsonl", [{"text": "x\u2028y", "label": "a"}, {"text": "z", "label": "b"}])
     jl.write_text(jl.read_text("utf-8").replace("\\u2028", "\u2028"), "utf-8")  # a raw U+2028 inside a string
     assert load_text_dataset(jl, jl).train.texts == ["x\u2028y", "z"]
+
+
+def test_iter_texts_reads_lines_and_table_columns(tmp_path: Path) -> None:
+    from rnnlab.data import iter_texts
+
+    txt = tmp_path / "t.txt"
+    txt.write_bytes(b"\xef\xbb\xbffirst text\r\nsecond, with a comma\rthird\n")
+    assert list(iter_texts(txt)) == [(1, "first text"), (2, "second, with a comma"), (3, "third")]
+    table = _csv(tmp_path / "t.csv", [("r1", "good film", "x"), ("r2", "line\nbreak", "y")], header="id,review,other")
+    assert list(iter_texts(table, text_column="review")) == [(2, "good film"), (4, "line\nbreak")]
+    jl = _jsonl(tmp_path / "t.jsonl", [{"review": "a"}, {"review": "b", "stars": 3}])
+    assert list(iter_texts(jl, text_column="review")) == [(1, "a"), (2, "b")]
+
+
+def test_iter_texts_errors(tmp_path: Path) -> None:
+    from rnnlab.data import iter_texts
+
+    with pytest.raises(DataError, match=r"none.txt: no such file; expected a text file \(one text a line\) or a "):
+        list(iter_texts(tmp_path / "none.txt"))
+    with pytest.raises(DataError, match=r": is a folder; expected a text file"):
+        list(iter_texts(tmp_path))
+    txt = tmp_path / "t.txt"
+    txt.write_text("one\n\nthree\n")
+    with pytest.raises(DataError, match=r"t.txt:2: empty line; expected one text a line \(remove the empty lines\)"):
+        list(iter_texts(txt))
+    txt.write_text("")
+    with pytest.raises(DataError, match=r"t.txt: no texts; expected one text a line"):
+        list(iter_texts(txt))
+    table = _csv(tmp_path / "t.csv", [("1", "x")], header="id,body")
+    with pytest.raises(
+        DataError,
+        match=r"t.csv: no column\(s\) \['text'\]; expected columns \['text'\], found \['id', 'body'\] "
+        r"\(name yours with text_column",
+    ):
+        list(iter_texts(table))
+    _csv(table, [("1", "x"), ("2", " ")], header="id,text")
+    with pytest.raises(DataError, match=r"t.csv:3: empty or missing text in column 'text'"):
+        list(iter_texts(table))
+    jl = _jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"body": "b"}])
+    with pytest.raises(DataError, match=r"t.jsonl:2: no 'text' field; expected fields 'text', found \['body'\]"):
+        list(iter_texts(jl))

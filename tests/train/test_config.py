@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rnnlab.train import Config, ConfigError, load_config, load_suite, parse_overrides, resolve_preset
-from rnnlab.train.config import CONFIGS_DIR, config_from_toml
+from rnnlab.train.config import PRESETS_DIR, config_from_toml
 
 
 def test_defaults_are_the_original_experiment():
@@ -44,7 +44,7 @@ def test_toml_round_trip(tmp_path):
 
 
 def test_preset_and_config_file(tmp_path):
-    assert resolve_preset("seed/lstm") == CONFIGS_DIR / "seed" / "lstm.toml"
+    assert resolve_preset("seed/lstm") == PRESETS_DIR / "seed" / "lstm.toml"
     c = load_config(preset="seed/handwritten_lstm_b128_lr5e-3", overrides=["epochs=1"])
     assert (c.name, c.encoder, c.batch_size, c.lr, c.epochs) == ("handwritten_lstm_b128_lr5e-3", "rnnlab", 128, 5e-3, 1)
     f = tmp_path / "mine.toml"
@@ -133,7 +133,7 @@ def test_bad_files(tmp_path):
 
 def test_default_preset_lists_every_field_at_its_default():
     assert load_config(preset="default") == Config()
-    text = (CONFIGS_DIR / "default.toml").read_text()
+    text = (PRESETS_DIR / "default.toml").read_text()
     assert all(f"\n{key} = " in text for key in Config().to_dict())
 
 

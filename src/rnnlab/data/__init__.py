@@ -9,7 +9,7 @@ See docs/ARCHITECTURE.md (section rnnlab.data) for the contract.
 """
 
 from rnnlab.data._cache import default_cache_dir
-from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit, load_text_dataset
+from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit, iter_texts, load_text_dataset
 from rnnlab.data.encoded import EncodedData, EncodedSplit, collate, encode_texts, ids_dtype
 from rnnlab.data.encoding import encode_dataset, encode_files
 from rnnlab.data.imdb import IMDB_SHA256, IMDB_URL, download_imdb, load_imdb
@@ -38,6 +38,7 @@ __all__ = [
     "encode_files",
     "encode_texts",
     "ids_dtype",
+    "iter_texts",
     "load_dataset",
     "load_imdb",
     "load_text_dataset",

@@ -54,6 +54,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", default="text", help="own data: text column (default text)")
     p.add_argument("--label-column", default="label", help="own data: label column (default label)")
     p.add_argument("--group-column", default=None, help="own data: split by this column's groups")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="own data without --test: the share held out for testing (default 0.2)",
+    )
     p.set_defaults(func=inspect_command)
 
 
@@ -72,6 +79,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         text_column=args.text_column,
         label_column=args.label_column,
         group_column=args.group_column,
+        test_fraction=args.test_fraction,
         use_cache=not args.no_cache,
     )
     t1 = time.perf_counter()

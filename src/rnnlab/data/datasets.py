@@ -244,7 +244,7 @@ _CR_SPLIT = re.compile(r"(?<=\r)(?!\n|$)")
 def iter_table(
     path: Path,
     text_column: str,
-    label_column: str,
+    label_column: str | None,
     group_column: str | None,
     *,
     sha: Any = None,
@@ -252,10 +252,10 @@ def iter_table(
 ) -> Iterator[tuple[str, str, Any, Any]]:
     """Validated rows ``(where, text, label, group)`` of a CSV/TSV/JSONL file, one at a time.
 
-    ``where`` is ``"<path>:<line>"``; ``label`` is the raw value (a stripped string or an int);
-    ``group`` is the ``group_column`` value (None without it). Raises :class:`DataError` naming the
-    row for a missing column or field, invalid JSON, an empty text, a missing or invalid label, and
-    for a file without rows.
+    ``where`` is ``"<path>:<line>"``; ``label`` is the raw value (a stripped string or an int;
+    None when ``label_column`` is None: texts to classify); ``group`` is the ``group_column``
+    value (None without it). Raises :class:`DataError` naming the row for a missing column or
+    field, invalid JSON, an empty text, a missing or invalid label, and for a file without rows.
     """
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -272,32 +272,43 @@ def iter_table(
     else:
         reader = csv.DictReader(lines, delimiter="," if fmt == "csv" else "\t")
         header = reader.fieldnames or []
-        needed = [text_column, label_column] + ([group_column] if group_column else [])
+        needed = [c for c in (text_column, label_column, group_column) if c]
         missing = [c for c in needed if c not in header]
         if missing:
-            raise DataError(f"{path}: no column(s) {missing}; expected columns {needed}, found {header}")
+            raise DataError(f"{path}: no column(s) {missing}; expected columns {needed}, found {header}{_COLUMN_HINT}")
         rows = ((f"{path}:{reader.line_num}", row) for row in reader)
     n = 0
     for where, row in rows:
-        t, y = row.get(text_column), row.get(label_column)
+        t = row.get(text_column)
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{where}: empty or missing text in column {text_column!r}; expected a non-empty string")
-        if y is None or (isinstance(y, str) and not y.strip()) or isinstance(y, (bool, float, list, dict)):
-            raise DataError(
-                f"{where}: missing or invalid label in column {label_column!r}: {y!r}; expected a string or an integer"
-            )
         n += 1
-        yield where, t, (y.strip() if isinstance(y, str) else y), (row.get(group_column) if group_column else None)
+        group = row.get(group_column) if group_column else None
+        yield where, t, (_label(row.get(label_column), label_column, where) if label_column else None), group
     if n == 0 and fmt == "jsonl":
         raise DataError(f"{path}: no rows; expected one JSON object per line")
     if n == 0:
         raise DataError(
-            f"{path}: no rows; expected a header and at least one row with {text_column!r} and {label_column!r}"
+            f"{path}: no rows; expected a header and at least one row with "
+            f"{' and '.join(repr(c) for c in (text_column, label_column) if c)}"
         )
 
 
+def _label(y: Any, label_column: str, where: str) -> Any:
+    """A row's raw label: a stripped string or an integer."""
+    if y is None or (isinstance(y, str) and not y.strip()) or isinstance(y, (bool, float, list, dict)):
+        raise DataError(
+            f"{where}: missing or invalid label in column {label_column!r}: {y!r}; expected a string or an integer"
+        )
+    return y.strip() if isinstance(y, str) else y
+
+
+#: Appended to a missing-column error: how to name the columns of your own data.
+_COLUMN_HINT = " (name yours with text_column / label_column / group_column, e.g. --text-column review)"
+
+
 def _jsonl_rows(
-    path: Path, lines: Iterator[str], text_column: str, label_column: str, group_column: str | None
+    path: Path, lines: Iterator[str], text_column: str, label_column: str | None, group_column: str | None
 ) -> Iterator[tuple[str, dict]]:
     for lineno, line in enumerate(lines, 1):  # split at "\n" only: JSON strings may hold U+2028
         if not line.strip():
@@ -308,13 +319,44 @@ def _jsonl_rows(
             raise DataError(f"{path}:{lineno}: not valid JSON ({err}); expected one JSON object per line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        for col in (text_column, label_column, *([group_column] if group_column else [])):
-            if col not in row:
-                raise DataError(
-                    f"{path}:{lineno}: no {col!r} field; expected fields {text_column!r} and "
-                    f"{label_column!r}, found {sorted(row)}"
-                )
+        for col in (text_column, label_column, group_column):
+            if col and col not in row:
+                expected = " and ".join(repr(c) for c in (text_column, label_column) if c)
+                raise DataError(f"{path}:{lineno}: no {col!r} field; expected fields {expected}, found {sorted(row)}")
         yield f"{path}:{lineno}", row
+
+
+def iter_texts(path: str | os.PathLike, *, text_column: str = "text") -> Iterator[tuple[int, str]]:
+    """Unlabelled texts from a file, one at a time, as ``(line, text)``: ``line`` is the 1-based line
+    of the file where the text ends (a quoted CSV field may span lines), as in error messages.
+
+    A ``.csv``, ``.tsv`` or ``.jsonl`` file gives the ``text_column`` of each row (other columns
+    are ignored); any other file gives one text a line (LF, CRLF or CR ends a line;
+    UTF-8, a byte-order mark dropped). Raises :class:`DataError` for a missing file, a table
+    without the column (naming the columns found), an empty line or text, and a file without texts.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise DataError(
+            f"{path}: {what}; expected a text file (one text a line) or a CSV/TSV/JSONL file with a "
+            f"{text_column!r} column"
+        )
+    if path.suffix.lower() in _FORMATS:
+        for where, text, _, _ in iter_table(path, text_column, None, None):
+            yield int(where.rsplit(":", 1)[1]), text  # where = "<path>:<line>"
+        return
+    bad: list[str] = []
+    n = 0
+    for lineno, line in enumerate(_text_lines(path, "csv", hashlib.sha256(), bad), 1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            raise DataError(f"{path}:{lineno}: empty line; expected one text a line (remove the empty lines)")
+        n += 1
+        yield lineno, text
+    _warn_table_utf8(path, bad)
+    if n == 0:
+        raise DataError(f"{path}: no texts; expected one text a line")
 
 
 def _warn_table_utf8(path: Path, bad: list[str]) -> None:

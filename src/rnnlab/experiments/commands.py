@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from rnnlab.errors import UsageError
+from rnnlab.train.commands import add_dataset_options, dataset_overrides
 
 
 def add_commands(subparsers: Any) -> None:
@@ -20,9 +21,11 @@ def add_commands(subparsers: Any) -> None:
         "--preset",
         default="seed",
         metavar="NAME",
-        help="a suite preset in configs/ or a TOML file (default: seed, the seven original experiments)",
+        help="a packaged suite preset (`rnnlab presets` lists them) or a TOML file (default: seed, the seven "
+        "original experiments)",
     )
     p.add_argument("--data", metavar="PATH", help="dataset path (default: $RNNLAB_DATA, else the IMDB download)")
+    add_dataset_options(p)
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -75,7 +78,7 @@ def _compare(args: argparse.Namespace) -> int:
         args.out,
         seeds=args.seeds,
         only=only,
-        overrides=args.overrides,
+        overrides=[*args.overrides, *dataset_overrides(args)],
         data_path=args.data,
         baseline=not args.no_baseline,
         progress=not args.no_progress,

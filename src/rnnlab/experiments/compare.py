@@ -37,7 +37,7 @@ from rnnlab.report.build import Report, write_report
 from rnnlab.rundir import ComparisonDir, RunDir
 from rnnlab.train import Config, load_suite, train_and_evaluate
 from rnnlab.train.callbacks import Callback
-from rnnlab.train.runner import data_source
+from rnnlab.train.dataset import data_source
 
 MANIFEST = ComparisonDir.MANIFEST
 MANIFEST_KIND = ComparisonDir.KIND

@@ -6,13 +6,12 @@ import os
 from typing import Any
 
 from rnnlab.train.config import Config
-from rnnlab.train.runner import data_source
+from rnnlab.train.dataset import load_key, load_texts
 
 
 def data_keys(config: Config) -> tuple[tuple, tuple]:
     """(what loading depends on, what encoding adds): runs sharing both share one encoded dataset."""
-    load_key = (data_source(config), config.val_fraction, config.val_split)
-    return load_key, (config.max_words, config.min_freq, config.max_len, config.truncate)
+    return load_key(config), (config.max_words, config.min_freq, config.max_len, config.truncate)
 
 
 class DataProvider:
@@ -36,14 +35,10 @@ class DataProvider:
         """The TextDataset for this config (None when an encoded dataset was given)."""
         if self.given is not None:
             return None if self.given_encoded else self.given
-        from rnnlab.data import load_dataset
-
         key, _ = data_keys(config)
         if key not in self._texts:
             self._texts.clear()  # one raw dataset in memory at a time
-            self._texts[key] = load_dataset(
-                key[0], val_fraction=config.val_fraction, val_split=config.val_split, seed=0, progress=self.progress
-            )
+            self._texts[key] = load_texts(config, progress=self.progress)
         return self._texts[key]
 
     def encoded(self, config: Config) -> Any:

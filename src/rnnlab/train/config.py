@@ -1,8 +1,9 @@
 """Experiment configuration: one flat dataclass of defaults, TOML presets, ``key=value`` overrides.
 
-Resolution order (later wins): the defaults below, the preset file (``configs/NAME.toml``),
-the ``--config FILE``, then each ``--set key=value``. Every value is type-checked and
-validated; the resolved config is written into the run directory as ``config.toml``.
+Resolution order (later wins): the defaults below, the preset (a packaged
+``rnnlab/presets/NAME.toml``, read through importlib.resources, or any TOML file), the
+``--config FILE``, then each ``--set key=value``. Every value is type-checked and validated;
+the resolved config is written into the run directory as ``config.toml``.
 
 A preset file holds flat Config keys, or is a *suite*: a top-level ``experiments = [...]``
 list of preset names plus an optional ``[set]`` table of overrides shared by all of them
@@ -15,12 +16,17 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,10 +34,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from rnnlab.errors import ConfigError, RnnlabDeprecationWarning
-
-#: Presets live at the repository root, next to ``src/``.
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
-
 
 #: Allowed values of the enumerated fields.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -45,6 +47,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "truncate": ("head", "tail", "head_tail"),
     "val_split": ("group", "random"),
 }
+
+
+#: The share of your own data held out for testing when no separate test file is given.
+DEFAULT_TEST_FRACTION = 0.2
 
 
 @dataclass
@@ -93,6 +99,11 @@ class Config:
     early_stopping: int = 0
     test_every_epoch: bool = True
     keep_epoch_checkpoints: bool = False
+    text_column: str = "text"
+    label_column: str = "label"
+    group_column: str = ""
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    test_data: str = ""
     data: str = ""
 
     def __post_init__(self) -> None:
@@ -294,6 +305,30 @@ def validate(config: Config) -> None:
             ) from None
     if not config.name.strip():
         raise ConfigError("'name' must not be empty")
+    _validate_dataset(config)
+
+
+def _validate_dataset(config: Config) -> None:
+    """The own-data keys: column names, test fraction, separate test file."""
+    for key in ("text_column", "label_column"):
+        if not getattr(config, key).strip():
+            raise ConfigError(f"{key!r} must name a column of your data, got {getattr(config, key)!r}")
+    if config.text_column == config.label_column:
+        raise ConfigError(
+            f"'text_column' and 'label_column' must be different columns, both are {config.text_column!r}"
+        )
+    if config.group_column in (config.text_column, config.label_column):
+        raise ConfigError(
+            f"'group_column' must differ from the text and label columns ({config.text_column!r}, "
+            f"{config.label_column!r}), got {config.group_column!r}"
+        )
+    if not (0.0 < config.test_fraction < 1.0):
+        raise ConfigError(f"'test_fraction' must be in (0, 1), got {config.test_fraction}")
+    if config.test_data and config.test_fraction != DEFAULT_TEST_FRACTION:
+        raise ConfigError(
+            f"'test_fraction' ({config.test_fraction}) splits a test set off the data, but test_data "
+            f"({config.test_data!r}) is the test set: set one of them, not both"
+        )
 
 
 def _toml_value(value: Any) -> str:
@@ -312,32 +347,76 @@ def _toml_value(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- presets
 
+#: The presets shipped inside the package (``rnnlab/presets/*.toml``), read through
+#: importlib.resources so that an installed wheel finds them wherever it is run from.
+PRESETS_DIR: Traversable = resources.files("rnnlab") / "presets"
+
+#: Top-level keys of a preset file that are not Config fields.
+_PRESET_META = ("description",)
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """One packaged preset: ``name`` (``seed/lstm``), a one-line ``description``, and the
+    ``experiments`` of a suite (empty for a single experiment)."""
+
+    name: str
+    description: str
+    experiments: tuple[str, ...] = ()
+
+
+def _preset_files(folder: Traversable, prefix: str = "") -> Iterator[tuple[str, Traversable]]:
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            yield from _preset_files(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".toml"):
+            yield prefix + entry.name.removesuffix(".toml"), entry
+
 
 def available_presets() -> list[str]:
-    if not CONFIGS_DIR.is_dir():
+    """The names of the packaged presets, sorted (``best``, ``default``, ``seed``, ``seed/gru``, ...)."""
+    if not PRESETS_DIR.is_dir():
         return []
-    return sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS_DIR.rglob("*.toml"))
+    return sorted(name for name, _ in _preset_files(PRESETS_DIR))
 
 
-def resolve_preset(name: str | Path) -> Path:
-    """A preset name (``seed/lstm`` -> ``configs/seed/lstm.toml``) or a path to a TOML file."""
-    text = str(name)
+def list_presets() -> list[PresetInfo]:
+    """Every packaged preset with its ``description`` key (empty when it has none), sorted by name."""
+    out = []
+    for name in available_presets():
+        values = read_toml(resolve_preset(name))
+        experiments = values.get("experiments") if _is_suite(values) else ()
+        out.append(PresetInfo(name, _description(values, name), tuple(experiments or ())))
+    return out
+
+
+def resolve_preset(name: str | os.PathLike) -> Path | Traversable:
+    """A TOML file path, else a packaged preset name (``seed/lstm`` -> ``rnnlab/presets/seed/lstm.toml``)."""
+    text = os.fspath(name)
     as_path = Path(text).expanduser()
     if as_path.is_file():
         return as_path
-    candidate = CONFIGS_DIR / f"{text.removesuffix('.toml')}.toml"
-    if candidate.is_file():
-        return candidate
+    stem = text.removesuffix(".toml")
     names = available_presets()
-    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    if stem in names:
+        *folders, last = stem.split("/")
+        found = PRESETS_DIR
+        for part in folders:
+            found = found / part
+        return found / f"{last}.toml"
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     listing = ", ".join(names) if names else "(none)"
-    raise ConfigError(f"unknown preset {text!r}: no file {candidate} or {as_path}{hint} Available presets: {listing}")
+    raise ConfigError(
+        f"unknown preset {text!r}: neither a packaged preset nor a TOML file ({as_path} not found){hint} "
+        f"Available presets (`rnnlab presets` describes them): {listing}"
+    )
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path | Traversable) -> dict[str, Any]:
+    """Parse a TOML file, a path or a packaged resource; ConfigError naming it when missing or invalid."""
     try:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -345,11 +424,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
 
 
+def _description(values: Mapping[str, Any], source: object) -> str:
+    text = values.get("description", "")
+    if not isinstance(text, str):
+        raise ConfigError(f"{source}: 'description' expects a string, got {type(text).__name__} {text!r}")
+    return text
+
+
 def _is_suite(values: Mapping[str, Any]) -> bool:
     return "experiments" in values
 
 
-def _experiment_values(path: Path, *, default_name: str | None) -> dict[str, Any]:
+def _stem(path: Path | Traversable) -> str:
+    return path.name.removesuffix(".toml")
+
+
+def _experiment_values(path: Path | Traversable, *, default_name: str | None) -> dict[str, Any]:
     values = read_toml(path)
     if _is_suite(values):
         exps = values.get("experiments")
@@ -358,6 +448,8 @@ def _experiment_values(path: Path, *, default_name: str | None) -> dict[str, Any
             f"{path} is a suite of experiments ({shown}), not one experiment: train one of them "
             f"(--preset NAME with NAME one of those), or run the whole suite with `rnnlab compare --preset ...`"
         )
+    _description(values, path)
+    values = {k: v for k, v in values.items() if k not in _PRESET_META}
     for key, value in values.items():
         if isinstance(value, dict):
             raise ConfigError(
@@ -371,19 +463,20 @@ def _experiment_values(path: Path, *, default_name: str | None) -> dict[str, Any
 
 
 def load_config(
-    preset: str | Path | None = None,
-    config_file: str | Path | None = None,
+    preset: str | os.PathLike | None = None,
+    config_file: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> Config:
     """Defaults <- preset <- config file <- overrides; returns one validated Config.
 
-    A preset that names no ``name`` is named after its file (``seed/lstm`` -> ``lstm``).
-    A suite preset is an error here (see ``load_suite``).
+    ``preset`` is a packaged preset name (``available_presets()``) or a TOML file. A preset that
+    names no ``name`` is named after its file (``seed/lstm`` -> ``lstm``). A suite preset is an
+    error here (see ``load_suite``).
     """
     values: dict[str, Any] = {}
     if preset is not None:
         path = resolve_preset(preset)
-        values.update(_experiment_values(path, default_name=path.stem))
+        values.update(_experiment_values(path, default_name=_stem(path)))
     if config_file is not None:
         path = Path(config_file).expanduser()
         if not path.is_file():
@@ -393,19 +486,23 @@ def load_config(
     return Config(**values)
 
 
-def load_suite(name: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> list[Config]:
+def load_suite(name: str | os.PathLike, overrides: Iterable[str] | Mapping[str, Any] = ()) -> list[Config]:
     """The experiments of a suite preset, each: its preset <- the suite's ``[set]`` <- overrides.
 
     A preset that is a single experiment gives a one-element list. Experiment names resolve
-    against ``configs/`` first, then against the suite file's own folder.
+    against the packaged presets first, then (for a suite file of your own) against the
+    suite file's folder.
     """
     path = resolve_preset(name)
     values = read_toml(path)
     if not _is_suite(values):
-        return [load_config(preset=path, overrides=overrides)]
-    unknown = set(values) - {"experiments", "set"}
+        return [Config(**{**_experiment_values(path, default_name=_stem(path)), **parse_overrides(overrides)})]
+    _description(values, path)
+    unknown = set(values) - {"experiments", "set", *_PRESET_META}
     if unknown:
-        raise ConfigError(f"{path}: a suite holds only 'experiments' and a [set] table; found {sorted(unknown)}")
+        raise ConfigError(
+            f"{path}: a suite holds only 'experiments', 'description' and a [set] table; found {sorted(unknown)}"
+        )
     experiments = values["experiments"]
     if not isinstance(experiments, list) or not experiments or not all(isinstance(e, str) for e in experiments):
         raise ConfigError(f"{path}: 'experiments' must be a non-empty list of preset names, got {experiments!r}")
@@ -416,22 +513,28 @@ def load_suite(name: str | Path, overrides: Iterable[str] | Mapping[str, Any] = 
     extra = parse_overrides(overrides)
     configs = []
     for exp in experiments:
-        local = path.parent / f"{exp}.toml"
-        try:
-            exp_path = resolve_preset(exp)
-        except ConfigError:
-            if not local.is_file():
-                raise ConfigError(
-                    f"{path}: experiment {exp!r} not found (looked for {CONFIGS_DIR / (exp + '.toml')} and {local})"
-                ) from None
-            exp_path = local
-        exp_values = _experiment_values(exp_path, default_name=exp_path.stem)
+        exp_path = _suite_member(path, exp)
+        exp_values = _experiment_values(exp_path, default_name=_stem(exp_path))
         configs.append(Config(**{**exp_values, **shared, **extra}))
     names = [c.name for c in configs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{path}: experiment names must be unique, repeated: {', '.join(dupes)}")
     return configs
+
+
+def _suite_member(suite: Path | Traversable, exp: str) -> Path | Traversable:
+    """A suite's experiment: a packaged preset or TOML path, else ``<suite folder>/<exp>.toml``."""
+    try:
+        return resolve_preset(exp)
+    except ConfigError:
+        local = suite.parent / f"{exp}.toml" if isinstance(suite, Path) else None
+        if local is None or not local.is_file():
+            raise ConfigError(
+                f"{suite}: experiment {exp!r} not found (neither a packaged preset nor "
+                f"{local if local is not None else exp + '.toml'} beside the suite)"
+            ) from None
+        return local
 
 
 def config_from_toml(path: Path) -> Config:

@@ -8,12 +8,14 @@ was chosen on validation) and ``last.pt`` otherwise (choosing on test would flat
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -21,7 +23,7 @@ from rnnlab.errors import DataError, RunDirError
 from rnnlab.models import RNNClassifier, build_model
 from rnnlab.rundir import RunDir
 from rnnlab.train.config import Config, config_from_toml
-from rnnlab.train.runner import data_source, load_model_state, run_eval, select_device
+from rnnlab.train.runner import load_model_state, run_eval, select_device
 
 
 @dataclass
@@ -91,16 +93,102 @@ def encode_texts(texts: Sequence[str], tokenizer: Any, vocab: Any, config: Confi
     texts = list(texts)
     if not texts:
         raise DataError("no texts given")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text {i + 1} must be a string, got {type(text).__name__}")
-        if not tokenizer.tokenize(text):
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            raise DataError(f"text {i + 1} ({shown!r}) is empty: it has no words to classify")
+    check_texts(enumerate(texts, 1), tokenizer)
     return encode(texts, tokenizer, vocab, max_len=config.max_len, truncate=config.truncate)
 
 
+def check_texts(
+    texts: Iterable[tuple[int, Any]], tokenizer: Any, where: Callable[[int], str] = "text {}".format
+) -> int:
+    """Check ``(number, text)`` pairs: each a string with at least one word; returns how many.
+
+    A bad text raises TypeError / ValueError naming it as ``where(number)`` (``text 2``,
+    ``reviews.txt:7``).
+    """
+    n = 0
+    for number, text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"{where(number)} must be a string, got {type(text).__name__}")
+        if not tokenizer.tokenize(text):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise DataError(f"{where(number)} ({shown!r}) is empty: it has no words to classify")
+        n += 1
+    return n
+
+
 @torch.no_grad()
+def classify(run: LoadedRun, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """One batch of checked texts (see ``check_texts``) -> one result dict per text (see ``predict``).
+
+    The batch is encoded with the run's tokenizer, vocabulary, ``max_len`` and ``truncate``,
+    padded to its longest text: ``ids (N, L)``, ``lengths (N,)`` -> probabilities ``(N, C)``
+    (softmax of the logits; exp of the log-probabilities for ``loss = "nll"``).
+    """
+    from rnnlab.data import encode_texts as encode
+
+    ids, lengths = encode(texts, run.tokenizer, run.vocab, max_len=run.config.max_len, truncate=run.config.truncate)
+    out = run.model(ids[:, : int(lengths.max())].to(run.device), lengths)
+    probs = (out.exp() if run.config.loss == "nll" else out.softmax(-1)).double().cpu()  # (N, C)
+    results = []
+    for text, p in zip(texts, probs):
+        k = int(p.argmax())
+        results.append(
+            {
+                "text": text,
+                "label": run.label_names[k],
+                "label_id": k,
+                "probability": float(p[k]),
+                "probabilities": {name: float(p[c]) for c, name in enumerate(run.label_names)},
+            }
+        )
+    return results
+
+
+def iter_predictions(
+    run: LoadedRun,
+    texts: Callable[[], Iterable[tuple[int, str]]],
+    *,
+    where: Callable[[int], str] = "text {}".format,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(number, result)`` for every text of ``texts()``, a function that returns a fresh iterable
+    of ``(number, text)`` pairs. It is called twice: now, to check every text (a bad one raises
+    here, naming it as ``where(number)``, before any result), then lazily, to classify them
+    ``batch_size`` at a time. ``progress`` draws a bar on stderr. Memory: one batch, whatever
+    the number of texts.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    total = check_texts(texts(), run.tokenizer, where)
+    if total == 0:
+        raise DataError("no texts given")
+    return _classify_batches(run, texts(), total, batch_size, progress)
+
+
+def _classify_batches(
+    run: LoadedRun, texts: Iterable[tuple[int, str]], total: int, batch_size: int, progress: bool
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="predicting", unit=" texts", disable=not progress, file=sys.stderr) as bar:
+        for batch in _batches(texts, batch_size):
+            numbers, chunk = zip(*batch)
+            yield from zip(numbers, classify(run, list(chunk)))
+            bar.update(len(batch))
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def predict(
     run_dir: str | os.PathLike | LoadedRun,
     texts: Sequence[str],
@@ -115,25 +203,52 @@ def predict(
     """
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir, checkpoint=checkpoint)
     texts = list(texts)
-    ids, lengths = encode_texts(texts, run.tokenizer, run.vocab, run.config)
-    results = []
-    for start in range(0, len(texts), batch_size):
-        b_ids, b_len = ids[start : start + batch_size], lengths[start : start + batch_size]
-        b_ids = b_ids[:, : int(b_len.max())].to(run.device)
-        out = run.model(b_ids, b_len)
-        probs = (out.exp() if run.config.loss == "nll" else out.softmax(-1)).double().cpu()
-        for j, p in enumerate(probs):
-            k = int(p.argmax())
-            results.append(
-                {
-                    "text": texts[start + j],
-                    "label": run.label_names[k],
-                    "label_id": k,
-                    "probability": float(p[k]),
-                    "probabilities": {name: float(p[c]) for c, name in enumerate(run.label_names)},
-                }
-            )
-    return results
+    return [r for _, r in iter_predictions(run, lambda: enumerate(texts, 1), batch_size=batch_size)]
+
+
+#: Output formats of ``write_predictions``.
+PREDICTION_FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def write_predictions(
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    out: TextIO,
+    fmt: str,
+    label_names: Sequence[str],
+    *,
+    line_numbers: bool = False,
+) -> int:
+    """Write ``(number, result)`` rows to ``out`` as they come; returns how many.
+
+    table: ``label<TAB>probability<TAB>text`` (the text on one line, cut at 70 characters);
+    json: one array of result dicts; jsonl: one result dict a line; csv: a header, then
+    ``label, probability, p_<name> for each label, text``. ``line_numbers`` adds the input line
+    (the ``line`` key / first CSV column): joins the results back to a file's rows.
+    """
+    if fmt not in PREDICTION_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(PREDICTION_FORMATS)}; got {fmt!r}")
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        names = [f"p_{name}" for name in label_names]
+        writer.writerow(["line"] * line_numbers + ["label", "probability", *names, "text"])
+    n = 0
+    for number, r in rows:
+        row = {"line": number, **r} if line_numbers else r
+        if fmt == "table":
+            text = " ".join(r["text"].split())
+            out.write(f"{r['label']}\t{r['probability']:.4f}\t{text if len(text) <= 70 else text[:67] + '...'}\n")
+        elif fmt == "jsonl":
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif fmt == "json":
+            text = json.dumps(row, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            out.write(("[\n  " if n == 0 else ",\n  ") + text)
+        else:
+            probs = [repr(r["probabilities"][name]) for name in label_names]
+            writer.writerow([number] * line_numbers + [r["label"], repr(r["probability"]), *probs, r["text"]])
+        n += 1
+    if fmt == "json":
+        out.write("\n]\n" if n else "[]\n")
+    return n
 
 
 def classification_report(labels: torch.Tensor, preds: torch.Tensor, label_names: Sequence[str]) -> dict[str, Any]:
@@ -162,13 +277,16 @@ def evaluate_run(
     *,
     checkpoint: str | int = "auto",
     data_path: str | None = None,
+    test_path: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run's model on the test split.
 
-    data: an encoded dataset whose vocabulary equals the run's, or None: the test texts of
-    ``data_path`` (default: the run's ``config.data`` / ``$RNNLAB_DATA``) are encoded with
-    the run's own tokenizer and vocabulary. Returns ``loss``, ``accuracy``, ``n``, ``epoch``,
+    data: an encoded dataset whose vocabulary equals the run's, or None: the test split that the
+    run's data keys make (``rnnlab.train.dataset``), encoded with the run's own tokenizer and
+    vocabulary. ``data_path`` replaces the run's ``data`` (its test split is then held out with the
+    run's columns and ``test_fraction``, unless ``test_path`` is given); ``test_path`` replaces
+    the run's ``test_data``. Returns ``loss``, ``accuracy``, ``n``, ``epoch``,
     ``checkpoint``, ``label_names``, ``per_class`` {name: precision, recall, f1, support} and
     ``confusion_matrix`` (rows: true label, columns: predicted).
     """
@@ -182,7 +300,7 @@ def evaluate_run(
             )
         split = data.test
     else:
-        split = _encode_test_split(config, run, data_path, progress)
+        split = _encode_test_split(_data_config(config, data_path, test_path), run, progress)
     result = run_eval(run.model, split, config, run.device)
     report = classification_report(result["labels"], result["preds"], run.label_names)
     return {
@@ -197,11 +315,22 @@ def evaluate_run(
     }
 
 
-def _encode_test_split(config: Config, run: LoadedRun, data_path: str | None, progress: bool) -> Any:
-    """The test texts of ``data_path`` (or the run's data), encoded with the run's tokenizer and vocabulary."""
-    from rnnlab.data import EncodedSplit, encode_texts, load_dataset
+def _data_config(config: Config, data_path: str | None, test_path: str | None) -> Config:
+    """The run's config with ``data`` / ``test_data`` replaced: another data path drops the run's test file."""
+    changes: dict[str, Any] = {}
+    if data_path:
+        changes.update(data=str(data_path), test_data="")
+    if test_path:
+        changes.update(test_data=str(test_path), test_fraction=Config().test_fraction)
+    return config.replace(**changes) if changes else config
 
-    dataset = load_dataset(data_path or data_source(config), progress=progress)
+
+def _encode_test_split(config: Config, run: LoadedRun, progress: bool) -> Any:
+    """The test texts of the config's data, encoded with the run's tokenizer and vocabulary."""
+    from rnnlab.data import EncodedSplit, encode_texts
+    from rnnlab.train.dataset import load_texts
+
+    dataset = load_texts(config, progress=progress)
     if list(dataset.label_names) != run.label_names:
         raise RunDirError(f"the data's labels {list(dataset.label_names)} are not the run's {run.label_names}")
     ids, lengths = encode_texts(

@@ -64,9 +64,10 @@ __all__ = [
     "select_device",
     "train_and_evaluate",
 ]
+from rnnlab.train.dataset import load_key, load_texts
 
 #: Config fields that may change when a run is resumed (they do not change the model or the data).
-RESUME_MUTABLE = ("name", "epochs", "device", "num_threads", "data", "early_stopping", "eval_batch_size")
+RESUME_MUTABLE = ("name", "epochs", "device", "num_threads", "data", "test_data", "early_stopping", "eval_batch_size")
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -161,34 +162,20 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, 
 _DATA_CACHE: dict[tuple, Any] = {}
 
 
-def data_source(config: Config) -> str | None:
-    return config.data or os.environ.get("RNNLAB_DATA") or None
-
-
 def load_data(config: Config, *, progress: bool = True) -> Any:
     """``config.data`` (or ``$RNNLAB_DATA``, or the download) encoded with the config's settings.
 
-    ``rnnlab.data.load_dataset`` reads IMDB (archive, folder, download) or the user's own
-    files (CSV/TSV/JSONL, one folder per label). The validation split always uses seed 0, so runs that
-    differ only in ``seed`` see the same split (and share one encoding). Kept in-process.
+    ``rnnlab.train.dataset.load_texts`` reads IMDB (archive, folder, download) or the user's own
+    files (CSV/TSV/JSONL, one folder per label) with the config's data keys. The splits always use
+    seed 0, so runs that differ only in ``seed`` see the same splits (and share one encoding).
+    Kept in-process.
     """
-    from rnnlab.data import encode_dataset, load_dataset
+    from rnnlab.data import encode_dataset
 
-    source = data_source(config)
-    key = (
-        source,
-        config.val_fraction,
-        config.val_split,
-        config.max_words,
-        config.min_freq,
-        config.max_len,
-        config.truncate,
-    )
+    key = (*load_key(config), config.max_words, config.min_freq, config.max_len, config.truncate)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    dataset = load_dataset(
-        source, val_fraction=config.val_fraction, val_split=config.val_split, seed=0, progress=progress
-    )
+    dataset = load_texts(config, progress=progress)
     data = encode_dataset(
         dataset,
         max_words=config.max_words,
