@@ -34,7 +34,7 @@ def _train_args(csv_data, out, *extra):
     return [
         "train",
         "--set",
-        "impl=rnnlab",
+        "encoder=rnnlab",
         "--set",
         "embedding_dim=16",
         "--set",

@@ -2,26 +2,36 @@
 
 Each package registers its own subcommands (``add_commands(subparsers)``), so this file only
 assembles them: ``rnnlab.data.commands`` (data), ``rnnlab.train.commands`` (train, evaluate,
-predict) and ``rnnlab.report.commands`` (compare, report).
+predict), ``rnnlab.experiments.commands`` (compare) and ``rnnlab.report.commands`` (report).
+Imports go one way: this module imports the command modules, which import ``rnnlab.errors``.
+
+User errors are caught here, in one place: any :class:`rnnlab.errors.RnnlabError` is printed as
+``rnnlab: error: <message>`` (one line, prefixed by ``[rank N]`` in a torchrun worker) with exit
+status 2 and no traceback; a :class:`~rnnlab.errors.RnnlabDeprecationWarning` as
+``rnnlab: warning: <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 from rnnlab import __version__
+from rnnlab.data import commands as data_commands
+from rnnlab.errors import RnnlabDeprecationWarning, RnnlabError, UsageError
+from rnnlab.experiments import commands as experiment_commands
+from rnnlab.report import commands as report_commands
+from rnnlab.train import commands as train_commands
 
 #: Modules that provide ``add_commands(subparsers)``; each subcommand sets ``func(args) -> int``.
-COMMAND_MODULES = ("rnnlab.data.commands", "rnnlab.train.commands", "rnnlab.report.commands")
+COMMAND_MODULES = (data_commands, train_commands, experiment_commands, report_commands)
 
-
-class CLIError(Exception):
-    """A user error: printed as ``rnnlab: error: <message>`` with exit status 2, no traceback."""
+#: Old name of :class:`rnnlab.errors.UsageError`.
+CLIError = UsageError
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -57,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a package whose commands are not written yet
-            if err.name != name:
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.add_commands(subparsers)
     return parser
 
@@ -74,14 +78,42 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as err:
-        print(f"rnnlab: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rnnlab: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", RnnlabDeprecationWarning)
+        shown = warnings.showwarning
+        warnings.showwarning = _show_warning(shown)
+        try:
+            return int(args.func(args) or 0)
+        except RnnlabError as err:
+            print(f"rnnlab: error: {_ranked(_one_line(str(err)))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("rnnlab: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            warnings.showwarning = shown
+
+
+def _show_warning(default):  # noqa: ANN001, ANN202 - the signature of warnings.showwarning
+    """``rnnlab: warning: <message>`` for rnnlab's deprecations; other warnings as Python shows them."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, RnnlabDeprecationWarning):
+            print(f"rnnlab: warning: {_one_line(str(message))}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _one_line(message: str) -> str:
+    return message.replace("\n", " ")
+
+
+def _ranked(message: str) -> str:
+    """Under torchrun, the rank in front of an error message (every rank reports the shared error)."""
+    rank = os.environ.get("RANK")
+    return f"[rank {rank}] {message}" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else message
 
 
 def _exit_status(code: object) -> int:

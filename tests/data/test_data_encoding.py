@@ -33,7 +33,7 @@ def test_pinned_ids_lengths_and_training_only_vocabulary(tmp_path: Path) -> None
 
 
 def test_head_tail_truncation_keeps_a_quarter_of_head_and_the_rest_of_tail() -> None:
-    from rnnlab.data.encoding import _truncate
+    from rnnlab.data.encoded import truncate_tokens as _truncate
 
     toks = [str(i) for i in range(20)]
     assert _truncate(toks, 8, "head_tail") == ["0", "1", "14", "15", "16", "17", "18", "19"]

@@ -325,13 +325,13 @@ def test_crlf_bare_cr_and_bad_utf8_rows_stream_like_memory(tmp_path: Path) -> No
 def test_streaming_read_back_waits_for_a_concurrent_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(tmp_path / "d.jsonl", _rows(30))
     expected = encode_files(path, max_len=5, use_cache=False, progress=False)
-    real, calls = streaming._load_entry, []
+    real, calls = streaming.load_entry, []
 
     def swapping(*a, **k):  # the first read-back lands while another process swaps its entry in
         calls.append(1)
         return None if len(calls) == 1 else real(*a, **k)
 
-    monkeypatch.setattr(streaming, "_load_entry", swapping)
+    monkeypatch.setattr(streaming, "load_entry", swapping)
     monkeypatch.setattr(streaming.time, "sleep", lambda s: None)
     _equal(encode_files(path, max_len=5, cache_dir=tmp_path / "c", progress=False), expected)
     assert len(calls) == 2

@@ -17,18 +17,18 @@ ORIGINAL_LSTM = """ImdbNet(
 )"""
 
 
-@pytest.mark.parametrize("impl", ["torch", "rnnlab"])
-def test_default_model_prints_as_the_original(impl):
-    model = build_model(Config(impl=impl), 20001, 2)
+@pytest.mark.parametrize("encoder", ["torch", "rnnlab"])
+def test_default_model_prints_as_the_original(encoder):
+    model = build_model(Config(encoder=encoder), 20001, 2)
     assert str(model) == ORIGINAL_LSTM
     # 20001*64 + 4*64*(64+64) + 8*64 + (64*64+64) + (64*2+2)
     assert count_parameters(model) == 1_317_634
 
 
 def test_gru_and_rnn_use_their_cell_name():
-    assert "(gru): GRU(64, 64)" in str(build_model(Config(cell="gru", impl="torch"), 50, 2))
-    for impl in ("torch", "rnnlab"):
-        model = build_model(Config(cell="rnn", impl=impl, nonlinearity="relu"), 50, 2)
+    assert "(gru): GRU(64, 64)" in str(build_model(Config(cell="gru", encoder="torch"), 50, 2))
+    for encoder in ("torch", "rnnlab"):
+        model = build_model(Config(cell="rnn", encoder=encoder, nonlinearity="relu"), 50, 2)
         assert "(rnn): RNN(64, 64" in str(model) and model.rnn.nonlinearity == "relu"
 
 
@@ -46,19 +46,25 @@ def test_masked_pool_values():
 
 
 CASES = [
-    (cell, impl, bi, pooling)
-    for cell, impl in [("lstm", "torch"), ("lstm", "rnnlab"), ("gru", "rnnlab"), ("rnn", "torch"), ("gru", "reference")]
+    (cell, encoder, bi, pooling)
+    for cell, encoder in [
+        ("lstm", "torch"),
+        ("lstm", "rnnlab"),
+        ("gru", "rnnlab"),
+        ("rnn", "torch"),
+        ("gru", "reference"),
+    ]
     for bi in (False, True)
     for pooling in ("last", "mean", "max", "meanmax")
 ]
 
 
-@pytest.mark.parametrize("cell,impl,bi,pooling", CASES)
-def test_padding_never_changes_the_result(cell, impl, bi, pooling):
+@pytest.mark.parametrize("cell,encoder,bi,pooling", CASES)
+def test_padding_never_changes_the_result(cell, encoder, bi, pooling):
     """Each sequence alone (no padding) == in a padded batch with garbage ids after its end."""
     torch.manual_seed(0)
     config = Config(
-        cell=cell, impl=impl, bidirectional=bi, pooling=pooling, embedding_dim=8, hidden_size=6, num_layers=2
+        cell=cell, encoder=encoder, bidirectional=bi, pooling=pooling, embedding_dim=8, hidden_size=6, num_layers=2
     )
     model = build_model(config, 30, 3).double().eval()
     lengths = torch.tensor([7, 2, 5, 1])
@@ -77,18 +83,18 @@ def test_impls_share_weights_and_outputs():
     torch.manual_seed(1)
     ids, lengths = torch.randint(1, 40, (5, 9)), torch.tensor([9, 4, 1, 6, 2])
     ref = build_model(
-        Config(impl="torch", bidirectional=True, pooling="meanmax", hidden_size=8, embedding_dim=8), 40, 2
+        Config(encoder="torch", bidirectional=True, pooling="meanmax", hidden_size=8, embedding_dim=8), 40, 2
     ).double()
     for impl in ("rnnlab", "reference"):
         other = build_model(
-            Config(impl=impl, bidirectional=True, pooling="meanmax", hidden_size=8, embedding_dim=8), 40, 2
+            Config(encoder=impl, bidirectional=True, pooling="meanmax", hidden_size=8, embedding_dim=8), 40, 2
         ).double()
         other.load_state_dict(ref.state_dict())
         torch.testing.assert_close(other(ids, lengths), ref(ids, lengths), rtol=1e-10, atol=1e-12)
 
 
 def test_nll_model_outputs_log_probabilities():
-    model = build_model(Config(loss="nll", impl="torch", hidden_size=4, embedding_dim=4), 10, 3)
+    model = build_model(Config(loss="nll", encoder="torch", hidden_size=4, embedding_dim=4), 10, 3)
     out = model(torch.randint(1, 10, (2, 5)), torch.tensor([5, 3]))
     torch.testing.assert_close(out.exp().sum(-1), torch.ones(2))
     assert "log_softmax=True" in str(model)
@@ -97,7 +103,12 @@ def test_nll_model_outputs_log_probabilities():
 def test_meanmax_widths_and_optional_dropouts():
     model = build_model(
         Config(
-            impl="torch", bidirectional=True, pooling="meanmax", hidden_size=5, embedding_dropout=0.1, head_dropout=0.2
+            encoder="torch",
+            bidirectional=True,
+            pooling="meanmax",
+            hidden_size=5,
+            embedding_dropout=0.1,
+            head_dropout=0.2,
         ),
         10,
         2,
@@ -120,7 +131,7 @@ def test_drop_words_replaces_real_tokens_by_unk_at_rate_p():
 
 
 def test_word_dropout_acts_in_training_only_and_prints():
-    model = build_model(Config(impl="torch", word_dropout=0.5, hidden_size=4, embedding_dim=4), 50, 2)
+    model = build_model(Config(encoder="torch", word_dropout=0.5, hidden_size=4, embedding_dim=4), 50, 2)
     assert "word_dropout=0.5" in str(model)
     ids, lengths = torch.randint(2, 50, (3, 20)), torch.tensor([20, 11, 5])
     seen = []
@@ -136,7 +147,7 @@ def test_word_dropout_acts_in_training_only_and_prints():
     torch.manual_seed(1)
     model(ids, lengths)
     assert torch.equal(seen[-1], fed)  # drawn from the seeded global generator
-    assert "word_dropout" not in str(build_model(Config(impl="torch"), 50, 2))
+    assert "word_dropout" not in str(build_model(Config(encoder="torch"), 50, 2))
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])
@@ -152,7 +163,7 @@ def test_bad_inputs():
         RNNClassifier(10, 2, pooling="sum")
     with pytest.raises(ValueError, match="num_classes >= 2"):
         RNNClassifier(10, 1)
-    model = RNNClassifier(10, 2, impl="torch")
+    model = RNNClassifier(10, 2, encoder="torch")
     with pytest.raises(ValueError, match=r"lengths must be \(N,\) = \(2,\), got \(3,\)"):
         model(torch.ones(2, 4, dtype=torch.long), torch.ones(3, dtype=torch.long))
 
@@ -204,7 +215,7 @@ def test_layer_options_reach_the_encoder():
     assert {"ln_weight_ih_l0", "ln_bias_c_l0_reverse", "weight_peephole_l0"} <= set(dict(model.lstm.named_parameters()))
     gru = build_model(Config(cell="gru", recurrent_dropout=0.2, gate_activation="hard_sigmoid"), 50, 2).gru
     assert (gru.recurrent_dropout, gru.gate_activation) == (0.2, "hard_sigmoid")
-    rnn_model = build_model(Config(cell="rnn", layer_norm=True, impl="reference"), 50, 2).rnn
+    rnn_model = build_model(Config(cell="rnn", layer_norm=True, encoder="reference"), 50, 2).rnn
     assert rnn_model.layer_norm and rnn_model.impl == "reference"
     ids, lengths = torch.randint(1, 50, (3, 7)), torch.tensor([7, 4, 2])
     model.eval()
@@ -214,7 +225,7 @@ def test_layer_options_reach_the_encoder():
 def test_layer_options_and_torch_layers():
     from rnnlab.models.classifier import make_encoder
 
-    with pytest.raises(ValueError, match=r"impl='torch': torch.nn.GRU has no layer_norm; use impl='rnnlab'"):
+    with pytest.raises(ValueError, match=r"encoder='torch': torch.nn.GRU has no layer_norm; use encoder='rnnlab'"):
         make_encoder("gru", "torch", 4, 4, options={"layer_norm": True})
     with pytest.raises(ValueError, match=r"unknown layer option\(s\) layernorm; valid: layer_norm, recurrent_dropout"):
         make_encoder("gru", "rnnlab", 4, 4, options={"layernorm": True})

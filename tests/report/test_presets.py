@@ -11,13 +11,13 @@ def test_seed_suite_matches_the_original_experiments():
     assert [c.name for c in configs] == list(ORIGINAL_RESULTS)
     default = Config()
     expected = {
-        "lstm": dict(cell="lstm", impl="torch"),
-        "rnn": dict(cell="rnn", impl="torch"),
-        "gru": dict(cell="gru", impl="torch"),
-        "handwritten_lstm": dict(cell="lstm", impl="rnnlab"),
-        "handwritten_lstm_128": dict(cell="lstm", impl="rnnlab", embedding_dim=128, hidden_size=128),
-        "handwritten_lstm_nll": dict(cell="lstm", impl="rnnlab", loss="nll"),
-        "handwritten_lstm_b128_lr5e-3": dict(cell="lstm", impl="rnnlab", batch_size=128, lr=5e-3),
+        "lstm": dict(cell="lstm", encoder="torch"),
+        "rnn": dict(cell="rnn", encoder="torch"),
+        "gru": dict(cell="gru", encoder="torch"),
+        "handwritten_lstm": dict(cell="lstm", encoder="rnnlab"),
+        "handwritten_lstm_128": dict(cell="lstm", encoder="rnnlab", embedding_dim=128, hidden_size=128),
+        "handwritten_lstm_nll": dict(cell="lstm", encoder="rnnlab", loss="nll"),
+        "handwritten_lstm_b128_lr5e-3": dict(cell="lstm", encoder="rnnlab", batch_size=128, lr=5e-3),
     }
     for c in configs:
         # every seed preset: mean pooling and random-order batches (docs/RESULTS.md says why)

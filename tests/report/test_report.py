@@ -143,7 +143,8 @@ def test_report_files_table_and_csv(runs, tmp_path):
     [
         ("running", "status 'running'"),
         ("short", "2 of 3 epochs in metrics.jsonl"),
-        ("truncated", "metrics.jsonl line 3 is not valid JSON"),
+        ("truncated", "metrics.jsonl line 3 is cut short (a write was interrupted)"),
+        ("garbled", "metrics.jsonl:2: not valid JSON"),
         ("no_metrics", "metrics.jsonl is missing"),
         ("nan", "epoch 2: no finite test_acc"),
     ],
@@ -158,6 +159,9 @@ def test_incomplete_runs_are_marked_never_results(tmp_path, damage, problem):
         metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
     elif damage == "truncated":
         metrics.write_text(metrics.read_text()[:-20])
+    elif damage == "garbled":
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text(lines[0] + "{oops\n" + lines[2])
     elif damage == "no_metrics":
         metrics.unlink()
     elif damage == "nan":
@@ -251,9 +255,11 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
             "truncate": "head_tail",
             "lr_schedule": "linear",
             "max_len": 500,
+            "encoder": "reference",
         },
     )
-    make_run(root, "old", 0, [0.80], config={"embedding_dropout": 0.0})  # made before word_dropout existed
+    # made before word_dropout existed, and when encoder was called impl
+    make_run(root, "old", 0, [0.80], config={"embedding_dropout": 0.0, "impl": "torch"})
     md = write_report([root], tmp_path / "out").markdown
     settings = md.split("## Settings")[1]
     head = settings.strip().splitlines()[0].strip("| ").split(" | ")
@@ -270,6 +276,7 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
         rows["wd"]["lr_schedule"],
     ) == ("0.2", "0.1", "head_tail", "linear")
     assert rows["old"]["word_dropout"] == "0.0" and rows["old"]["truncate"] == ""
+    assert (head[2], rows["wd"]["encoder"], rows["old"]["encoder"]) == ("encoder", "reference", "torch")
 
 
 def test_settings_table_shows_the_layer_options(tmp_path):

@@ -10,7 +10,7 @@ from rnnlab.train.config import PRESETS_DIR, config_from_toml
 
 def test_defaults_are_the_original_experiment():
     c = Config()
-    assert (c.cell, c.impl, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == (
+    assert (c.cell, c.encoder, c.embedding_dim, c.hidden_size, c.num_layers, c.pooling, c.loss) == (
         "lstm",
         "rnnlab",
         64,
@@ -46,7 +46,7 @@ def test_toml_round_trip(tmp_path):
 def test_preset_and_config_file(tmp_path):
     assert resolve_preset("seed/lstm") == PRESETS_DIR / "seed" / "lstm.toml"
     c = load_config(preset="seed/handwritten_lstm_b128_lr5e-3", overrides=["epochs=1"])
-    assert (c.name, c.impl, c.batch_size, c.lr, c.epochs) == ("handwritten_lstm_b128_lr5e-3", "rnnlab", 128, 5e-3, 1)
+    assert (c.name, c.encoder, c.batch_size, c.lr, c.epochs) == ("handwritten_lstm_b128_lr5e-3", "rnnlab", 128, 5e-3, 1)
     f = tmp_path / "mine.toml"
     f.write_text('cell = "gru"\nhidden_size = 32\n')
     c = load_config(config_file=f, overrides=["hidden_size=48"])
@@ -90,7 +90,7 @@ def test_suite_with_shared_set_table(tmp_path):
     [
         (dict(preset="seed/lstmm"), r"unknown preset 'seed/lstmm'.*did you mean seed/lstm"),
         (dict(overrides=["hiden_size=3"]), r"unknown config key 'hiden_size' \(did you mean 'hidden_size'\?\)"),
-        (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, impl, .*, data$"),
+        (dict(overrides=["colour=red"]), r"unknown config key 'colour'; valid keys: name, cell, encoder, .*, data$"),
         (dict(overrides=["epochs=five"]), r"--set epochs=five: 'epochs' expects an integer, got 'five'"),
         (dict(overrides=["epochs=2.5"]), r"'epochs' expects an integer, got '2.5'"),
         (dict(overrides=["lr=fast"]), r"'lr' expects a number, got 'fast'"),
@@ -137,6 +137,48 @@ def test_default_preset_lists_every_field_at_its_default():
     assert all(f"\n{key} = " in text for key in Config().to_dict())
 
 
+# ------------------------------------------------------------------ impl -> encoder
+
+
+def test_the_old_key_impl_still_works_with_one_deprecation_message(tmp_path):
+    from rnnlab.errors import RnnlabDeprecationWarning
+
+    preset = tmp_path / "old.toml"
+    preset.write_text('cell = "gru"\nimpl = "torch"\n')
+    with pytest.warns(
+        RnnlabDeprecationWarning, match=r"old.toml: config key 'impl' is deprecated, it is now 'encoder'"
+    ):
+        assert load_config(config_file=preset).encoder == "torch"
+    with pytest.warns(RnnlabDeprecationWarning, match=r"--set: config key 'impl' is deprecated"):
+        assert load_config(overrides=["impl=reference"]).encoder == "reference"
+    with pytest.warns(RnnlabDeprecationWarning, match=r"Config\(\): config key 'impl'"):
+        config = Config(impl="torch")
+    assert config.encoder == "torch" and "impl" not in config.to_dict() and '\nencoder = "torch"\n' in config.to_toml()
+    with pytest.warns(RnnlabDeprecationWarning, match=r"Config.impl: config key 'impl' is deprecated"):
+        assert config.impl == "torch"
+    with pytest.warns(RnnlabDeprecationWarning):
+        assert config.replace(impl="rnnlab").encoder == "rnnlab"
+    preset.write_text('impl = "torch"\nencoder = "rnnlab"\n')
+    with pytest.raises(ConfigError, match=r"old.toml: 'impl' and 'encoder' are the same key"):
+        load_config(config_file=preset)
+    with pytest.raises(ConfigError, match=r"'encoder' must be one of rnnlab, reference, torch; got 'fast'"):
+        with pytest.warns(RnnlabDeprecationWarning):
+            load_config(overrides=["impl=fast"])  # the layers' impl values are not the config's
+
+
+def test_the_cli_prints_the_deprecation_as_one_line(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    code = main(["train", "--set", "impl=torch", "--set", "hiden_size=3", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "rnnlab: warning: --set: config key 'impl' is deprecated, it is now 'encoder' (same values: rnnlab, "
+        "reference, torch); 'impl' still works for now"
+    )
+    assert err[1].startswith("rnnlab: error: --set: unknown config key 'hiden_size'") and len(err) == 2
+
+
 def test_layer_options_are_config_keys():
     """The rnnlab.nn cell options as config keys of the same names (issue 13): typed --set,
     defaults off, the same defaults and names as rnnlab.nn (the config keeps its own copy)."""
@@ -175,7 +217,7 @@ def test_layer_options_are_config_keys():
         ),
         (
             ["impl=torch", "layer_norm=true", "weight_drop=0.3"],
-            r"'layer_norm', 'weight_drop': torch.nn's layers have no such option; use impl = \"rnnlab\"",
+            r"'layer_norm', 'weight_drop': torch.nn's layers have no such option; use encoder = \"rnnlab\"",
         ),
     ],
 )
@@ -189,7 +231,7 @@ def test_variants_suite():
     (rnnlab layers, embedding and hidden 64, 5 epochs, mean pooling, unbucketed batches)."""
     configs = load_suite("variants")
     default = Config()
-    base = dict(impl="rnnlab", pooling="mean", bucket=False)
+    base = dict(encoder="rnnlab", pooling="mean", bucket=False)
     changed = {}
     for c in configs:
         assert c == default.replace(

@@ -44,7 +44,7 @@ def tiny_config(**changes) -> Config:
     """A small fast model; every test changes only what it tests."""
     base = dict(
         name="tiny",
-        impl="rnnlab",
+        encoder="rnnlab",
         embedding_dim=16,
         hidden_size=16,
         batch_size=32,

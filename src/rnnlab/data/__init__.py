@@ -8,15 +8,16 @@
 See docs/ARCHITECTURE.md (section rnnlab.data) for the contract.
 """
 
-from rnnlab.data._cache import DataError, default_cache_dir
+from rnnlab.data._cache import default_cache_dir
 from rnnlab.data.datasets import FileTextDataset, TextDataset, TextSplit, iter_texts, load_text_dataset
-from rnnlab.data.encoding import EncodedData, EncodedSplit, collate, encode_dataset, encode_texts, ids_dtype
+from rnnlab.data.encoded import EncodedData, EncodedSplit, collate, encode_texts, ids_dtype
+from rnnlab.data.encoding import encode_dataset, encode_files
 from rnnlab.data.imdb import IMDB_SHA256, IMDB_URL, download_imdb, load_imdb
 from rnnlab.data.loader import BatchLoader, make_loader
 from rnnlab.data.sources import load_dataset
-from rnnlab.data.streaming import encode_files
 from rnnlab.data.tokenizer import Tokenizer
 from rnnlab.data.vocab import Vocabulary
+from rnnlab.errors import DataError
 
 __all__ = [
     "BatchLoader",

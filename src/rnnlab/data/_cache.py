@@ -31,6 +31,7 @@ system, every truncation and every header, length or label byte still is.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -47,6 +48,11 @@ import numpy as np
 
 from rnnlab._io import write_json
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: dead builders' folders are removed by age only
+    fcntl = None
+
 #: Bump when the layout of any cache entry changes: old entries are then ignored.
 CACHE_FORMAT = 2
 
@@ -55,10 +61,6 @@ RACY_SECONDS = 2.0
 
 _READ_CHUNK = 8 << 20
 _STAMPS = "verified.json"
-
-
-class DataError(ValueError):
-    """Bad input data (missing or malformed file, empty split, ...): the message names the file or row."""
 
 
 def default_cache_dir() -> Path:
@@ -147,13 +149,28 @@ class EntryWriter:
     Use as a context manager: an exception (or leaving without ``commit``) removes the temporary
     folder, so nothing half-written is ever visible. ``mapped=True`` marks an array that readers
     memory-map (see the module docstring for how it is checked).
+
+    Concurrent writers of one key (two processes encoding the same data at once) each build their
+    own ``.<key>.<random>.tmp`` folder; the first rename publishes its entry, and a later writer that
+    finds a complete entry for the key published since it started keeps that one and removes its own
+    (an entry that was already there when it started, which the caller found stale or corrupt, is
+    replaced). While it builds, a writer holds an ``fcntl.flock`` on ``<tmp>/.building``; a new
+    writer removes the temporary folders of writers that died (killed mid-build: the kernel released
+    their lock) and trash folders (``.<key>.<random>.old``) left by a kill during a replacement.
     """
+
+    #: A temporary folder without a lock file (being created, or made by an older rnnlab) is removed
+    #: only when it is at least this old.
+    STALE_SECONDS = 3600.0
 
     def __init__(self, entry: Path, key: dict[str, Any]) -> None:
         self.entry, self.key = Path(entry), key
         self.entry.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_builds(self.entry)
+        self._seen = _dir_identity(self.entry)  # the entry the caller found unusable, if any
         self.tmp = self.entry.parent / f".{self.entry.name}.{uuid.uuid4().hex[:8]}.tmp"
         self.tmp.mkdir()
+        self._lock_fd = _hold_build_lock(self.tmp)
         self.files: dict[str, dict[str, Any]] = {}
         self._writers: dict[str, tuple[ArrayWriter, bool]] = {}
         self._done = False
@@ -192,22 +209,36 @@ class EntryWriter:
         self.files[name] = {"size": len(data), "crc32": _crc(data)}
 
     def commit(self, info: dict[str, Any] | None = None) -> None:
+        """Publish the entry (see the class docstring for what happens when another writer was faster)."""
         for fname, (w, mapped) in list(self._writers.items()):
             self.files[fname] = {**w.close(), "mapped": mapped}
         self._writers.clear()
         manifest = {"format": CACHE_FORMAT, "key": self.key, "files": self.files, "info": info or {}}
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
-        entry = self.entry
-        if entry.exists():  # stale or corrupt entry: move it aside, then replace
-            trash = entry.parent / f".{entry.name}.{uuid.uuid4().hex[:8]}.old"
-            os.rename(entry, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(self.tmp, entry)
-        except OSError:
-            if not entry.exists():  # not a lost race with another writer
-                raise
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        try:  # the build lock is held until the folder is published or removed
+            for _ in range(10):
+                try:
+                    os.rename(self.tmp, self.entry)
+                    (self.entry / _BUILDING).unlink(missing_ok=True)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                current = _dir_identity(self.entry)
+                if current is not None and current != self._seen and read_entry(self.entry, self.key, verify=False):
+                    shutil.rmtree(self.tmp, ignore_errors=True)  # another writer published this key first: keep it
+                    break
+                self._seen = None  # whatever is there now is stale: move it aside, then try again
+                trash = self.entry.parent / f".{self.entry.name}.{uuid.uuid4().hex[:8]}.old"
+                try:
+                    os.rename(self.entry, trash)
+                except FileNotFoundError:
+                    continue
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                raise OSError(f"{self.entry}: could not publish the cache entry (it kept changing)")
+        finally:
+            self._release_lock()
         self._done = True
 
     def abort(self) -> None:
@@ -215,7 +246,67 @@ class EntryWriter:
             w.abort()
         self._writers.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release_lock()
         self._done = True
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+_BUILDING = ".building"
+
+
+def _dir_identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells one published entry folder from another: ``(inode, device, mtime_ns)``, or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_mtime_ns)
+
+
+def _hold_build_lock(folder: Path) -> int | None:
+    """Lock ``folder/.building`` for as long as the returned descriptor is open (None without fcntl)."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder / _BUILDING, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _build_is_dead(folder: Path) -> bool:
+    """True for the temporary folder of a writer that is gone (its lock is free) or, unlocked, an old one."""
+    try:
+        fd = os.open(folder / _BUILDING, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            return time.time() - folder.stat().st_mtime > EntryWriter.STALE_SECONDS
+        except OSError:
+            return False
+    except OSError:
+        return False
+    try:
+        if fcntl is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer holds it
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_dead_builds(entry: Path) -> list[Path]:
+    """Remove the temporary and trash folders of ``entry``'s key left by writers that were killed."""
+    removed = []
+    for p in sorted(entry.parent.glob(f".{entry.name}.*")):
+        if (p.suffix == ".old" or (p.suffix == ".tmp" and _build_is_dead(p))) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def write_entry(

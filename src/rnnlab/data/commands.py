@@ -65,39 +65,35 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from rnnlab.cli import CLIError
-    from rnnlab.data import DataError, encode_dataset, load_dataset
+    from rnnlab.data import encode_dataset, load_dataset
 
-    try:
-        t0 = time.perf_counter()
-        ds = load_dataset(
-            args.data,
-            test=args.test,
-            cache_dir=args.cache_dir,
-            val_fraction=args.val_fraction,
-            val_split=args.val_split,
-            seed=args.seed,
-            progress=not args.json,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            group_column=args.group_column,
-            test_fraction=args.test_fraction,
-            use_cache=not args.no_cache,
-        )
-        t1 = time.perf_counter()
-        enc = encode_dataset(
-            ds,
-            max_words=args.max_words,
-            min_freq=args.min_freq,
-            max_len=args.max_len,
-            truncate=args.truncate,
-            cache_dir=args.cache_dir,
-            progress=not args.json,
-            use_cache=not args.no_cache,
-        )
-        t2 = time.perf_counter()
-    except (DataError, FileNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+    t0 = time.perf_counter()
+    ds = load_dataset(
+        args.data,
+        test=args.test,
+        cache_dir=args.cache_dir,
+        val_fraction=args.val_fraction,
+        val_split=args.val_split,
+        seed=args.seed,
+        progress=not args.json,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        group_column=args.group_column,
+        test_fraction=args.test_fraction,
+        use_cache=not args.no_cache,
+    )
+    t1 = time.perf_counter()
+    enc = encode_dataset(
+        ds,
+        max_words=args.max_words,
+        min_freq=args.min_freq,
+        max_len=args.max_len,
+        truncate=args.truncate,
+        cache_dir=args.cache_dir,
+        progress=not args.json,
+        use_cache=not args.no_cache,
+    )
+    t2 = time.perf_counter()
     report = inspect_report(ds, enc, load_seconds=t1 - t0, encode_seconds=t2 - t1)
     if args.json:
         print(json.dumps(report, indent=1))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnlab.data._cache import DataError
+from rnnlab.errors import DataError
 
 
 @dataclass
@@ -143,7 +143,7 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)`` of ``fraction`` carved off: ``by="random"`` (stratified) or ``"group"``."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"{what}: fraction must be in (0, 1), got {fraction}")
+        raise DataError(f"{what}: fraction must be in (0, 1), got {fraction}")
     if by == "group":
         if groups is None:
             raise DataError(f"{source}: a {what} split by group needs a group for every example")
@@ -151,7 +151,7 @@ def split_indices(
     elif by == "random":
         keep, held = stratified_split(labels, fraction, seed)
     else:
-        raise ValueError(f"{what}: split must be 'group' or 'random', got {by!r}")
+        raise DataError(f"{what}: split must be 'group' or 'random', got {by!r}")
     if len(held) == 0 or len(keep) == 0:
         raise DataError(f"{source}: {what} fraction {fraction} of {len(labels)} examples leaves an empty split")
     return keep, held
@@ -448,7 +448,8 @@ def _to_split(raw: _Raw, name_to_id: dict[str, int], to_name: Callable[[Any], st
 #: least this many bytes, else in memory (faster on 2+ cores for files that fit easily).
 STREAM_MIN_BYTES = 64 << 20
 
-_SIDES = {"train": 0, "val": 1, "test": 2}
+#: The code of each split in a :class:`FileTextDataset`'s per-row ``side`` array.
+SIDES = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass
@@ -559,8 +560,8 @@ class FileTextDataset(TextDataset):
 
     def _read(self) -> dict[str, tuple[list[str], list[dict]]]:
         if self._cache is None:
-            out: dict[str, tuple[list[str], list[dict]]] = {k: ([], []) for k in _SIDES}
-            names = list(_SIDES)
+            out: dict[str, tuple[list[str], list[dict]]] = {k: ([], []) for k in SIDES}
+            names = list(SIDES)
             grouped = self.columns[2] is not None
             for (where, t, g), s in zip(self.iter_rows(), self.side.tolist()):
                 texts, meta = out[names[s]]
@@ -611,10 +612,10 @@ def _load_tables(
     side = np.zeros(len(labels), np.int8)
     if test is None:
         keep, held = split_indices(labels, groups, test_fraction, seed, by=by, what="test", source=str(train))
-        side[held] = _SIDES["test"]
+        side[held] = SIDES["test"]
         train_rows = keep
     else:
-        side[n0:] = _SIDES["test"]
+        side[n0:] = SIDES["test"]
         train_rows = np.arange(n0)
     if val_fraction > 0:
         _, held = split_indices(
@@ -626,7 +627,7 @@ def _load_tables(
             what="validation",
             source=str(train),
         )
-        side[train_rows[held]] = _SIDES["val"]
+        side[train_rows[held]] = SIDES["val"]
     source = str(train) if test is None else f"{train} + {test}"
     key = {
         "kind": "text",
@@ -654,7 +655,7 @@ def _load_tables(
         stream,
     )
     splits = {}
-    for name, code in _SIDES.items():
+    for name, code in SIDES.items():
         rows = np.flatnonzero(side == code)
         if name != "val" or val_fraction > 0:
             splits[name] = FileTextSplit(ds, name, rows, labels[rows])

@@ -24,8 +24,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rnnlab.data._cache import DataError, file_sha256, key_digest, read_entry, resolve_cache_dir, write_entry
+from rnnlab.data._cache import file_sha256, key_digest, read_entry, resolve_cache_dir, write_entry
 from rnnlab.data.datasets import TextDataset, TextSplit, check_split, split_off
+from rnnlab.errors import DataError
 
 #: The official archive (Maas et al., 2011) and its SHA-256.
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rnnlab.data._cache import DataError
 from rnnlab.data.datasets import TextDataset, load_text_dataset
 from rnnlab.data.imdb import load_imdb
+from rnnlab.errors import DataError
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 

@@ -1,6 +1,6 @@
 """Encode CSV/TSV/JSONL files larger than memory in a streaming pass, into memory-mapped cache files.
 
-    from rnnlab.data import encode_files
+    from rnnlab.data import encode_files                # rnnlab.data.encoding.encode_files
     data = encode_files("reviews.jsonl", val_fraction=0.1, max_len=64)   # any size
     data.train.ids                                    # (N, 64) int16, mapped from the cache file
 
@@ -19,7 +19,7 @@ Memory: the word counts, ``(R,)`` label/side arrays and one chunk of token lists
 the file's row count and SHA-256 against the scan, so a file changed meanwhile is refused rather
 than cached under the old fingerprint. The result (ids, lengths, num_tokens, labels, vocabulary) is
 equal to :func:`encode_dataset` on the same texts in memory: both use the same tokenizer,
-``Vocabulary.from_counter``, ``_truncate`` and ``_fill``.
+``Vocabulary.from_counter``, ``truncate_tokens`` and ``fill_rows``.
 """
 
 from __future__ import annotations
@@ -36,62 +36,13 @@ from typing import Any
 import numpy as np
 
 from rnnlab.data._cache import EntryWriter
-from rnnlab.data.datasets import _SIDES, FileTextDataset, load_text_dataset
-from rnnlab.data.encoding import EncodedData, _load_entry, _Tokens, _vocab_blob, encode_dataset, ids_dtype
+from rnnlab.data.datasets import SIDES, FileTextDataset
+from rnnlab.data.encoded import EncodedData, TokenRows, ids_dtype, load_entry, vocab_blob
 from rnnlab.data.tokenizer import Tokenizer
 from rnnlab.data.vocab import Vocabulary
 
 #: Rows tokenised and written per chunk in pass 2 (per split).
 CHUNK_ROWS = 4096
-
-
-def encode_files(
-    train: str | os.PathLike,
-    test: str | os.PathLike | None = None,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    group_column: str | None = None,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-    tokenizer: Tokenizer | None = None,
-    max_words: int | None = 20000,
-    min_freq: int = 1,
-    max_len: int | None = 200,
-    truncate: str = "head",
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    use_cache: bool = True,
-) -> EncodedData:
-    """``load_text_dataset(..., stream=True)`` then ``encode_dataset``: a streaming encode of any size.
-
-    Arguments as in :func:`load_text_dataset` and :func:`encode_dataset`; the splits' ids are
-    memory-mapped from ``<cache_dir>/encoded/<key>/`` (a temporary folder, removed once mapped,
-    when ``use_cache=False``).
-    """
-    dataset = load_text_dataset(
-        train,
-        test,
-        text_column=text_column,
-        label_column=label_column,
-        test_fraction=test_fraction,
-        val_fraction=val_fraction,
-        group_column=group_column,
-        seed=seed,
-        stream=True,
-    )
-    return encode_dataset(
-        dataset,
-        tokenizer=tokenizer,
-        max_words=max_words,
-        min_freq=min_freq,
-        max_len=max_len,
-        truncate=truncate,
-        cache_dir=cache_dir,
-        progress=progress,
-        use_cache=use_cache,
-    )
 
 
 def _rows(dataset: FileTextDataset, progress: bool, desc: str) -> Iterator[str]:
@@ -124,13 +75,13 @@ def encode_stream(
     side = dataset.side  # (R,) int8: 0 train, 1 val, 2 test
     splits = dataset.splits()
     names = list(splits)
-    code_name = {code: name for name, code in _SIDES.items()}
+    code_name = {code: name for name, code in SIDES.items()}
     tokenize = tokenizer.tokenize
 
     # Pass 1: word counts over the training rows (and every row's token count when max_len is None).
     counter: Counter = Counter()
     totals = np.zeros(len(side), np.int64) if max_len is None else None
-    is_train = (side == _SIDES["train"]).tolist()
+    is_train = (side == SIDES["train"]).tolist()
     for r, text in enumerate(_rows(dataset, progress, "counting words")):
         if is_train[r]:
             toks = tokenize(text)
@@ -144,7 +95,7 @@ def encode_stream(
     vocab = Vocabulary.from_counter(counter, max_words=max_words, min_freq=min_freq)
     del counter
     widths = {
-        name: int(max_len) if max_len is not None else int(np.maximum(totals[side == _SIDES[name]], 1).max())  # type: ignore[index]
+        name: int(max_len) if max_len is not None else int(np.maximum(totals[side == SIDES[name]], 1).max())  # type: ignore[index]
         for name in names
     }
 
@@ -170,7 +121,7 @@ def encode_stream(
             pending: dict[str, list[list[str]]] = {name: [] for name in names}
 
             def flush(name: str) -> None:
-                toks = _Tokens.from_lists(pending[name], max_len, truncate)
+                toks = TokenRows.from_lists(pending[name], max_len, truncate)
                 ids, lengths, ntok = toks.encode(vocab, widths[name])
                 ids_out[name].write(ids)
                 small[name]["lengths"].append(lengths)
@@ -192,10 +143,10 @@ def encode_stream(
                         dtype=np.int32,
                     )
                 w.put(f"{name}_labels", splits[name].label_array, dtype=np.int32)
-            w.blob("vocab.json", _vocab_blob(vocab))
+            w.blob("vocab.json", vocab_blob(vocab))
             w.commit({"source": dataset.source, "streamed": True})
         for _ in range(50):  # a concurrent writer of the same key may be swapping its equal entry in
-            data = _load_entry(entry, key, names, tokenizer, dataset.label_names, settings, t0, verify=False)
+            data = load_entry(entry, key, names, tokenizer, dataset.label_names, settings, t0, verify=False)
             if data is not None:
                 break
             time.sleep(0.1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.data._cache import atomic_write_json
+from rnnlab.errors import DataError
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -66,11 +67,11 @@ class Vocabulary:
 
     @staticmethod
     def check_settings(max_words: int | None, min_freq: int) -> None:
-        """Raise ValueError for a ``max_words`` or ``min_freq`` that :meth:`build` would refuse."""
+        """Raise DataError (a ValueError) for a ``max_words`` or ``min_freq`` that :meth:`build` would refuse."""
         if max_words is not None and (not isinstance(max_words, int) or max_words < 1):
-            raise ValueError(f"Vocabulary: max_words must be an int >= 1 (it counts <unk>) or None, got {max_words!r}")
+            raise DataError(f"Vocabulary: max_words must be an int >= 1 (it counts <unk>) or None, got {max_words!r}")
         if not isinstance(min_freq, int) or min_freq < 1:
-            raise ValueError(f"Vocabulary: min_freq must be an int >= 1, got {min_freq!r}")
+            raise DataError(f"Vocabulary: min_freq must be an int >= 1, got {min_freq!r}")
 
     @classmethod
     def from_counter(cls, counter: Counter, max_words: int | None = 20000, min_freq: int = 1) -> Vocabulary:

@@ -18,7 +18,7 @@ from rnnlab.nn.options import OPTION_DEFAULTS
 
 POOLINGS = ("last", "mean", "max", "meanmax")
 _CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-#: Config ``impl`` -> the ``impl`` keyword of rnnlab.nn's layers.
+#: Config ``encoder`` -> the ``impl`` keyword of rnnlab.nn's layers (which of its code paths runs).
 _RNNLAB_IMPLS = {"rnnlab": "fast", "reference": "reference"}
 
 
@@ -79,7 +79,7 @@ def bigram_ids(ids: torch.Tensor, buckets: int) -> torch.Tensor:
 
 def make_encoder(
     cell: str,
-    impl: str,
+    encoder: str,
     input_size: int,
     hidden_size: int,
     *,
@@ -89,7 +89,8 @@ def make_encoder(
     nonlinearity: str = "tanh",
     options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A time-major recurrent layer: torch.nn's (``impl="torch"``) or rnnlab.nn's (``rnnlab``, ``reference``).
+    """A time-major recurrent layer: torch.nn's (``encoder="torch"``) or rnnlab.nn's (``rnnlab``: its fast
+    path, ``reference``: its gate-by-gate form, i.e. ``rnnlab.nn``'s ``impl="fast"`` / ``"reference"``).
 
     ``options``: rnnlab.nn cell options (``layer_norm=True``, ``weight_drop=0.3``...); those at
     their default are left out, so the default layer prints as before; torch.nn has none.
@@ -109,21 +110,21 @@ def make_encoder(
     if unknown:
         raise ValueError(f"unknown layer option(s) {', '.join(unknown)}; valid: {', '.join(OPTION_DEFAULTS)}")
     on = {k: v for k, v in (options or {}).items() if v != OPTION_DEFAULTS[k]}
-    if impl == "torch":
+    if encoder == "torch":
         if on:
-            raise ValueError(f"impl='torch': torch.nn.{_CELLS[cell]} has no {', '.join(on)}; use impl='rnnlab'")
+            raise ValueError(f"encoder='torch': torch.nn.{_CELLS[cell]} has no {', '.join(on)}; use encoder='rnnlab'")
         return getattr(nn, _CELLS[cell])(input_size, hidden_size, **kwargs)
-    if impl not in _RNNLAB_IMPLS:
-        raise ValueError(f"impl must be one of rnnlab, reference, torch; got {impl!r}")
+    if encoder not in _RNNLAB_IMPLS:
+        raise ValueError(f"encoder must be one of rnnlab, reference, torch; got {encoder!r}")
     try:
         import rnnlab.nn as rnn_modules
 
         layer_cls = getattr(rnn_modules, _CELLS[cell])
     except (ImportError, AttributeError) as err:
         raise RuntimeError(
-            f"impl={impl!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); use impl='torch'"
+            f"encoder={encoder!r} needs rnnlab.nn.{_CELLS[cell]}, which is not available ({err}); use encoder='torch'"
         ) from err
-    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[impl], **kwargs, **on)
+    return layer_cls(input_size, hidden_size, impl=_RNNLAB_IMPLS[encoder], **kwargs, **on)
 
 
 def drop_words(ids: torch.Tensor, p: float, unk_id: int = 1) -> torch.Tensor:
@@ -163,7 +164,7 @@ class RNNClassifier(nn.Module):
         num_classes: int,
         *,
         cell: str = "lstm",
-        impl: str = "rnnlab",
+        encoder: str = "rnnlab",
         embedding_dim: int = 64,
         hidden_size: int = 64,
         num_layers: int = 1,
@@ -183,7 +184,7 @@ class RNNClassifier(nn.Module):
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         if vocab_size < 2 or num_classes < 2:
             raise ValueError(f"need vocab_size >= 2 and num_classes >= 2; got {vocab_size} and {num_classes}")
-        self.cell, self.impl, self.pooling = cell, impl, pooling
+        self.cell, self.encoder_kind, self.pooling = cell, encoder, pooling
         self.num_directions = 2 if bidirectional else 1
         self.log_softmax = log_softmax
         enc_width = hidden_size * self.num_directions
@@ -205,7 +206,7 @@ class RNNClassifier(nn.Module):
             cell,
             make_encoder(
                 cell,
-                impl,
+                encoder,
                 embedding_dim,
                 hidden_size,
                 num_layers=num_layers,
@@ -256,7 +257,7 @@ class RNNClassifier(nn.Module):
             # Outputs at real steps never depend on the padding after them, and the pooling
             # reads real steps only: the padded batch needs no lengths (and no sort).
             out, _ = self.encoder(x)  # (L, N, H)
-        elif self.impl == "torch":
+        elif self.encoder_kind == "torch":
             packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
             out, _ = pad_packed_sequence(self.encoder(packed)[0], total_length=x.shape[0])  # (L, N, 2H)
         else:
@@ -277,7 +278,7 @@ def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier
         vocab_size,
         num_classes,
         cell=config.cell,
-        impl=config.impl,
+        encoder=config.encoder,
         embedding_dim=config.embedding_dim,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,

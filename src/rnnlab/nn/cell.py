@@ -34,7 +34,7 @@ from .options import (
     reject_foreign_options,
     zoneout_mask,
 )
-from .rnn import _check_impl, _check_size
+from .rnn import check_impl, check_size
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -59,15 +59,15 @@ class RNNCellBase(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        _check_size(name, "input_size", input_size)
-        _check_size(name, "hidden_size", hidden_size)
+        check_size(name, "input_size", input_size)
+        check_size(name, "hidden_size", hidden_size)
         if not isinstance(bias, bool):
             raise TypeError(f"{name}: bias should be of type bool, got: {type(bias).__name__}")
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        self.impl = _check_impl(name, impl)
+        self.impl = check_impl(name, impl)
         self._kind = "rnn" if mode.startswith("rnn_") else mode
         opts = check_cell_options(name, self._kind, **options)
         self._options = opts

@@ -61,6 +61,11 @@ def _check_impl(owner: str, impl: Any) -> str:
     return impl
 
 
+#: The checks shared with ``rnnlab.nn.cell`` (its cells validate their arguments the same way).
+check_size = _check_size
+check_impl = _check_impl
+
+
 def _check_lengths(owner: str, lengths: Any, batch: int, steps: int) -> Tensor:
     """Validate the ``lengths`` keyword: an integer ``(N,)`` tensor with 1 <= lengths <= L."""
     if not isinstance(lengths, Tensor):

@@ -1,16 +1,10 @@
-"""Comparison tables and plots from run directories, and ``compare``: a suite of experiments x seeds.
+"""Comparison tables and plots from run directories (``rnnlab.experiments`` runs the comparisons).
 
-    from rnnlab.report import write_report, run_comparison
+    from rnnlab.report import write_report
     write_report(["runs/"], "report/")                  # results.md, results.csv, *.png
-    run_comparison("seed", "cmp/", seeds=3)             # the seven original experiments, then the report
 
-The report side reads run directories only (no torch); ``run_comparison`` trains through
-``rnnlab.train`` and is imported on first use.
+It reads run directories only, through ``rnnlab.rundir``, and never imports torch or the training code.
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 from rnnlab.report.aggregate import ExperimentSummary, Stat, summarize
 from rnnlab.report.build import Report, write_report
@@ -27,15 +21,6 @@ __all__ = [
     "Stat",
     "discover_runs",
     "read_run",
-    "run_comparison",
     "summarize",
     "write_report",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "run_comparison":
-        from rnnlab.report.compare import run_comparison
-
-        return run_comparison
-    raise AttributeError(f"module 'rnnlab.report' has no attribute {name!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,11 +13,12 @@ from rnnlab.report.aggregate import ExperimentSummary, summarize
 from rnnlab.report.plots import PLOTS, write_plots
 from rnnlab.report.runs import ReportError, discover_runs, read_run
 from rnnlab.report.tables import csv_table, markdown_table
+from rnnlab.rundir import ComparisonDir
 
 #: Config fields shown in the settings table, in order.
 SETTINGS = (
     "cell",
-    "impl",
+    "encoder",
     "embedding_dim",
     "hidden_size",
     "num_layers",
@@ -59,6 +59,10 @@ def _options_cell(cfg: dict) -> str:
     return ", ".join(on) or "none"
 
 
+#: Settings whose key was renamed: the new key -> the old one, read from runs made before the rename.
+OLD_KEYS = {"encoder": "impl"}
+
+
 @dataclass
 class Report:
     summaries: list[ExperimentSummary]
@@ -73,7 +77,7 @@ def _settings_table(summaries: list[ExperimentSummary]) -> str:
         if s.kind == "baseline" or not runs or not runs[0].config:
             continue
         cfg = runs[0].config
-        values = [str(cfg.get(k, LATER_KEYS.get(k, ""))) for k in SETTINGS]
+        values = [str(cfg.get(k, cfg.get(OLD_KEYS.get(k, ""), LATER_KEYS.get(k, "")))) for k in SETTINGS]
         rows.append("| " + " | ".join([f"`{s.name}`", *values, _options_cell(cfg)]) + " |")
     if not rows:
         return ""
@@ -121,16 +125,6 @@ def render_markdown(
     return "\n".join(parts)
 
 
-def _comparison_order(folder: Path) -> list[str]:
-    """The experiment order recorded in ``folder/compare.json`` (empty when there is none)."""
-    try:
-        manifest = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
-        names = manifest.get("experiments", []) if isinstance(manifest, dict) else []
-        return [str(n) for n in names] if isinstance(names, list) else []
-    except (OSError, ValueError):
-        return []
-
-
 def write_report(
     paths: list[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -149,7 +143,7 @@ def write_report(
         raise ReportError(f"--out {out} is a file; expected a folder for results.md, results.csv and the plots")
     runs = [read_run(p) for p in discover_runs(list(paths))]
     if order is None:  # a comparison folder knows its suite's order
-        order = [n for p in paths for n in _comparison_order(Path(p))] or None
+        order = [n for p in paths for n in ComparisonDir(p).experiment_order()] or None
     summaries = summarize(runs, order=order)
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(summaries, [str(p) for p in paths], title=title, intro=intro)

@@ -1,4 +1,4 @@
-"""Find and read run directories (the layout written by ``rnnlab.train``, see ARCHITECTURE.md).
+"""Find and read run directories (the layout of ``rnnlab.rundir.RunDir``, see ARCHITECTURE.md).
 
 A run directory is a folder holding ``run.json``; its per-epoch metrics are in
 ``metrics.jsonl`` and its resolved config in ``config.toml``. Reading never modifies anything.
@@ -6,18 +6,16 @@ A run directory is a folder holding ``run.json``; its per-epoch metrics are in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from rnnlab.errors import ReportError, RnnlabError
+from rnnlab.rundir import RunDir
 
-
-class ReportError(ValueError):
-    """Bad input to ``report``/``compare`` (a missing path, no runs, a foreign output folder...)."""
+__all__ = ["ReportError", "RunRecord", "discover_runs", "is_run_dir", "read_run"]
 
 
 #: Keys every metrics row must hold, as finite numbers, for the run to count as a result.
@@ -26,7 +24,7 @@ REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 REQUIRED_METRICS_FINAL_TEST = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 #: Folders inside a run directory that never hold other runs.
-_SKIP_DIRS = {"checkpoints", "__pycache__", ".git"}
+_SKIP_DIRS = {RunDir.CHECKPOINTS, RunDir.TENSORBOARD, "__pycache__", ".git"}
 
 
 @dataclass
@@ -88,7 +86,7 @@ def _is_number(value: Any) -> bool:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "run.json").is_file()
+    return RunDir(path).is_run()
 
 
 def discover_runs(paths: list[str | os.PathLike[str]]) -> list[Path]:
@@ -122,47 +120,19 @@ def discover_runs(paths: list[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
-def read_metrics_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows of ``metrics.jsonl`` by epoch, and a problem string if some line is unreadable.
-
-    A resumed run may repeat an epoch; the last row for an epoch wins.
-    """
-    if not path.is_file():
-        return [], "metrics.jsonl is missing"
-    by_epoch: dict[int, dict[str, Any]] = {}
-    problem = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                problem = f"metrics.jsonl line {lineno} is not valid JSON (a write was interrupted?)"
-                break
-            if not isinstance(row, dict) or not _is_number(row.get("epoch")):
-                problem = f"metrics.jsonl line {lineno} has no numeric 'epoch'"
-                break
-            by_epoch[int(row["epoch"])] = row
-    return [by_epoch[e] for e in sorted(by_epoch)], problem
-
-
 def read_run(path: Path) -> RunRecord:
     """Read one run directory; never raises for a damaged run (it becomes an incomplete record)."""
-    path = Path(path)
+    rd = RunDir(path)
+    path = rd.path
     problem: str | None = None
     try:
-        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
+        info = rd.read_info(check_format=False)
+    except RnnlabError as err:
         info, problem = {}, f"run.json is unreadable ({err})"
-    config: dict[str, Any] = {}
-    if (path / "config.toml").is_file():
-        try:
-            config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            config = {}
+    try:
+        config = rd.read_config_values()
+    except RnnlabError:
+        config = {}
     name = str(info.get("name") or config.get("name") or path.name)
     seed = info.get("seed", config.get("seed"))
     seed = int(seed) if _is_number(seed) else None
@@ -172,7 +142,7 @@ def read_run(path: Path) -> RunRecord:
     num_params = info.get("num_params")
     num_params = int(num_params) if _is_number(num_params) else None
 
-    rows, rows_problem = read_metrics_rows(path / "metrics.jsonl")
+    rows, rows_problem = _metrics(rd)
     if problem is None and status != "complete":
         problem = f"status {status!r}, {len(rows)} of {epochs if epochs is not None else '?'} epochs done"
         if rows_problem is not None:
@@ -203,3 +173,14 @@ def read_run(path: Path) -> RunRecord:
     if problem is not None and status == "complete":
         status = "damaged"
     return RunRecord(path, name, seed, status, epochs, num_params, rows, info, config, problem)
+
+
+def _metrics(rd: RunDir) -> tuple[list[dict[str, Any]], str | None]:
+    """The metrics rows, and why they cannot be trusted (a missing file, a damaged or cut-short line)."""
+    if not rd.metrics_path.is_file():
+        return [], "metrics.jsonl is missing"
+    try:
+        scan = rd.scan_metrics()
+    except RnnlabError as err:
+        return [], str(err)
+    return scan.rows, scan.problem

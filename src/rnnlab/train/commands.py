@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from rnnlab.cli import CLIError
+from rnnlab.errors import UsageError
 from rnnlab.train.evaluate import PREDICTION_FORMATS
 
 
@@ -59,9 +60,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--test", metavar="PATH", help="a separate test file or folder (default: the run's test_data)")
     p.add_argument(
         "--checkpoint",
-        choices=("auto", "best", "last"),
+        type=_checkpoint_arg,
         default="auto",
-        help="auto: best when the run had a validation split, else last",
+        metavar="auto|best|last|epoch_K",
+        help="auto: best when the run had a validation split, else last; epoch_K: the weights after epoch K "
+        "(runs trained with keep_epoch_checkpoints = true)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_evaluate)
@@ -97,7 +100,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, metavar="N", help="texts per forward pass (default: the run's eval_batch_size)"
     )
-    p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto")
+    p.add_argument("--checkpoint", type=_checkpoint_arg, default="auto", metavar="auto|best|last|epoch_K")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown for --file and stdin)")
     p.set_defaults(func=_predict)
 
@@ -155,27 +158,29 @@ def dataset_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{key}={getattr(args, flag)}" for flag, key in DATASET_OPTIONS.items() if getattr(args, flag) is not None]
 
 
+def _checkpoint_arg(text: str) -> str:
+    if text in ("auto", "best", "last") or re.fullmatch(r"epoch_\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, best, last or epoch_K (K = 0, 1, ...), got {text!r}")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from rnnlab.train.config import ConfigError, load_config
-    from rnnlab.train.distributed import DistributedError
-    from rnnlab.train.runner import RunDirError, TrainingError, train_and_evaluate
+    from rnnlab.rundir import RunDir
+    from rnnlab.train.config import load_config
+    from rnnlab.train.runner import train_and_evaluate
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data={args.data}")
     overrides += dataset_overrides(args)
+    config_file = args.config
+    if args.resume and not args.preset and not config_file and RunDir(args.out).config_path.is_file():
+        config_file = RunDir(args.out).config_path  # `--resume` alone continues the run as it was set up
+    config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
     try:
-        config_file = args.config
-        if args.resume and not args.preset and not config_file and (Path(args.out) / "config.toml").is_file():
-            config_file = Path(args.out) / "config.toml"  # `--resume` alone continues the run as it was set up
-        config = load_config(preset=args.preset, config_file=config_file, overrides=overrides)
         rows = train_and_evaluate(
             config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
         )
-    except (ConfigError, RunDirError, TrainingError, DistributedError) as err:
-        raise CLIError(_ranked(str(err))) from None
-    except _data_errors() as err:
-        raise CLIError(_ranked(str(err))) from None
     except KeyboardInterrupt:
         if not _is_main_rank():
             raise
@@ -190,9 +195,7 @@ def _train(args: argparse.Namespace) -> int:
     if rows and "test_acc" in rows[-1]:
         print(f"Done: {len(rows)} epochs, final test accuracy {rows[-1]['test_acc']:.4f}; run directory {args.out}")
     elif rows:
-        from rnnlab.train.runner import read_run_info
-
-        test = read_run_info(Path(args.out)).get("test", {})
+        test = RunDir(args.out).read_info().get("test", {})
         print(
             f"Done: {len(rows)} epochs, test accuracy {test.get('acc', float('nan')):.4f} at epoch "
             f"{test.get('epoch')} (best validation accuracy); run directory {args.out}"
@@ -210,34 +213,18 @@ def _is_main_rank() -> bool:
     return env is None or env[1] == 0
 
 
-def _ranked(message: str) -> str:
-    """Under torchrun, the rank in front of an error message (every rank reports the shared error)."""
-    rank = os.environ.get("RANK")
-    return f"[rank {rank}] {message}" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else message
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from rnnlab.train.config import ConfigError
     from rnnlab.train.evaluate import evaluate_run, format_evaluation
-    from rnnlab.train.runner import RunDirError
 
-    try:
-        result = evaluate_run(
-            args.run_dir, checkpoint=args.checkpoint, data_path=args.data, test_path=args.test, progress=not args.json
-        )
-    except (ConfigError, RunDirError) as err:
-        raise CLIError(str(err)) from None
-    except _data_errors() as err:
-        raise CLIError(str(err)) from None
+    result = evaluate_run(
+        args.run_dir, checkpoint=args.checkpoint, data_path=args.data, test_path=args.test, progress=not args.json
+    )
     print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from rnnlab.data import DataError
-    from rnnlab.train.config import ConfigError
     from rnnlab.train.evaluate import iter_predictions, load_run, write_predictions
-    from rnnlab.train.runner import RunDirError
 
     fmt = _prediction_format(args)
     _check_predict_args(args)
@@ -257,8 +244,6 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"wrote {count} predictions to {args.output} ({fmt})", file=sys.stderr)
         else:
             write(sys.stdout)
-    except (ConfigError, RunDirError, DataError, ValueError, TypeError) as err:
-        raise CLIError(str(err)) from None
     except BrokenPipeError:  # `rnnlab predict ... | head`: the reader has gone, stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 1
@@ -267,13 +252,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _check_predict_args(args: argparse.Namespace) -> None:
     if args.file and args.texts:
-        raise CLIError("give the texts as arguments or in --file PATH, not both")
+        raise UsageError("give the texts as arguments or in --file PATH, not both")
     if args.text_column and not args.file:
-        raise CLIError("--text-column names the text column of a --file table; give --file PATH")
+        raise UsageError("--text-column names the text column of a --file table; give --file PATH")
     if args.file and args.output and Path(args.output).resolve() == Path(args.file).resolve():
-        raise CLIError(f"--output {args.output} is the --file to classify: choose another output file")
+        raise UsageError(f"--output {args.output} is the --file to classify: choose another output file")
     if args.batch_size is not None and args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
 def _text_source(
@@ -293,13 +278,13 @@ def _text_source(
 
 def _stdin_lines() -> list[tuple[int, str]]:
     if sys.stdin is None or sys.stdin.isatty():
-        raise CLIError(
+        raise UsageError(
             'no texts: pass them as arguments (rnnlab predict RUN_DIR "text" ...), in --file PATH, '
             "or one per line on stdin"
         )
     lines = [(i, line.rstrip("\r\n")) for i, line in enumerate(sys.stdin, 1) if line.strip()]
     if not lines:
-        raise CLIError("no texts on stdin (empty lines are skipped)")
+        raise UsageError("no texts on stdin (empty lines are skipped)")
     return lines
 
 
@@ -321,7 +306,7 @@ def _write_atomically(path: Path, write: Any) -> int:
 def _prediction_format(args: argparse.Namespace) -> str:
     """--format, else --json, else from the --output suffix, else jsonl for --file/--output, else table."""
     if args.json and args.format not in (None, "json"):
-        raise CLIError(f"--json and --format {args.format} disagree: give one of them")
+        raise UsageError(f"--json and --format {args.format} disagree: give one of them")
     if args.format or args.json:
         return args.format or "json"
     suffix = Path(args.output).suffix.lower() if args.output else ""
@@ -330,33 +315,18 @@ def _prediction_format(args: argparse.Namespace) -> str:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from rnnlab.train.config import ConfigError, list_presets, resolve_preset
+    from rnnlab.train.config import list_presets, resolve_preset
 
-    try:
-        if args.name is not None:
-            sys.stdout.write(resolve_preset(args.name).read_text(encoding="utf-8"))
-            return 0
-        presets = list_presets()
-    except ConfigError as err:
-        raise CLIError(str(err)) from None
+    if args.name is not None:
+        sys.stdout.write(resolve_preset(args.name).read_text(encoding="utf-8"))
+        return 0
+    presets = list_presets()
     if not presets:
         from rnnlab.train.config import PRESETS_DIR
 
-        raise CLIError(f"no presets found in {PRESETS_DIR}: this rnnlab installation is incomplete")
+        raise UsageError(f"no presets found in {PRESETS_DIR}: this rnnlab installation is incomplete")
     width = max(len(p.name) for p in presets)
     for p in presets:
         suite = f"(suite of {len(p.experiments)}) " if p.experiments else ""
         print(f"{p.name:<{width}}  {suite}{p.description}")
     return 0
-
-
-def _data_errors() -> tuple[type[BaseException], ...]:
-    """The data package's user errors (missing path, bad file...), when it defines them."""
-    errors: list[type[BaseException]] = [FileNotFoundError]
-    try:
-        from rnnlab.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)

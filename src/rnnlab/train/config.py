@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -32,10 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-
-class ConfigError(ValueError):
-    """A bad preset, config file, key or value; the message says what was expected and what was found."""
-
+from rnnlab.errors import ConfigError, RnnlabDeprecationWarning
 
 #: The recurrent layers' nonlinearity names (``rnnlab.nn.options.ACTIVATIONS``; kept here so
 #: that reading a config does not import torch; a test checks that the two agree).
@@ -55,7 +53,7 @@ LAYER_OPTIONS: dict[str, Any] = {
 #: Allowed values of the enumerated fields.
 CHOICES: dict[str, tuple[str, ...]] = {
     "cell": ("rnn", "lstm", "gru"),
-    "impl": ("rnnlab", "reference", "torch"),
+    "encoder": ("rnnlab", "reference", "torch"),
     "nonlinearity": ("tanh", "relu"),
     "gate_activation": ACTIVATION_NAMES,
     "activation": ACTIVATION_NAMES,
@@ -83,7 +81,7 @@ class Config:
 
     name: str = "experiment"
     cell: str = "lstm"
-    impl: str = "rnnlab"
+    encoder: str = "rnnlab"
     embedding_dim: int = 64
     hidden_size: int = 64
     num_layers: int = 1
@@ -124,6 +122,7 @@ class Config:
     val_split: str = "group"
     early_stopping: int = 0
     test_every_epoch: bool = True
+    keep_epoch_checkpoints: bool = False
     text_column: str = "text"
     label_column: str = "label"
     group_column: str = ""
@@ -137,6 +136,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def impl(self) -> str:
+        """Deprecated name of :attr:`encoder`."""
+        warnings.warn(_renamed_message("impl", "Config.impl"), RnnlabDeprecationWarning, stacklevel=2)
+        return self.encoder
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> Config:
         """Strict construction: unknown keys and wrong types raise ConfigError naming ``source``."""
@@ -149,6 +154,23 @@ class Config:
         """The config as a flat TOML document (all fields, in table order)."""
         return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
 
+
+def _init_with_old_keys(init: Any) -> Any:
+    """``Config(impl=...)`` still works: a renamed key (``RENAMED_KEYS``) is passed on under its new name."""
+
+    def __init__(self: Config, *args: Any, **kwargs: Any) -> None:
+        for old in set(kwargs) & set(RENAMED_KEYS):
+            if RENAMED_KEYS[old] in kwargs:
+                raise ConfigError(f"Config(): {old!r} and {RENAMED_KEYS[old]!r} are the same key; keep only the second")
+            warnings.warn(_renamed_message(old, "Config()"), RnnlabDeprecationWarning, stacklevel=2)
+            kwargs[RENAMED_KEYS[old]] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
+Config.__init__ = _init_with_old_keys(Config.__init__)  # type: ignore[method-assign]
 
 _BUILTINS = {"str": str, "int": int, "float": float, "bool": bool}
 #: Field name -> its Python type (annotations are strings under ``from __future__ import annotations``).
@@ -165,10 +187,34 @@ def _unknown_key(key: str, source: str) -> ConfigError:
     return ConfigError(f"{source}: unknown config key {key!r}; valid keys: {', '.join(FIELD_TYPES)}")
 
 
+#: Old config keys that are still read (with a RnnlabDeprecationWarning) -> their new names.
+RENAMED_KEYS = {"impl": "encoder"}
+
+
+def _renamed_message(old: str, source: str) -> str:
+    new = RENAMED_KEYS[old]
+    return (
+        f"{source}: config key {old!r} is deprecated, it is now {new!r} (same values: "
+        f"{', '.join(CHOICES[new])}); {old!r} still works for now"
+    )
+
+
+def _new_key(key: str, source: str) -> str:
+    """``key``, or its new name when it is a renamed key (with a deprecation warning naming ``source``)."""
+    if key not in RENAMED_KEYS:
+        return key
+    warnings.warn(_renamed_message(key, source), RnnlabDeprecationWarning, stacklevel=4)
+    return RENAMED_KEYS[key]
+
+
 def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Type-check already-typed values (from TOML or Python): an int is accepted for a float."""
     out: dict[str, Any] = {}
+    both = [f"{old!r} and {new!r}" for old, new in RENAMED_KEYS.items() if old in values and new in values]
+    if both:
+        raise ConfigError(f"{source}: {both[0]} are the same key (the first is its old name); keep only the second")
     for key, value in values.items():
+        key = _new_key(key, source)
         if key not in FIELD_TYPES:
             raise _unknown_key(key, source)
         want = FIELD_TYPES[key]
@@ -183,6 +229,7 @@ def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def parse_value(key: str, text: str, source: str = "--set") -> Any:
     """Parse the string of a ``key=value`` override into the field's type."""
+    key = RENAMED_KEYS.get(key, key)
     if key not in FIELD_TYPES:
         raise _unknown_key(key, source)
     want = FIELD_TYPES[key]
@@ -218,7 +265,8 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, A
             items.append((key.strip(), value))
     out: dict[str, Any] = {}
     for key, value in items:
-        if isinstance(value, str) and (key not in FIELD_TYPES or FIELD_TYPES[key] is not str):
+        typed = RENAMED_KEYS.get(key, key)
+        if isinstance(value, str) and (typed not in FIELD_TYPES or FIELD_TYPES[typed] is not str):
             value = parse_value(key, value)
         out.update(_checked({key: value}, "--set"))
     return out
@@ -316,10 +364,10 @@ def _validate_layer_options(config: Config) -> None:
         if not (0.0 <= value < 1.0):
             raise ConfigError(f"{key!r} must be in [0, 1), got {value}")
     on = [key for key, default in LAYER_OPTIONS.items() if getattr(config, key) != default]
-    if on and config.impl == "torch":
+    if on and config.encoder == "torch":
         raise ConfigError(
-            f'{", ".join(map(repr, on))}: torch.nn\'s layers have no such option; use impl = "rnnlab" '
-            "(or \"reference\") for the rnnlab.nn layers, got impl = 'torch'"
+            f'{", ".join(map(repr, on))}: torch.nn\'s layers have no such option; use encoder = "rnnlab" '
+            "(or \"reference\") for the rnnlab.nn layers, got encoder = 'torch'"
         )
     if config.peephole and config.cell != "lstm":
         raise ConfigError(

@@ -30,14 +30,12 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as torch_dist
 
+from rnnlab.errors import DistributedError
+
 T = TypeVar("T")
 
 #: Environment variables torchrun sets; all of them are needed for a distributed launch.
 ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedError(RuntimeError):
-    """A distributed launch that cannot run as asked (bad environment, batch too small...)."""
 
 
 @dataclass(frozen=True)

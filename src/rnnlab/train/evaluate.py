@@ -19,17 +19,11 @@ from typing import Any, TextIO
 
 import torch
 
+from rnnlab.errors import DataError, RunDirError
 from rnnlab.models import RNNClassifier, build_model
+from rnnlab.rundir import RunDir
 from rnnlab.train.config import Config, config_from_toml
-from rnnlab.train.runner import (
-    RunDirError,
-    _load_checkpoint,
-    load_model_state,
-    read_json,
-    read_run_info,
-    run_eval,
-    select_device,
-)
+from rnnlab.train.runner import load_model_state, run_eval, select_device
 
 
 @dataclass
@@ -45,55 +39,60 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "auto", device: str | None = None) -> LoadedRun:
-    """Rebuild the trained model, tokenizer and vocabulary of a run directory (in eval mode)."""
+def load_run(run_dir: str | os.PathLike, *, checkpoint: str | int = "auto", device: str | None = None) -> LoadedRun:
+    """Rebuild the trained model, tokenizer and vocabulary of a run directory (in eval mode).
+
+    checkpoint: ``auto`` (best.pt when the run chose its best epoch on validation, else last.pt),
+    ``best``, ``last``, or an epoch ``K`` / ``"epoch_K"`` (``checkpoints/epoch_K.pt``, kept with
+    ``keep_epoch_checkpoints``; 0 = the weights at initialisation).
+    """
     from rnnlab.data import Tokenizer, Vocabulary
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory not found: {run_dir}")
-    info = read_run_info(run_dir)
-    config = config_from_toml(run_dir / "config.toml")
-    if checkpoint not in ("auto", "best", "last"):
-        raise ValueError(f"checkpoint must be auto, best or last; got {checkpoint!r}")
+    rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        raise RunDirError(f"run directory not found: {rd.path}")
+    info = rd.read_info()
+    config = config_from_toml(rd.config_path)
     if checkpoint == "auto":
         checkpoint = "best" if info.get("best_metric") == "val_acc" else "last"
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    path = rd.checkpoint_path(checkpoint)
     if not path.exists():
-        raise RunDirError(f"{path} not found: the run has no completed epoch yet (status {info.get('status')!r})")
-    ckpt = _load_checkpoint(path)
-    for name in ("vocab.json", "tokenizer.json"):
-        if not (run_dir / name).exists():
-            raise RunDirError(f"{run_dir / name} not found: the run directory is incomplete")
+        have = ", ".join(f"epoch_{k}" for k in rd.epoch_checkpoints()) or "none"
+        raise RunDirError(
+            f"{path} not found: the run has no such checkpoint (status {info.get('status')!r}, "
+            f"{info.get('epochs_completed')} epochs completed; epoch checkpoints: {have})"
+        )
+    ckpt = rd.load_checkpoint(path)
+    for name in (rd.VOCAB, rd.TOKENIZER):
+        if not (rd.path / name).exists():
+            raise RunDirError(f"{rd.path / name} not found: the run directory is incomplete")
     try:
-        vocab = Vocabulary.load(run_dir / "vocab.json")
-        tokenizer = Tokenizer.from_dict(read_json(run_dir / "tokenizer.json"))
+        vocab = Vocabulary.load(rd.vocab_path)
+        tokenizer = Tokenizer.from_dict(rd.read_tokenizer())
     except (ValueError, KeyError, TypeError) as err:  # another version's files, or damaged ones
-        raise RunDirError(f"{run_dir}: cannot use its vocabulary/tokenizer: {err}") from None
+        raise RunDirError(f"{rd.path}: cannot use its vocabulary/tokenizer: {err}") from None
     label_names = list(ckpt.get("label_names") or info.get("label_names") or [])
     if len(vocab) != ckpt.get("vocab_size"):
-        raise RunDirError(
-            f"{run_dir / 'vocab.json'} has {len(vocab)} ids but {path} was trained with {ckpt.get('vocab_size')}"
-        )
+        raise RunDirError(f"{rd.vocab_path} has {len(vocab)} ids but {path} was trained with {ckpt.get('vocab_size')}")
     # Inference keeps the architecture but may use any implementation: the weights are interchangeable.
     dev = select_device(device or "auto")  # not config.device: the run may come from another machine
     model = build_model(config, len(vocab), len(label_names))
     load_model_state(model, ckpt["model"], path)
     model.to(dev).eval()
-    return LoadedRun(run_dir, config, model, tokenizer, vocab, label_names, path, int(ckpt["epoch"]), dev)
+    return LoadedRun(rd.path, config, model, tokenizer, vocab, label_names, path, int(ckpt["epoch"]), dev)
 
 
 def encode_texts(texts: Sequence[str], tokenizer: Any, vocab: Any, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> ``ids (N, L)`` right-padded with 0 and ``lengths (N,)``, exactly as in training.
 
     Keeps the first (``truncate="head"``) or last (``"tail"``) ``max_len`` tokens. A text
-    without any word raises ValueError (there is nothing to classify).
+    without any word raises DataError, a ValueError (there is nothing to classify).
     """
     from rnnlab.data import encode_texts as encode
 
     texts = list(texts)
     if not texts:
-        raise ValueError("no texts given")
+        raise DataError("no texts given")
     check_texts(enumerate(texts, 1), tokenizer)
     return encode(texts, tokenizer, vocab, max_len=config.max_len, truncate=config.truncate)
 
@@ -112,7 +111,7 @@ def check_texts(
             raise TypeError(f"{where(number)} must be a string, got {type(text).__name__}")
         if not tokenizer.tokenize(text):
             shown = text if len(text) <= 40 else text[:37] + "..."
-            raise ValueError(f"{where(number)} ({shown!r}) is empty: it has no words to classify")
+            raise DataError(f"{where(number)} ({shown!r}) is empty: it has no words to classify")
         n += 1
     return n
 
@@ -163,7 +162,7 @@ def iter_predictions(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     total = check_texts(texts(), run.tokenizer, where)
     if total == 0:
-        raise ValueError("no texts given")
+        raise DataError("no texts given")
     return _classify_batches(run, texts(), total, batch_size, progress)
 
 
@@ -191,12 +190,16 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def predict(
-    run_dir: str | os.PathLike | LoadedRun, texts: Sequence[str], *, checkpoint: str = "auto", batch_size: int = 256
+    run_dir: str | os.PathLike | LoadedRun,
+    texts: Sequence[str],
+    *,
+    checkpoint: str | int = "auto",
+    batch_size: int = 256,
 ) -> list[dict[str, Any]]:
     """Classify raw texts with a trained run: one dict per text.
 
     Each dict: ``text``, ``label`` (name), ``label_id``, ``probability`` (of that label) and
-    ``probabilities`` (name -> probability). An empty text raises ValueError.
+    ``probabilities`` (name -> probability). An empty text raises DataError (a ValueError).
     """
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir, checkpoint=checkpoint)
     texts = list(texts)
@@ -272,7 +275,7 @@ def evaluate_run(
     run_dir: str | os.PathLike,
     data: Any = None,
     *,
-    checkpoint: str = "auto",
+    checkpoint: str | int = "auto",
     data_path: str | None = None,
     test_path: str | None = None,
     progress: bool = False,

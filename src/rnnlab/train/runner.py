@@ -1,9 +1,17 @@
-"""The training loop and the run directory: ``train_and_evaluate(config, run_dir)``.
+"""The training loop: ``train_and_evaluate(config, run_dir)``, as named steps of a :class:`Trainer`.
 
-Run directory (docs/ARCHITECTURE.md): ``config.toml``, ``run.json``, ``vocab.json``,
-``tokenizer.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt``, ``model.txt``,
-``train.log``. Every file is written to a temporary name, then ``os.replace``d, so a kill
-at any moment leaves the previous complete version.
+    open the run directory (lock, create / resume / overwrite)     _open_run_dir
+    restore from last.pt, or start fresh                            Trainer.restore / Trainer.start
+    for each epoch: train one epoch                                 Trainer.train_one_epoch
+                    evaluate (validation, test)                     Trainer.evaluate
+                    commit the epoch to the run directory           Trainer.commit_epoch
+                    stop early?                                     Trainer.stop_early
+    test once on the best checkpoint (test_every_epoch = false)     Trainer.test_once
+    mark the run complete (or failed / interrupted)                 Trainer.complete / Trainer.fail
+
+The console lines, ``train.log`` and TensorBoard hang off the loop as callbacks
+(:mod:`rnnlab.train.callbacks`). The files are :class:`rnnlab.rundir.RunDir`'s: it owns their
+names, format, status and the order in which an epoch is committed.
 
 Determinism: Python's, NumPy's and torch's generators are seeded with ``config.seed``
 before the model is built; the loader's order is a function of (seed, epoch); the
@@ -12,21 +20,21 @@ random numbers the uninterrupted run would have drawn (bit-identical on CPU).
 
 Distributed (``torchrun --nproc_per_node=N -m rnnlab train``, :mod:`rnnlab.train.distributed`):
 every rank runs ``train_and_evaluate`` on its slice of the same global batches, wrapped in
-DistributedDataParallel; metrics are all-reduced; rank 0 alone reads and writes the run
+DistributedDataParallel; metrics are all-reduced; rank 0 alone locks, reads and writes the run
 directory (the others receive its checkpoint and its errors by broadcast) and prints.
 Checkpoints hold the plain module's state_dict, so any run resumes with any process count.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,70 +42,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnlab import __version__
-from rnnlab._io import torch_save, write_json, write_text
+from rnnlab.errors import ConfigError, RnnlabError, RunDirError, TrainingError
 from rnnlab.models import build_model, count_parameters
+from rnnlab.rundir import FORMAT, RunDir
 from rnnlab.train import distributed
-from rnnlab.train.config import Config, ConfigError, config_from_toml
+from rnnlab.train.callbacks import Callback, ConsoleLog, TensorBoardLog
+from rnnlab.train.config import Config, config_from_toml
+
+__all__ = [
+    "FORMAT",
+    "RESUME_MUTABLE",
+    "ConfigError",
+    "RunDirError",
+    "TrainState",
+    "Trainer",
+    "TrainingError",
+    "load_data",
+    "load_model_state",
+    "read_metrics",
+    "run_eval",
+    "select_device",
+    "train_and_evaluate",
+]
 from rnnlab.train.dataset import load_key, load_texts
 
-#: Version of the run directory layout; a run directory of another format is refused.
-FORMAT = 1
 #: Config fields that may change when a run is resumed (they do not change the model or the data).
 RESUME_MUTABLE = ("name", "epochs", "device", "num_threads", "data", "test_data", "early_stopping", "eval_batch_size")
 
 
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked (exists, incompatible, mismatched)."""
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(obj, dict):
-        raise RunDirError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``RUN_DIR/metrics.jsonl`` (one dict per completed epoch; [] when none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise RunDirError(f"{path}:{lineno}: not valid JSON ({err})") from None
-    return rows
-
-
-def _write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """``run.json``, checked to be of this rnnlab's format."""
-    path = run_dir / "run.json"
-    if not path.exists():
-        raise RunDirError(f"{run_dir} is not a run directory: no run.json (written by `rnnlab train`)")
-    info = read_json(path)
-    if info.get("format") != FORMAT:
-        raise RunDirError(
-            f"{run_dir} was written by rnnlab {info.get('rnnlab_version', '?')} in run-directory format "
-            f"{info.get('format')!r}; this rnnlab ({__version__}) reads format {FORMAT}"
-        )
-    return info
+    """The rows of ``RUN_DIR/metrics.jsonl``, one per completed epoch ([] when none); see ``RunDir.read_metrics``."""
+    return RunDir(run_dir).read_metrics()
 
 
 # ----------------------------------------------------------------------------- setup
@@ -262,70 +237,7 @@ def _criterion(config: Config) -> nn.Module:
     return nn.NLLLoss() if config.loss == "nll" else nn.CrossEntropyLoss()
 
 
-# ----------------------------------------------------------------------------- run directory
-
-
-def _prepare_run_dir(run_dir: Path, config: Config, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """Create, replace or reopen ``run_dir``; returns the run.json of a run to resume, else None."""
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} exists and is not a directory")
-    occupied = run_dir.is_dir() and any(run_dir.iterdir())
-    if not occupied:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return None
-    if overwrite:
-        if not (run_dir / "run.json").exists():
-            raise RunDirError(
-                f"{run_dir} is not empty and is not a run directory (no run.json); "
-                "refusing to delete it for --overwrite: choose another --out"
-            )
-        shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        return None
-    if not resume:
-        try:
-            info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
-        except RunDirError:
-            info = None
-        what = (
-            f"a run ({info.get('status')}, {info.get('epochs_completed')}/{info.get('epochs')} epochs)"
-            if info
-            else "files"
-        )
-        raise RunDirError(
-            f"{run_dir} already exists and holds {what}; pass --resume to continue it "
-            "or --overwrite to replace it (or choose another --out)"
-        )
-    info = read_run_info(run_dir)
-    old = config_from_toml(run_dir / "config.toml")
-    diffs = [
-        f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}"
-        for f in old.to_dict()
-        if f not in RESUME_MUTABLE and getattr(old, f) != getattr(config, f)
-    ]
-    if diffs:
-        raise RunDirError(
-            f"cannot resume {run_dir}: the config differs from the run's config.toml in "
-            + "; ".join(diffs)
-            + " (only "
-            + ", ".join(RESUME_MUTABLE)
-            + " may change; "
-            "use --overwrite to start again)"
-        )
-    return info
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing error
-        raise RunDirError(f"{path}: not a readable rnnlab checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise RunDirError(f"{path}: checkpoint format {found!r}, this rnnlab ({__version__}) reads format {FORMAT}")
-    return ckpt
+# ----------------------------------------------------------------------------- model state
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -350,33 +262,77 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: P
     model.load_state_dict(state)
 
 
-class _Log:
-    """Prints console lines (above any progress bar) and appends them to ``train.log``.
-
-    ``enabled=False`` (ranks other than 0 of a distributed run): prints and writes nothing.
-    """
-
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled
-
-    def __call__(self, line: str = "", *, console: bool = True) -> None:
-        if not self.enabled:
-            return
-        if console:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stdout)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+# ----------------------------------------------------------------------------- opening the run directory
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard not installed: logging is optional
+def _open_run_dir(rd: RunDir, config: Config, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Create, replace or reopen ``rd`` (locked by the caller); the run.json of a run to resume, else None."""
+    if rd.is_empty():
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    if overwrite:
+        if not rd.is_run():
+            raise RunDirError(
+                f"{rd.path} is not empty and is not a run directory (no run.json); "
+                "refusing to delete it for --overwrite: choose another --out"
+            )
+        rd.clear()
+        return None
+    if not resume:
+        raise RunDirError(
+            f"{rd.path} already exists and holds {rd.describe()}; pass --resume to continue it "
+            "or --overwrite to replace it (or choose another --out)"
+        )
+    info = rd.read_info()
+    old = config_from_toml(rd.config_path)
+    diffs = [
+        f"{f}: run has {getattr(old, f)!r}, now {getattr(config, f)!r}"
+        for f in old.to_dict()
+        if f not in RESUME_MUTABLE and getattr(old, f) != getattr(config, f)
+    ]
+    if diffs:
+        raise RunDirError(
+            f"cannot resume {rd.path}: the config differs from the run's config.toml in "
+            + "; ".join(diffs)
+            + " (only "
+            + ", ".join(RESUME_MUTABLE)
+            + " may change; "
+            "use --overwrite to start again)"
+        )
+    return info
+
+
+def _lock_and_open(
+    rd: RunDir, config: Config, stack: ExitStack, *, resume: bool, overwrite: bool
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Lock ``rd`` for the rest of ``stack``, open it, and read last.pt of a run to resume."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
+    if rd.path.exists() and not rd.path.is_dir():
+        raise RunDirError(f"{rd.path} exists and is not a directory")
+    stack.enter_context(rd.lock())
+    info = _open_run_dir(rd, config, resume=resume, overwrite=overwrite)
+    if info is None or not rd.checkpoint_path("last").exists():
+        return info, None
+    ckpt = rd.load_checkpoint("last")
+    if ckpt["epoch"] > config.epochs:
+        raise RunDirError(
+            f"cannot resume {rd.path} with epochs={config.epochs}: it has {ckpt['epoch']} epochs completed"
+        )
+    return info, ckpt
+
+
+def _check_vocab(rd: RunDir, vocab: Any) -> None:
+    """A resumed run must see the vocabulary it was trained with."""
+    if not rd.vocab_path.exists():
+        return
+    from rnnlab.data import Vocabulary
+
+    saved = Vocabulary.load(rd.vocab_path)
+    if saved != vocab:
+        raise RunDirError(
+            f"cannot resume {rd.path}: the data's vocabulary ({len(vocab)} ids) differs from "
+            f"the run's vocab.json ({len(saved)} ids); train on the same data and settings"
+        )
 
 
 # ----------------------------------------------------------------------------- training
@@ -390,6 +346,7 @@ def train_and_evaluate(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> list[dict[str, Any]]:
     """Train ``config`` into ``run_dir``, evaluating on test (and validation) after every epoch.
 
@@ -399,9 +356,12 @@ def train_and_evaluate(
     data: an encoded dataset (``rnnlab.data.EncodedData``) or None (load ``config.data``).
     resume: continue after the last completed epoch (a missing or empty ``run_dir`` starts
     fresh; a complete run returns its metrics). overwrite: replace an existing run.
-    Returns the metrics rows of all completed epochs. Raises ``RunDirError`` for an unusable
-    run directory, ``TrainingError`` for a non-finite loss (``run.json`` status ``failed``,
-    the last good checkpoint kept).
+    callbacks: :class:`rnnlab.train.callbacks.Callback` objects called after the loop's steps
+    (besides the console log and TensorBoard).
+    Returns the metrics rows of all completed epochs. The run directory is locked while this
+    runs: another process that opens it gets a ``DirectoryInUseError`` naming this one's pid.
+    Raises ``RunDirError`` for an unusable run directory or a failed write (run.json status
+    ``failed``, the last committed epoch kept), ``TrainingError`` for a non-finite loss (likewise).
 
     Launched by ``torchrun`` (``WORLD_SIZE > 1``, see :mod:`rnnlab.train.distributed`), every
     rank calls this: DistributedDataParallel over contiguous slices of the same global batches,
@@ -422,16 +382,26 @@ def train_and_evaluate(
                 f"({dist.world_size}): every rank needs at least one example of each full batch; "
                 f"use batch_size >= {dist.world_size} or fewer processes"
             )
-        return _train_and_evaluate(
-            config,
-            Path(run_dir),
-            data=data,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress and dist.is_main,
-            dist=dist,
-            device=device,
-        )
+        with ExitStack() as stack:
+            rd = RunDir(run_dir)
+            # Rank 0 locks and prepares the run directory and reads the checkpoint; the others get both (or its error).
+            info, ckpt = dist.on_main(lambda: _lock_and_open(rd, config, stack, resume=resume, overwrite=overwrite))
+            if ckpt is not None and _is_trained(ckpt, info, config):
+                return _already_trained(rd, config, data, info, ckpt, dist=dist, device=device, progress=progress)
+            if data is None:
+                data = _load_data_ranked(config, dist, progress)
+            _set_threads(config, dist, device)
+            if info is not None:
+                dist.on_main(lambda: _check_vocab(rd, data.vocab), share=False)
+            trainer = Trainer(
+                config, rd, data, device=device, dist=dist, progress=progress and dist.is_main, callbacks=callbacks
+            )
+            if ckpt is not None:
+                trainer.restore(ckpt)
+            else:
+                trainer.start()
+            ckpt = None  # free it
+            return trainer.fit()
 
 
 def _load_data_ranked(config: Config, dist: distributed.Dist, progress: bool) -> Any:
@@ -442,82 +412,319 @@ def _load_data_ranked(config: Config, dist: distributed.Dist, progress: bool) ->
     return data if dist.is_main else load_data(config, progress=False)
 
 
-def _train_and_evaluate(
-    config: Config,
-    run_dir: Path,
-    *,
-    data: Any,
-    resume: bool,
-    overwrite: bool,
-    progress: bool,
-    dist: distributed.Dist,
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    main = dist.is_main
-    last_path = run_dir / "checkpoints" / "last.pt"
-
-    def prepare() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        info = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-        if info is None or not last_path.exists():
-            return info, None
-        ckpt = _load_checkpoint(last_path)
-        if ckpt["epoch"] > config.epochs:
-            raise RunDirError(
-                f"cannot resume {run_dir} with epochs={config.epochs}: it has {ckpt['epoch']} epochs completed"
-            )
-        return info, ckpt
-
-    # Rank 0 prepares the run directory and reads the checkpoint; the others get both (or its error).
-    info, ckpt = dist.on_main(prepare)
-    if ckpt is not None:
-        done = ckpt["epoch"]
-        if done == config.epochs or (ckpt.get("stopped_early") and info.get("epochs") == config.epochs):
-            rows = dist.on_main(lambda: read_metrics(run_dir))
-            if not config.test_every_epoch and "test" not in info:  # killed between training and the test pass
-                _final_test(
-                    run_dir,
-                    config,
-                    data if data is not None else _load_data_ranked(config, dist, progress),
-                    info,
-                    _Log(run_dir / "train.log", enabled=main),
-                    dist=dist,
-                    device=device,
-                )
-            if main:
-                print(f"{run_dir}: already complete ({done} epochs); nothing to train")
-                if info.get("status") != "complete":
-                    info.update(status="complete", epochs=config.epochs)
-                    info.pop("error", None)
-                    write_json(run_dir / "run.json", info)
-            return rows
-    if data is None:
-        data = _load_data_ranked(config, dist, progress)
+def _set_threads(config: Config, dist: distributed.Dist, device: torch.device) -> None:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     elif dist.enabled and device.type == "cpu":
         torch.set_num_threads(distributed.threads_per_rank(dist))  # torchrun sets OMP_NUM_THREADS=1
-    label_names = list(data.label_names)
-    num_classes = len(label_names)
-    vocab_size = len(data.vocab)
-    if info is not None:
 
-        def check_vocab() -> None:
-            saved_vocab = _read_vocab(run_dir / "vocab.json")
-            if saved_vocab is not None and saved_vocab != data.vocab:
-                raise RunDirError(
-                    f"cannot resume {run_dir}: the data's vocabulary ({vocab_size} ids) differs from "
-                    f"the run's vocab.json ({len(saved_vocab)} ids); train on the same data and "
-                    "settings"
-                )
 
-        dist.on_main(check_vocab, share=False)
+def _is_trained(ckpt: dict[str, Any], info: dict[str, Any], config: Config) -> bool:
+    """True when last.pt already holds every epoch asked for (or the run stopped early at this epoch count)."""
+    return ckpt["epoch"] == config.epochs or bool(ckpt.get("stopped_early") and info.get("epochs") == config.epochs)
 
-    seed_everything(config.seed)  # every rank: the same initial weights (DDP also broadcasts rank 0's)
-    model = build_model(config, vocab_size, num_classes).to(device)
-    optimizer = make_optimizer(config, model.parameters())
-    steps_per_epoch = _num_batches(_train_loader(data, config), len(data.train), config.batch_size)
+
+def _already_trained(
+    rd: RunDir,
+    config: Config,
+    data: Any,
+    info: dict[str, Any],
+    ckpt: dict[str, Any],
+    *,
+    dist: distributed.Dist,
+    device: torch.device,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """A resumed run with nothing left to train: its files brought back to last.pt (a kill may have cut the
+    last epoch's metrics row), the test pass run if a kill skipped it, the run marked complete."""
+    if dist.is_main:
+        rd.restore_files(ckpt)
+    rows = list(ckpt["history"])
+    if not config.test_every_epoch and "test" not in info:  # killed between training and the test pass
+        data = data if data is not None else _load_data_ranked(config, dist, progress)
+        test = _final_test(rd, config, data, dist=dist, device=device)
+        if dist.is_main:
+            ConsoleLog(rd).on_test(None, test)
+            info = rd.update_info(test=test)
+    if dist.is_main:
+        print(f"{rd.path}: already complete ({ckpt['epoch']} epochs); nothing to train")
+        if info.get("status") != "complete" or info.get("epochs_completed") != ckpt["epoch"]:
+            rd.update_info(
+                status="complete",
+                epochs=config.epochs,
+                epochs_completed=ckpt["epoch"],
+                best_epoch=ckpt["best"]["epoch"],
+                error=None,
+            )
+    return rows
+
+
+@dataclass
+class TrainState:
+    """What last.pt restores besides the weights: the metrics rows, the best epoch and the patience.
+
+    ``best``: ``{"epoch", "metric" ("val_acc" with a validation split, else "test_acc"), "value"}``.
+    """
+
+    best: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # the last completed epoch
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    def record(self, row: dict[str, Any]) -> bool:
+        """Add an epoch's row; True when it improved the best value (then it is the best epoch)."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        improved = row[self.best["metric"]] > self.best["value"]
+        if improved:
+            self.best.update(epoch=row["epoch"], value=row[self.best["metric"]])
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+class Trainer:
+    """One run's model, optimizer, schedule and state, trained by the steps named in the module docstring.
+
+    Built on every rank (same seed: same initial weights); only rank 0 (``dist.is_main``) writes
+    the run directory and calls the callbacks.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: RunDir,
+        data: Any,
+        *,
+        device: torch.device,
+        dist: distributed.Dist,
+        progress: bool,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.config, self.run_dir, self.data = config, run_dir, data
+        self.device, self.dist, self.progress = device, dist, progress
+        self.main = dist.is_main
+        self.label_names = list(data.label_names)
+        self.vocab_size = len(data.vocab)
+        seed_everything(config.seed)  # every rank: the same initial weights (DDP also broadcasts rank 0's)
+        self.model = build_model(config, self.vocab_size, len(self.label_names)).to(device)
+        self.num_params = count_parameters(self.model)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.steps_per_epoch = _num_batches(_train_loader(data, config), len(data.train), config.batch_size)
+        self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
+        metric = "val_acc" if data.val is not None else "test_acc"
+        self.state = TrainState(best={"epoch": 0, "metric": metric, "value": -1.0})
+        self.resumed_from: int | None = None
+        self.repairs: list[str] = []
+        self.callbacks: list[Callback] = []
+        if self.main:
+            tensorboard = TensorBoardLog.create(run_dir)
+            self.callbacks = [ConsoleLog(run_dir), *([tensorboard] if tensorboard else []), *callbacks]
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    # -- setting up
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from last.pt: weights, optimizer, schedule, every generator, history, best epoch."""
+        if ckpt.get("vocab_size") != self.vocab_size or ckpt.get("num_classes") != len(self.label_names):
+            raise RunDirError(
+                f"{self.run_dir.checkpoint_path('last')} was trained with {ckpt.get('vocab_size')} ids "
+                f"and {ckpt.get('num_classes')} classes; the data has {self.vocab_size} and {len(self.label_names)}"
+            )
+        load_model_state(self.model, ckpt["model"], self.run_dir.checkpoint_path("last"))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])  # rank 0's generators, on every rank
+        self.state = TrainState(dict(ckpt["best"]), list(ckpt["history"]), ckpt["epoch"], ckpt["bad_epochs"])
+        self.resumed_from = ckpt["epoch"]
+        if self.main:
+            self.repairs = self.run_dir.restore_files(ckpt)  # metrics.jsonl and best.pt agree with last.pt
+            self.run_dir.write_config(self.config.to_toml())  # the resumable fields may have changed
+
+    def start(self) -> None:
+        """A fresh run: the run directory's fixed files and, with keep_epoch_checkpoints, epoch_0.pt."""
+        if not self.main:
+            return
+        rd, data = self.run_dir, self.data
+        rd.write_metrics([])
+        rd.start_log()
+        rd.write_config(self.config.to_toml())
+        rd.write_vocab(data.vocab)
+        rd.write_tokenizer(data.tokenizer.to_dict())
+        rd.write_model_text(f"{self.model}\n")
+        if self.config.keep_epoch_checkpoints:
+            rd.save_checkpoint(0, self.snapshot(0))
+
+    def snapshot(self, epoch: int) -> dict[str, Any]:
+        """The weights after ``epoch`` (``epoch_{k}.pt``), loadable by ``load_run(checkpoint="epoch_K")``."""
+        return {"epoch": epoch, "model": self.model.state_dict(), **self._identity()}
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "vocab_size": self.vocab_size,
+            "num_classes": len(self.label_names),
+            "label_names": self.label_names,
+        }
+
+    # -- the loop
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train the remaining epochs, test once if asked, mark the run complete; returns every metrics row."""
+        trained = self.model  # DDP averages the gradients over ranks; checkpoints and evaluation use self.model
+        if self.dist.enabled:
+            trained = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        status = "failed"
+        try:
+            self.begin()
+            for epoch in range(self.state.epoch + 1, self.config.epochs + 1):
+                row = self.train_one_epoch(trained, epoch)
+                row.update(self.evaluate())
+                improved = self.state.record(row)
+                self.commit_epoch(row, improved)
+                self._emit("on_epoch_end", row)
+                if self.stop_early():
+                    break
+            if not self.config.test_every_epoch:
+                self.test_once()
+            self.complete()
+            status = "complete"
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            consequence = self.fail(err, status)
+            if isinstance(err, RunDirError) and consequence:
+                raise RunDirError(f"{err}; {consequence}") from err
+            raise
+        finally:
+            self._emit("on_end", status)
+        return self.state.history
+
+    def begin(self) -> None:
+        """run.json: status running, with what is known of the run so far."""
+        self._emit("on_start")
+        if not self.main:
+            return
+        self.run_dir.write_info(
+            {
+                "status": "running",
+                "epochs_completed": self.state.epoch,
+                "epochs": self.config.epochs,
+                "num_params": self.num_params,
+                "name": self.config.name,
+                "seed": self.config.seed,
+                "device": str(self.device),
+                "label_names": self.label_names,
+                "num_classes": len(self.label_names),
+                "vocab_size": self.vocab_size,
+                "best_epoch": self.state.best["epoch"],
+                "best_metric": self.state.best["metric"],
+                "world_size": self.dist.world_size,
+                "backend": self.dist.backend,
+            }
+        )
+
+    def train_one_epoch(self, trained: nn.Module, epoch: int) -> dict[str, Any]:
+        """One pass over the training split: ``epoch``, train_loss, train_acc, timing and lr."""
+        return _train_epoch(
+            trained,
+            self.optimizer,
+            self.scheduler,
+            self.data,
+            self.config,
+            self.device,
+            epoch,
+            self.steps_per_epoch,
+            self.progress,
+            dist=self.dist,
+        )
+
+    def evaluate(self) -> dict[str, Any]:
+        """test_loss/test_acc (unless the test split is kept for the end), val_loss/val_acc, eval_seconds."""
+        start = time.perf_counter()
+        out: dict[str, Any] = {}
+        if self.config.test_every_epoch:
+            test = _evaluate(self.model, self.data.test, self.config, self.device, self.dist)
+            out.update(test_loss=test["loss"], test_acc=test["acc"])
+        if self.data.val is not None:
+            val = _evaluate(self.model, self.data.val, self.config, self.device, self.dist)
+            out.update(val_loss=val["loss"], val_acc=val["acc"])
+        out["eval_seconds"] = time.perf_counter() - start
+        return out
+
+    def commit_epoch(self, row: dict[str, Any], improved: bool) -> None:
+        """Write the epoch to the run directory (``RunDir.commit_epoch``: last.pt is the commit point).
+
+        Rank 0 writes; a failed write (a full disk) is raised on every rank, so all stop together.
+        """
+        state = self.state
+        # The metrics are all-reduced, so every rank takes the same decisions here.
+        state.stopped_early = bool(self.config.early_stopping and state.bad_epochs >= self.config.early_stopping)
+
+        def write() -> None:
+            checkpoint = {
+                "epoch": state.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+                "loader": {"seed": self.config.seed, "next_epoch": state.epoch + 1},
+                "history": state.history,
+                "best": dict(state.best),
+                "bad_epochs": state.bad_epochs,
+                "stopped_early": state.stopped_early,
+                **self._identity(),
+            }
+            snapshot = self.snapshot(state.epoch) if self.config.keep_epoch_checkpoints else None
+            self.run_dir.commit_epoch(
+                checkpoint, state.history[-1], improved=improved, snapshot=snapshot, best_epoch=state.best["epoch"]
+            )
+
+        self.dist.on_main(write, share=False)
+
+    def stop_early(self) -> bool:
+        """True when validation accuracy has not improved for ``early_stopping`` epochs."""
+        if self.state.stopped_early:
+            self._emit("on_stop_early")
+        return self.state.stopped_early
+
+    def test_once(self) -> None:
+        """The one test pass of a ``test_every_epoch = false`` run, on best.pt (see ``_final_test``)."""
+        test = _final_test(self.run_dir, self.config, self.data, model=self.model, device=self.device, dist=self.dist)
+        if self.main:
+            self.run_dir.update_info(test=test)
+        self._emit("on_test", test)
+
+    def complete(self) -> None:
+        if self.main:
+            self.run_dir.update_info(status="complete", stopped_early=self.state.stopped_early, error=None)
+
+    def fail(self, err: BaseException, status: str) -> str:
+        """Settle the run directory after ``err`` (``RunDir.settle``); what became of the run, in words."""
+        if not self.main:
+            return ""
+        if status == "interrupted":
+            error = None
+        else:
+            error = str(err) if isinstance(err, RnnlabError) else f"{type(err).__name__}: {err}"
+        notes = self.run_dir.settle(status, error=error)
+        done = (self.run_dir.info or {}).get("epochs_completed", 0)
+        kept = {0: "no epoch was completed", 1: "epoch 1 is kept"}.get(done, f"epochs 1-{done} are kept")
+        said = f"the run is marked {status}; {kept}: continue it with --resume"
+        if notes:
+            said += " (and: " + "; ".join(notes) + ")"
+        return said
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int) -> Any:
     total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_factor(
             s,
@@ -527,180 +734,12 @@ def _train_and_evaluate(
             steps_per_epoch=steps_per_epoch,
         ),
     )
-    num_params = count_parameters(model)
-    log = _Log(run_dir / "train.log", enabled=main)
-
-    history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "metric": "val_acc" if data.val is not None else "test_acc", "value": -1.0}
-    bad_epochs = 0
-    start_epoch = 1
-    if ckpt is not None:
-        if ckpt.get("vocab_size") != vocab_size or ckpt.get("num_classes") != num_classes:
-            raise RunDirError(
-                f"{last_path} was trained with {ckpt.get('vocab_size')} ids "
-                f"and {ckpt.get('num_classes')} classes; the data has {vocab_size} and {num_classes}"
-            )
-        load_model_state(model, ckpt["model"], last_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])  # rank 0's generators, on every rank
-        history = list(ckpt["history"])
-        best, bad_epochs = dict(ckpt["best"]), ckpt["bad_epochs"]
-        start_epoch = ckpt["epoch"] + 1
-        if main:
-            _write_metrics(run_dir, history)
-            write_text(run_dir / "config.toml", config.to_toml())  # the resumable fields may have changed
-        log(f"Resuming from epoch {ckpt['epoch']} ({run_dir})")
-    elif main:
-        _write_metrics(run_dir, [])
-        (run_dir / "train.log").write_text("", encoding="utf-8")
-        write_text(run_dir / "config.toml", config.to_toml())
-        data.vocab.save(run_dir / "vocab.json")
-        write_json(run_dir / "tokenizer.json", data.tokenizer.to_dict())
-        write_text(run_dir / "model.txt", f"{model}\n")
-        log(f"vocab_size: {vocab_size}")
-        log(str(model))
-        log(
-            f"Parameters: {num_params:,}  device: {device}  train: {len(data.train)}  test: {len(data.test)}"
-            + (f"  val: {len(data.val)}" if data.val is not None else "")
-            + (f"  processes: {dist.world_size} ({dist.backend})" if dist.enabled else "")
-        )
-    ckpt = None  # free it
-
-    # The module that trains: DDP averages the gradients over ranks; checkpoints and evaluation use `model`.
-    trained: nn.Module = model
-    if dist.enabled:
-        trained = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    run_info = {
-        "rnnlab_version": __version__,
-        "format": FORMAT,
-        "status": "running",
-        "epochs_completed": start_epoch - 1,
-        "epochs": config.epochs,
-        "num_params": num_params,
-        "name": config.name,
-        "seed": config.seed,
-        "device": str(device),
-        "label_names": label_names,
-        "num_classes": num_classes,
-        "vocab_size": vocab_size,
-        "best_epoch": best["epoch"],
-        "best_metric": best["metric"],
-        "world_size": dist.world_size,
-        "backend": dist.backend,
-    }
-    if main:
-        write_json(run_dir / "run.json", run_info)
-    writer = _tensorboard(run_dir) if main else None
-    stopped_early = False
-    # What a resume would continue from is last.pt: on an error or interrupt, metrics.jsonl and
-    # run.json are rewritten to match it, whichever of the epoch's writes had happened.
-    committed = {"epoch": start_epoch - 1, "best_epoch": best["epoch"], "history": list(history)}
-    try:
-        for epoch in range(start_epoch, config.epochs + 1):
-            row = _train_epoch(
-                trained, optimizer, scheduler, data, config, device, epoch, steps_per_epoch, progress, dist=dist
-            )
-            eval_start = time.perf_counter()
-            if config.test_every_epoch:
-                test = _evaluate(model, data.test, config, device, dist)
-                row.update(test_loss=test["loss"], test_acc=test["acc"])
-            if data.val is not None:
-                val = _evaluate(model, data.val, config, device, dist)
-                row.update(val_loss=val["loss"], val_acc=val["acc"])
-            row["eval_seconds"] = time.perf_counter() - eval_start
-            row = {"epoch": epoch, **{k: row[k] for k in row if k != "epoch"}}
-            history.append(row)
-            log(f"Train Epoch: {epoch} Loss: {row['train_loss']:.6f} Acc: {row['train_acc']:.6f}")
-            if "val_acc" in row:
-                log(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {row['val_acc']:.4f}")
-            if "test_acc" in row:
-                log(f"Test set: Average loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.4f}")
-            # The metrics are all-reduced, so every rank takes the same decisions here.
-            improved = row[best["metric"]] > best["value"]
-            if improved:
-                best.update(epoch=epoch, value=row[best["metric"]])
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            stopped_early = bool(config.early_stopping and bad_epochs >= config.early_stopping)
-            if main:
-                ckpt_out = {
-                    "format": FORMAT,
-                    "rnnlab_version": __version__,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
-                    "loader": {"seed": config.seed, "next_epoch": epoch + 1},
-                    "history": history,
-                    "best": dict(best),
-                    "bad_epochs": bad_epochs,
-                    "stopped_early": stopped_early,
-                    "config": config.to_dict(),
-                    "vocab_size": vocab_size,
-                    "num_classes": num_classes,
-                    "label_names": label_names,
-                }
-                if improved:  # best.pt before last.pt: a last.pt of an improving epoch always has its best.pt
-                    torch_save(run_dir / "checkpoints" / "best.pt", ckpt_out)
-                torch_save(last_path, ckpt_out)
-                _write_metrics(run_dir, history)
-                run_info.update(epochs_completed=epoch, best_epoch=best["epoch"])
-                write_json(run_dir / "run.json", run_info)
-                if writer is not None:
-                    for key, value in row.items():
-                        if key != "epoch":
-                            writer.add_scalar(key, value, epoch)
-                    writer.flush()
-            if stopped_early:
-                log(
-                    f"Early stopping: validation accuracy has not improved for {bad_epochs} epochs "
-                    f"(best {best['value']:.4f} at epoch {best['epoch']})"
-                )
-                break
-    except BaseException as err:
-        if main:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-            if last_path.exists():  # the interrupt may land anywhere, even just after last.pt was replaced
-                try:
-                    saved = _load_checkpoint(last_path)
-                    committed = {
-                        "epoch": saved["epoch"],
-                        "best_epoch": saved["best"]["epoch"],
-                        "history": saved["history"],
-                    }
-                except (RunDirError, KeyError, TypeError):
-                    pass
-            _write_metrics(run_dir, committed["history"])
-            run_info.update(
-                status="failed", error=reason, epochs_completed=committed["epoch"], best_epoch=committed["best_epoch"]
-            )
-            write_json(run_dir / "run.json", run_info)
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
-    if not config.test_every_epoch:
-        run_info["stopped_early"] = stopped_early
-        _final_test(run_dir, config, data, run_info, log, model=model, device=device, dist=dist)
-    if main:
-        run_info.update(status="complete", stopped_early=stopped_early)
-        run_info.pop("error", None)
-        write_json(run_dir / "run.json", run_info)
-    return history
 
 
 def _final_test(
-    run_dir: Path,
+    rd: RunDir,
     config: Config,
     data: Any,
-    run_info: dict[str, Any],
-    log: Any,
     *,
     model: nn.Module | None = None,
     device: torch.device | None = None,
@@ -708,18 +747,17 @@ def _final_test(
 ) -> dict[str, Any]:
     """The one test pass of a ``test_every_epoch=false`` run, on ``checkpoints/best.pt``.
 
-    best.pt holds the epoch with the best validation accuracy. Writes ``test.json`` and
-    ``run_info["test"] = {"epoch", "loss", "acc", "n", "selected_by"}`` (run.json is written by
-    the caller, or here when the run was already marked complete). Distributed: rank 0 reads
-    best.pt and sends it to the others, the test split is sharded, rank 0 writes.
+    best.pt holds the epoch with the best validation accuracy. Writes ``test.json`` and returns
+    ``{"epoch", "loss", "acc", "n", "selected_by"}`` (the caller puts it into run.json as
+    ``test``). Distributed: rank 0 reads best.pt and sends it to the others, the test split is
+    sharded, rank 0 writes.
     """
     dist = dist or distributed.Dist()
-    best_path = run_dir / "checkpoints" / "best.pt"
-    ckpt = dist.on_main(lambda: _load_checkpoint(best_path))
+    ckpt = dist.on_main(lambda: rd.load_checkpoint("best"))
     device = device or select_device(config.device)
     if model is None:
         model = build_model(config, ckpt["vocab_size"], ckpt["num_classes"]).to(device)
-    load_model_state(model, ckpt["model"], best_path)
+    load_model_state(model, ckpt["model"], rd.checkpoint_path("best"))
     result = _evaluate(model, data.test, config, device, dist)
     test = {
         "epoch": int(ckpt["epoch"]),
@@ -728,15 +766,8 @@ def _final_test(
         "n": result["n"],
         "selected_by": "val_acc",
     }
-    run_info["test"] = test
     if dist.is_main:
-        write_json(run_dir / "test.json", test)
-        if run_info.get("status") == "complete":
-            write_json(run_dir / "run.json", run_info)
-    log(
-        f"Test set (epoch {test['epoch']}, best validation accuracy): Average loss: {test['loss']:.4f}, "
-        f"Accuracy: {test['acc']:.4f}"
-    )
+        rd.write_test(test)
     return test
 
 
@@ -765,14 +796,6 @@ def _evaluate(
     if n == 0:
         raise ValueError("cannot evaluate an empty split")
     return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
-
-
-def _read_vocab(path: Path) -> Any:
-    if not path.exists():
-        return None
-    from rnnlab.data import Vocabulary
-
-    return Vocabulary.load(path)
 
 
 def _train_loader(data: Any, config: Config) -> Any:
@@ -822,28 +845,9 @@ def _train_epoch(
     start = time.perf_counter()
     for step, (ids, lengths, labels, n_r, n) in enumerate(bar, 1):
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        out = model(ids, lengths)
-        loss = criterion(out, labels)
-        if dist.enabled:
-            # An empty slice runs one stand-in example with weight 0, so that DDP's all-reduce still matches.
-            step_loss, step_correct = dist.all_sum(
-                [float(loss.item()) * n_r if n_r else 0.0, int((out.argmax(-1) == labels).sum().item()) if n_r else 0]
-            )
-            loss_value = step_loss / n
-            loss = loss * (n_r * dist.world_size / n)
-        else:
-            loss_value = float(loss.item())
-            step_correct = int((out.argmax(-1) == labels).sum().item())
+        loss, loss_value, step_correct = _batch_loss(model, criterion, ids, lengths, labels, n_r, n, dist)
         if not math.isfinite(loss_value):
-            kept = (
-                f"The last good checkpoint (epoch {epoch - 1}) is kept"
-                if epoch > 1
-                else "No checkpoint was written (it failed in the first epoch)"
-            )
-            raise TrainingError(
-                f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step} of {steps_per_epoch}; "
-                f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip"
-            )
+            raise _non_finite(loss_value, epoch, step, steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -870,3 +874,41 @@ def _train_epoch(
         "examples_per_second": seen / seconds if seconds > 0 else float("inf"),
         "lr": lr,
     }
+
+
+def _batch_loss(
+    model: nn.Module,
+    criterion: nn.Module,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    labels: torch.Tensor,
+    n_r: int,
+    n: int,
+    dist: distributed.Dist,
+) -> tuple[torch.Tensor, float, int]:
+    """``(loss to back-propagate, the batch's mean loss, its correct predictions)`` of one global batch.
+
+    Distributed: this rank's slice is ``n_r`` of the batch's ``n`` examples; the loss and the
+    correct count are summed over ranks, and the loss to back-propagate is ``loss_r * n_r * W / n``.
+    An empty slice runs one stand-in example with weight 0, so that DDP's all-reduce still matches.
+    """
+    out = model(ids, lengths)
+    loss = criterion(out, labels)
+    if not dist.enabled:
+        return loss, float(loss.item()), int((out.argmax(-1) == labels).sum().item())
+    step_loss, step_correct = dist.all_sum(
+        [float(loss.item()) * n_r if n_r else 0.0, int((out.argmax(-1) == labels).sum().item()) if n_r else 0]
+    )
+    return loss * (n_r * dist.world_size / n), step_loss / n, int(step_correct)
+
+
+def _non_finite(loss_value: float, epoch: int, step: int, steps_per_epoch: int) -> TrainingError:
+    kept = (
+        f"The last good checkpoint (epoch {epoch - 1}) is kept"
+        if epoch > 1
+        else "No checkpoint was written (it failed in the first epoch)"
+    )
+    return TrainingError(
+        f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step} of {steps_per_epoch}; "
+        f"stopped before updating the weights. {kept}; try a lower lr or a grad_clip"
+    )

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
         f"cudnn tf32 {torch.backends.cudnn.allow_tf32}  cublas tf32 {torch.backends.cuda.matmul.allow_tf32}  "
-        f"triton float32 dot precision {layer._PRECISION}"
+        f"triton float32 dot precision {layer.PRECISION}"
     )
     for mode in args.modes.split(","):
         for shape in args.shapes.split(","):

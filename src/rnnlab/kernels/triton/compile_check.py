@@ -4,9 +4,9 @@
 
 Runs Triton's full pipeline (TTIR -> TTGIR -> LLVM -> PTX -> ptxas cubin) for each mode, dtype,
 hidden size, direction / lengths variant and both kernels, with the launch configuration that
-``layer._launch_config`` picks, and prints the shared memory each needs (an H100 allows 227 KiB
+``layer.launch_config`` picks, and prints the shared memory each needs (an H100 allows 227 KiB
 per block). Catches compiled-mode errors that the interpreter cannot see (it found an LLVM
-crash and the shared-memory limits of ``layer._fits``). Takes a few seconds per kernel.
+crash and the shared-memory limits of ``layer.fits``). Takes a few seconds per kernel.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("compile_check: unset TRITON_INTERPRET (the interpreter does not compile)")
     target = GPUTarget("cuda", args.arch, 32)
     start, count, worst = time.time(), 0, 0
-    for mode, gates in layer._GATES.items():
+    for mode, gates in layer.GATES.items():
         for dtype, dt in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             for hidden in (int(h) for h in args.hidden.split(",")):
-                if not layer._fits(hidden, dtype):
+                if not layer.fits(hidden, dtype):
                     print(f"declined (falls back): {mode} {dt} H={hidden}")
                     continue
-                cfg = layer._launch_config(64, hidden, gates, dtype)
+                cfg = layer.launch_config(64, hidden, gates, dtype)
                 options = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 1)}
                 for reverse, has_len in ((False, True), (True, False)):
                     kernels = (
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                         (K.rnn_backward_kernel, {}),
                     )
                     for kernel, extra in kernels:
-                        consts = dict(
-                            cfg, MODE=layer._MODE_ID[mode], G=gates, REVERSE=reverse, HAS_LEN=has_len, **extra
-                        )
+                        consts = dict(cfg, MODE=layer.MODE_ID[mode], G=gates, REVERSE=reverse, HAS_LEN=has_len, **extra)
                         src = ASTSource(
                             fn=kernel,
                             signature=_signature(kernel, consts, dt),

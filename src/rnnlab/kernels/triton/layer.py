@@ -352,3 +352,8 @@ def triton_layer(
             stacklevel=2,
         )
         return fallback_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths)
+
+
+#: Shared with this package's diagnostic tools (compile_check.py, bench.py), which use what the layer uses.
+MODE_ID, GATES, PRECISION = _MODE_ID, _GATES, _PRECISION
+fits, launch_config = _fits, _launch_config

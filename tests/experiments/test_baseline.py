@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from report_helpers import tiny_texts
+from experiments_helpers import tiny_texts
 
-from rnnlab.report.baseline import _nb_ratio, featurize, nbsvm, write_baseline_run
+from rnnlab.experiments.baseline import _nb_ratio, featurize, nbsvm, write_baseline_run
 from rnnlab.report.runs import read_run
 
 

@@ -13,13 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from report_helpers import tiny_dataset, write_suite
+from experiments_helpers import tiny_dataset, write_suite
 
 from rnnlab.cli import main
-from rnnlab.report import compare as compare_mod
-from rnnlab.report._jobs import greedy_finish, log_path, worker_threads
-from rnnlab.report.compare import _Eta, plan_comparison, run_comparison
+from rnnlab.experiments import compare as compare_mod
+from rnnlab.experiments.compare import run_comparison
+from rnnlab.experiments.eta import Eta, greedy_finish, work_estimate
+from rnnlab.experiments.plan import plan_comparison
+from rnnlab.experiments.pool import worker_threads
 from rnnlab.report.runs import ReportError
+from rnnlab.rundir import ComparisonDir, RunDir
 from rnnlab.train import load_suite
 
 # the only columns of results.csv that measure time (the rest must match exactly)
@@ -72,7 +75,7 @@ def test_jobs_2_gives_the_jobs_1_results_and_one_line_per_event(tmp_path):
         info = json.loads((tmp_path / "two" / run / "run.json").read_text())
         assert info["status"] == "complete" and info["epochs_completed"] == 2
         # the worker read the data the parent had encoded, and its output went to its log
-        log = log_path(tmp_path / "two" / run).read_text()
+        log = ComparisonDir.worker_log(RunDir(tmp_path / "two" / run)).read_text()
         assert re.search(r"torch threads: 1; data: 192 train / 64 test, from the encoded cache", log), log
         assert "Test set: Average loss:" in log and log.rstrip().endswith("=== worker done: ok")
     manifest = json.loads((tmp_path / "two" / "compare.json").read_text())
@@ -86,7 +89,7 @@ def test_jobs_2_gives_the_jobs_1_results_and_one_line_per_event(tmp_path):
     text = stream.getvalue()
     assert "compare: 4 runs on 2 worker processes at a time (" in text
     assert re.search(
-        r"\[1/4\] tiny_gru seed 7 \(gru, impl torch, 2 epochs\) -> .*tiny_gru/seed0  \[worker 1/2, "
+        r"\[1/4\] tiny_gru seed 7 \(gru, encoder torch, 2 epochs\) -> .*tiny_gru/seed0  \[worker 1/2, "
         r"1 thread\(s\)\]  elapsed \d+s, time left: unknown \(no epoch measured yet\)",
         text,
     )
@@ -129,7 +132,7 @@ def test_resume_with_jobs_2_trains_only_the_unfinished_run(tmp_path):
 
 
 def _suite(folder: Path, experiments: dict[str, str]) -> Path:
-    """A suite of tiny experiments; each body sets cell, impl, epochs, lr (a [set] key would override it)."""
+    """A suite of tiny experiments; each body sets cell, encoder, epochs, lr (a [set] key would override it)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "suite.toml").write_text(
         f"experiments = {json.dumps(list(experiments))}\n[set]\nembedding_dim = 8\nhidden_size = 8\n"
@@ -145,13 +148,13 @@ def test_failed_and_killed_workers_are_reported_and_the_other_run_completes(tmp_
     suite = _suite(
         tmp_path / "presets",
         {
-            "diverges": 'cell = "rnn"\nimpl = "torch"\nepochs = 2\noptimizer = "sgd"\nlr = 1e30\n',
-            "killed": 'cell = "gru"\nimpl = "torch"\nepochs = 400\nlr = 0.05\n',
-            "fine": 'cell = "rnn"\nimpl = "rnnlab"\nepochs = 2\nlr = 0.05\n',
+            "diverges": 'cell = "rnn"\nencoder = "torch"\nepochs = 2\noptimizer = "sgd"\nlr = 1e30\n',
+            "killed": 'cell = "gru"\nencoder = "torch"\nepochs = 400\nlr = 0.05\n',
+            "fine": 'cell = "rnn"\nencoder = "rnnlab"\nepochs = 2\nlr = 0.05\n',
         },
     )
     out = tmp_path / "out"
-    killed_log = log_path(out / "killed" / "seed0")
+    killed_log = ComparisonDir.worker_log(RunDir(out / "killed" / "seed0"))
 
     def kill_when_started() -> None:  # as the OOM killer would: SIGKILL, no chance to clean up
         deadline = time.monotonic() + 60
@@ -175,7 +178,10 @@ def test_failed_and_killed_workers_are_reported_and_the_other_run_completes(tmp_
     )
     assert failed["killed/seed0"] == f"worker killed by SIGKILL; see {killed_log}"
     assert [p.relative_to(out).as_posix() for p in result.trained] == ["fine/seed0"]
-    assert "TrainingError: non-finite training loss" in log_path(out / "diverges" / "seed0").read_text()
+    assert (
+        "TrainingError: non-finite training loss"
+        in ComparisonDir.worker_log(RunDir(out / "diverges" / "seed0")).read_text()
+    )
     md = (out / "results.md").read_text()
     assert "| `fine` | 1 |" in md and "| `diverges` | 1 incomplete |" in md
 
@@ -184,8 +190,8 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(tmp_path):
     suite = _suite(
         tmp_path / "presets",
         {
-            "a": 'cell = "gru"\nimpl = "torch"\nepochs = 400\nlr = 0.05\n',
-            "b": 'cell = "rnn"\nimpl = "rnnlab"\nepochs = 400\nlr = 0.05\n',
+            "a": 'cell = "gru"\nencoder = "torch"\nepochs = 400\nlr = 0.05\n',
+            "b": 'cell = "rnn"\nencoder = "rnnlab"\nepochs = 400\nlr = 0.05\n',
         },
     )
     out = tmp_path / "out"
@@ -213,17 +219,17 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(tmp_path):
     plan = {r.run_dir.parent.name: r for r in plan_comparison(load_suite(suite), out, 1)}
     for name in ("a", "b"):
         run_dir = out / name / "seed0"
-        pid = int(re.search(r"pid (\d+)", log_path(run_dir).read_text()).group(1))
+        pid = int(re.search(r"pid (\d+)", ComparisonDir.worker_log(RunDir(run_dir)).read_text()).group(1))
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the worker is gone
         info = json.loads((run_dir / "run.json").read_text())
         done = len(_metrics(run_dir))
-        assert info["status"] == "failed" and info["error"] == "interrupted"
+        assert info["status"] == "interrupted" and "error" not in info
         assert 1 <= info["epochs_completed"] == done < 400
         assert (run_dir / "checkpoints" / "last.pt").is_file()
         assert [p.name for p in run_dir.rglob("*.tmp")] == []  # no half-written file left
         assert (plan[name].state, plan[name].done_epochs) == ("resume", done)
-        assert log_path(run_dir).read_text().rstrip().endswith("=== worker done: interrupted")
+        assert ComparisonDir.worker_log(RunDir(run_dir)).read_text().rstrip().endswith("=== worker done: interrupted")
 
 
 def test_jobs_must_be_at_least_1(tmp_path, capsys, monkeypatch):
@@ -266,7 +272,7 @@ def test_eta_for_parallel_slots():
     # two slots: running runs with 10 s and 4 s left; queued 6 s, 6 s, 1 s go to the first free slot
     assert greedy_finish([10.0, 4.0], [6.0, 6.0, 1.0], 2) == pytest.approx(16.0)
     assert greedy_finish([], [3.0, 3.0, 3.0], 2) == pytest.approx(6.0)
-    eta = _Eta()
+    eta = Eta()
     assert eta.schedule([("a", 1)], [], 2) == (None, "no epoch measured yet")
     eta.add("a", [{"epoch_seconds": 10.0}])
     eta.add("b", [{"epoch_seconds": 4.0}])
@@ -278,8 +284,11 @@ def test_eta_for_parallel_slots():
 
 
 def test_longest_runs_start_first():
-    from rnnlab.report.compare import PlannedRun, _work_estimate
+    from rnnlab.experiments.plan import PlannedRun
     from rnnlab.train import Config
+
+    def _work_estimate(run):
+        return work_estimate(run.config, run.done_epochs)
 
     def planned(**kw):
         return PlannedRun(Config(**kw), Path("x"), 0, "new")

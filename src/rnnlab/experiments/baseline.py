@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlab import __version__
-from rnnlab._io import write_json, write_text
+from rnnlab.rundir import RunDir
 
 #: Experiment name of the baseline in reports.
 BASELINE_NAME = "nbsvm_bigram"
@@ -191,10 +190,10 @@ def write_baseline_run(
 
     ``run.json`` holds ``"kind": "baseline"``; ``num_params`` is the number of weights (V + 1).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
     settings = {"name": name, "model": "nbsvm", **result.settings, "tokenizer": "rnnlab.data.Tokenizer", "data": data}
-    write_text(run_dir / "config.toml", "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    rd.write_config("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
     row = {
         "epoch": 1,
         "train_loss": result.train_loss,
@@ -205,17 +204,14 @@ def write_baseline_run(
         "examples_per_second": num_train / result.seconds if result.seconds > 0 else None,
         "lr": None,
     }
-    write_text(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+    rd.write_metrics([row])
     desc = (
         f"NB-scaled logistic regression (NBSVM, Wang & Manning 2012) on binary uni{'+bi' if result.settings.get('ngram', 2) >= 2 else ''}grams "
         f"of the rnnlab tokenizer over whole reviews: {result.num_features:,} features, "
         f"{num_train:,} train / {num_test:,} test texts, fitted in {result.seconds:.1f} s"
     )
-    write_json(
-        run_dir / "run.json",
+    rd.write_info(
         {
-            "rnnlab_version": __version__,
-            "format": 1,
             "kind": "baseline",
             "status": "complete",
             "epochs_completed": 1,
@@ -225,6 +221,6 @@ def write_baseline_run(
             "seed": 0,
             "device": "cpu",
             "description": desc,
-        },
+        }
     )
-    return run_dir
+    return rd.path

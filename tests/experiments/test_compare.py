@@ -8,12 +8,13 @@ import shutil
 
 import matplotlib.image as mpimg
 import pytest
-from report_helpers import tiny_dataset, tiny_texts, write_suite
+from experiments_helpers import tiny_dataset, tiny_texts, write_suite
 
 from rnnlab.cli import main
-from rnnlab.report import compare as compare_mod
+from rnnlab.experiments import compare as compare_mod
+from rnnlab.experiments.compare import MANIFEST, run_comparison
+from rnnlab.experiments.eta import Eta
 from rnnlab.report.build import write_report
-from rnnlab.report.compare import MANIFEST, _Eta, run_comparison
 from rnnlab.report.plots import PLOTS, plot_accuracy, plot_best_accuracy
 from rnnlab.report.runs import ReportError
 
@@ -161,7 +162,7 @@ def test_bad_input(done, tmp_path):
 
 
 def test_eta_uses_measured_epochs():
-    eta = _Eta()
+    eta = Eta()
     assert eta.estimate([("a", 2)]) == (None, "no epoch measured yet")
     eta.add("a", [{"epoch_seconds": 10.0}, {"epoch_seconds": 14.0}, {"epoch_seconds": 11.0}])
     eta.add("b", [{"epoch_seconds": 3.0}])
@@ -175,7 +176,7 @@ def test_eta_uses_measured_epochs():
     assert secs2 == pytest.approx(secs * 45 / 35)
     assert how.startswith("from 4 measured epochs, x1.29 for evaluation and set-up;")
     # with model sizes: c is 4x the cost of a and 16x b -> 2x and 4x their seconds per epoch
-    sized = _Eta({"a": 1.0, "b": 0.25, "c": 4.0})
+    sized = Eta({"a": 1.0, "b": 0.25, "c": 4.0})
     sized.seconds = eta.seconds
     secs3, how = sized.estimate([("c", 1)])
     assert secs3 == pytest.approx((11.0 * 2 + 3.0 * 4) / 2)
@@ -183,7 +184,7 @@ def test_eta_uses_measured_epochs():
 
 
 def test_recurrent_cost():
-    from rnnlab.report.compare import recurrent_cost
+    from rnnlab.experiments.eta import recurrent_cost
     from rnnlab.train import Config
 
     assert recurrent_cost(Config(cell="lstm", embedding_dim=64, hidden_size=64)) == 4 * 64 * 128
@@ -232,9 +233,9 @@ def test_progress_names_experiment_seed_and_time_left(tmp_path):
     )
     text = stream.getvalue()
     assert "compare: 2 runs (2 experiments x 1 seed(s))" in text
-    assert "[1/2] tiny_gru seed 7 (gru, impl torch, 2 epochs)" in text
+    assert "[1/2] tiny_gru seed 7 (gru, encoder torch, 2 epochs)" in text
     assert "time left: unknown (no epoch measured yet)" in text
-    assert "[2/2] tiny_rnn seed 7 (rnn, impl rnnlab, 2 epochs)" in text
+    assert "[2/2] tiny_rnn seed 7 (rnn, encoder rnnlab, 2 epochs)" in text
     assert "left (from 2 measured epochs, x" in text
     assert (
         "for evaluation and set-up; 1 experiment(s) not measured yet, scaled from the measured ones by model "
@@ -242,20 +243,25 @@ def test_progress_names_experiment_seed_and_time_left(tmp_path):
     )
 
 
-def test_epoch_watcher_reports_new_epochs(tmp_path):
-    import time
+def test_each_epoch_of_an_in_process_run_is_one_line_with_the_time_left(tmp_path):
+    import io
 
-    from rnnlab.report.compare import _EpochWatcher
-
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("")
-    seen = []
-    with _EpochWatcher(path, lambda rows: seen.append(len(rows)), interval=0.01):
-        path.write_text('{"epoch": 1, "epoch_seconds": 2.0}\n')
-        deadline = time.monotonic() + 5
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert seen == [1]
+    suite = write_suite(tmp_path / "presets")
+    stream = io.StringIO()
+    run_comparison(
+        suite,
+        tmp_path / "out",
+        only=["tiny_gru"],
+        data=tiny_dataset(),
+        baseline=False,
+        cache_dir=tmp_path / "c",
+        stream=stream,
+    )
+    lines = [line for line in stream.getvalue().splitlines() if ": epoch " in line]
+    assert [line.split(": epoch ")[1].split(" done")[0] for line in lines] == ["1/2", "2/2"]
+    assert lines[0].startswith("compare: tiny_gru seed 7: epoch 1/2 done, elapsed ")
+    assert lines[0].endswith("left (from 1 measured epochs, training passes only)")
+    assert " ~0s left (nothing left)" in lines[1]
 
 
 def test_a_failed_run_is_reported_and_the_rest_continue(tmp_path, monkeypatch):
