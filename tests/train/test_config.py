@@ -216,7 +216,7 @@ def test_layer_options_are_config_keys():
             r"'activation': only for cell = \"lstm\" or \"gru\" \(the rnn cell has no gates; its nonlinearity is the 'nonlinearity' key\), got cell = 'rnn'",
         ),
         (
-            ["impl=torch", "layer_norm=true", "weight_drop=0.3"],
+            ["encoder=torch", "layer_norm=true", "weight_drop=0.3"],
             r"'layer_norm', 'weight_drop': torch.nn's layers have no such option; use encoder = \"rnnlab\"",
         ),
     ],
