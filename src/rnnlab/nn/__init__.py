@@ -5,11 +5,27 @@
 
 ``impl="fast"`` (default; ``rnnlab.kernels`` when available, else fused), ``"fused"`` or
 ``"reference"`` (the equations one gate at a time). ``LSTM.from_torch(m)`` and
-``.to_torch()`` move weights between rnnlab and torch.nn.
+``.to_torch()`` move weights between rnnlab and torch.nn. ``with trace(layer) as t:`` runs a
+layer gate by gate and keeps every step's gates and states (``rnnlab.nn.tracing``).
 """
 
 from . import functional
 from .cell import GRUCell, LSTMCell, RNNCell, RNNCellBase
 from .rnn import GRU, IMPLS, LSTM, RNN, RNNBase
+from .tracing import LayerTrace, Trace, trace
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase", "IMPLS", "functional"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "RNNBase",
+    "RNNCellBase",
+    "IMPLS",
+    "functional",
+    "trace",
+    "Trace",
+    "LayerTrace",
+]

@@ -115,7 +115,8 @@ def rnn_cell_reference(
 ) -> Tensor:
     r"""Elman RNN cell, :math:`h' = \phi(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`.
 
-    ``phi`` is tanh or ReLU. Shapes: x (N, H_in), h (N, H) -> h' (N, H).
+    ``phi`` is tanh or ReLU. Shapes: x (N, H_in), h (N, H) -> h' (N, H). The RNN has no gates:
+    it takes the ``gates`` keyword of the other reference cells only to share the scan.
     """
     a = _gate(x, h, w_ih, w_hh, b_ih, b_hh, 0, w_hh.shape[0])
     if nonlinearity == "tanh":
@@ -134,6 +135,8 @@ def lstm_cell_reference(
     b_ih: Tensor | None,
     b_hh: Tensor | None,
     w_hr: Tensor | None = None,
+    *,
+    gates: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""LSTM cell, gate by gate (torch's order i, f, g, o)::
 
@@ -145,6 +148,8 @@ def lstm_cell_reference(
         h' = o * tanh(c')            (then h' = h' W_hr^T with a projection)
 
     Shapes: x (N, H_in), h (N, H_out), c (N, H) -> h' (N, H_out), c' (N, H).
+    ``gates``: a dict that receives ``i``, ``f``, ``g``, ``o`` (N, H) when given (trace mode,
+    ``rnnlab.nn.tracing``).
     """
     size = c.shape[1]
     i = torch.sigmoid(_gate(x, h, w_ih, w_hh, b_ih, b_hh, 0, size))
@@ -155,11 +160,20 @@ def lstm_cell_reference(
     h_new = o * torch.tanh(c_new)
     if w_hr is not None:
         h_new = h_new @ w_hr.t()  # (N, P)
+    if gates is not None:
+        gates.update(i=i, f=f, g=g, o=o)
     return h_new, c_new
 
 
 def gru_cell_reference(
-    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+    x: Tensor,
+    h: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    *,
+    gates: dict[str, Tensor] | None = None,
 ) -> Tensor:
     r"""GRU cell, gate by gate (torch's order r, z, n and torch's reset placement)::
 
@@ -169,7 +183,8 @@ def gru_cell_reference(
         h' = (1 - z) * n + z * h
 
     The reset gate multiplies ``h W_hn^T + b_hn`` (bias included), as in torch and cuDNN.
-    Shapes: x (N, H_in), h (N, H) -> h' (N, H).
+    Shapes: x (N, H_in), h (N, H) -> h' (N, H). ``gates``: a dict that receives ``r``, ``z``,
+    ``n`` (N, H) when given (trace mode, ``rnnlab.nn.tracing``).
     """
     size = h.shape[1]
     r = torch.sigmoid(_gate(x, h, w_ih, w_hh, b_ih, b_hh, 0, size))
@@ -178,6 +193,8 @@ def gru_cell_reference(
     x_n = F.linear(x, w_ih[rows], None if b_ih is None else b_ih[rows])
     h_n = F.linear(h, w_hh[rows], None if b_hh is None else b_hh[rows])
     n = torch.tanh(x_n + r * h_n)
+    if gates is not None:
+        gates.update(r=r, z=z, n=n)
     return (1 - z) * n + z * h
 
 
@@ -193,27 +210,43 @@ def reference_layer(
     w_hr: Tensor | None,
     reverse: bool,
     lengths: Tensor | None,
+    *,
+    trace: list[dict[str, Tensor]] | None = None,
 ) -> LayerResult:
     """One layer and direction with the reference cells, one step and one gate at a time.
 
     x (L, N, H_in), h0 (N, H_out), c0 (N, H) or None -> (out (L, N, H_out), h_n, c_n).
+    ``trace`` (trace mode, ``rnnlab.nn.tracing``): a list that receives one dict per step, in
+    the order the steps run (from ``L - 1`` down to 0 when ``reverse``): the cell's gates and
+    its new states ``h`` (N, H_out) and ``c`` (N, H, LSTM only), before any padding mask.
     """
     _check_mode(mode)
     if mode == "lstm":
 
-        def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            return lstm_cell_reference(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)  # type: ignore[arg-type]
+        def cell(x_t: Tensor, h: Tensor, c: Tensor | None, gates: dict | None) -> tuple[Tensor, Tensor | None]:
+            return lstm_cell_reference(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, gates=gates)  # type: ignore[arg-type]
 
     elif mode == "gru":
 
-        def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            return gru_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh), None
+        def cell(x_t: Tensor, h: Tensor, c: Tensor | None, gates: dict | None) -> tuple[Tensor, Tensor | None]:
+            return gru_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, gates=gates), None
 
     else:
         nonlinearity = mode[4:]
 
-        def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        def cell(x_t: Tensor, h: Tensor, c: Tensor | None, gates: dict | None) -> tuple[Tensor, Tensor | None]:
             return rnn_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, nonlinearity), None
+
+    def step(x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if trace is None:
+            return cell(x_t, h, c, None)
+        record: dict[str, Tensor] = {}
+        h_new, c_new = cell(x_t, h, c, record)
+        record["h"] = h_new
+        if c_new is not None:
+            record["c"] = c_new
+        trace.append(record)
+        return h_new, c_new
 
     return _scan(step, x, h0, c0 if mode == "lstm" else None, reverse, lengths)
 

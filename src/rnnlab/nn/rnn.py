@@ -76,6 +76,9 @@ class RNNBase(nn.Module):
 
     mode: str  # "rnn_tanh" | "rnn_relu" | "lstm" | "gru"
     _torch_class: type[nn.RNNBase]
+    #: Trace mode (set only inside ``rnnlab.nn.tracing.trace``): an object whose ``layer_function``
+    #: replaces ``impl`` and records every step's gates and states. None: no tracing, no cost.
+    tracer: Any = None
 
     def __init__(
         self,
@@ -257,8 +260,10 @@ class RNNBase(nn.Module):
 
         ``"fast"`` asks ``rnnlab.kernels.layer_function`` with ``training=needs_grad`` (grad
         mode on and some input, state or parameter requires grad: a backward may follow) and
-        falls back to the fused form when it answers ``None``.
+        falls back to the fused form when it answers ``None``. In trace mode, the tracer's.
         """
+        if self.tracer is not None:
+            return self.tracer.layer_function
         if self.impl == "reference":
             return functional.reference_layer
         if self.impl == "fast":
