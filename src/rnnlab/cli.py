@@ -2,7 +2,8 @@
 
 Each package registers its own subcommands (``add_commands(subparsers)``), so this file only
 assembles them: ``rnnlab.data.commands`` (data), ``rnnlab.train.commands`` (train, evaluate,
-predict) and ``rnnlab.report.commands`` (compare, report).
+predict), ``rnnlab.report.commands`` (compare, report) and ``rnnlab.explain.commands`` (explain,
+study).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import traceback
 from rnnlab import __version__
 
 #: Modules that provide ``add_commands(subparsers)``; each subcommand sets ``func(args) -> int``.
-COMMAND_MODULES = ("rnnlab.data.commands", "rnnlab.train.commands", "rnnlab.report.commands")
+COMMAND_MODULES = (
+    "rnnlab.data.commands",
+    "rnnlab.train.commands",
+    "rnnlab.report.commands",
+    "rnnlab.explain.commands",
+)
 
 
 class CLIError(Exception):
