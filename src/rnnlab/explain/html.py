@@ -34,7 +34,7 @@ _CSS = """
 .warn { color: #9a6700; background: #fff8c5; padding: 4px 8px; border-radius: 4px; }
 .legend span { padding: 1px 6px; border-radius: 3px; margin-right: 6px; }
 .layer { margin: 14px 0; } .layer h3 { margin: 6px 0 2px; }
-.mapwrap { position: relative; display: inline-block; }
+.mapwrap { position: relative; width: fit-content; margin: 2px 0; }
 .marker { position: absolute; top: 0; bottom: 0; border-left: 1px solid #000; border-right: 1px solid #000;
           pointer-events: none; display: none; }
 canvas { display: block; }
