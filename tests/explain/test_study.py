@@ -10,7 +10,7 @@ import torch
 
 from rnnlab.cli import main
 from rnnlab.explain import ExplainError, epoch_checkpoints, open_run, run_gradient_study
-from rnnlab.explain.study import connectivity, gate_saturation, sample_reviews
+from rnnlab.explain.study import connectivity, gate_saturation, memory_paths, sample_reviews
 from rnnlab.models import RNNClassifier
 from rnnlab.nn import trace
 
@@ -34,6 +34,7 @@ def test_connectivity_equals_one_review_at_a_time(cell, kwargs):
     got = connectivity(model, ids, lengths)
     assert got["count"] == [sum(int(n) > d for n in lengths) for d in range(9)]
     sums = torch.zeros(9, dtype=torch.float64)
+    rows = torch.full((len(lengths), 9), float("nan"), dtype=torch.float64)
     for k, n in enumerate(lengths.tolist()):
         x = model.embedding(ids[k : k + 1, :n]).detach().requires_grad_(True)  # (1, n, E)
         handle = model.embedding.register_forward_hook(lambda _m, _i, _o: x.transpose(0, 1))
@@ -43,8 +44,11 @@ def test_connectivity_equals_one_review_at_a_time(cell, kwargs):
             handle.remove()
         (g,) = torch.autograd.grad(z[z.argmax()], x)
         sums[:n] += g[0].norm(dim=-1).flip(0).double()  # distance d = n - 1 - t
+        rows[k, :n] = g[0].norm(dim=-1).flip(0).double()
     expected = sums / torch.tensor(got["count"], dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(got["mean_norm"], dtype=torch.float64), expected, rtol=1e-5, atol=1e-9)
+    median = [float(r[~r.isnan()].median()) for r in rows.t()]  # torch's median: the lower middle value
+    assert got["median_norm"] == pytest.approx(median, rel=1e-5)
 
 
 def test_gate_saturation_counts_real_steps_only():
@@ -69,6 +73,26 @@ def test_gate_saturation_counts_real_steps_only():
     assert got["layer 0"]["o"]["mean"] == pytest.approx((vals / total).tolist(), rel=1e-6)
     rnn = RNNClassifier(30, 2, cell="rnn", embedding_dim=4, hidden_size=5).eval()
     assert gate_saturation(rnn, ids, lengths) == {"layer 0": {}}
+
+
+def test_memory_paths_are_the_products_of_the_gates():
+    torch.manual_seed(0)
+    model = RNNClassifier(30, 2, cell="gru", embedding_dim=4, hidden_size=5).eval()
+    ids, lengths = _batch()
+    got = memory_paths(model, ids, lengths)
+    assert got["gate"] == "z" and got["median_max_gain"][0] == 1.0
+    gains = {d: [] for d in range(1, 9)}
+    for k, n in enumerate(lengths.tolist()):
+        with torch.no_grad(), trace(model.gru) as t:
+            model(ids[k : k + 1, :n], lengths[k : k + 1])
+        z = t.get(0).gates["z"][:, 0].double()  # (n, H)
+        for d in range(1, n):
+            gains[d].append(float(z[n - d :].prod(0).max()))
+    for d, values in gains.items():
+        assert got["median_max_gain"][d] == pytest.approx(float(torch.tensor(values).median()), rel=1e-6)
+    assert memory_paths(RNNClassifier(30, 2, cell="rnn").eval(), ids, lengths) is None
+    lstm = RNNClassifier(30, 2, cell="lstm", embedding_dim=4, hidden_size=5).eval()
+    assert memory_paths(lstm, ids, lengths)["gate"] == "f"
 
 
 def test_sample_reviews_is_seeded_and_ordered():
@@ -115,6 +139,7 @@ def test_study_of_runs_and_over_training(make_run, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "connectivity.png",
         "connectivity_over_training.png",
+        "memory.png",
         "saturation.png",
         "saturation_over_training.png",
         "study.json",

@@ -53,7 +53,8 @@ def add_commands(subparsers: Any) -> None:
         description="For each run: the mean norm of the gradient of the predicted logit with respect to the input "
         "embedding at each position, against the distance from the end of the review, over N test reviews; "
         "and for LSTM/GRU runs the fraction of steps at which each sigmoid gate unit is below 0.1 or above "
-        "0.9 (Karpathy, Johnson & Fei-Fei 2015). With --over-training, the same at every per-epoch "
+        "0.9 (Karpathy, Johnson & Fei-Fei 2015), and the product of the forget (LSTM) or update (GRU) gates "
+        "over the last d steps, the cell's direct memory path. With --over-training, the same at every per-epoch "
         "checkpoint (checkpoints/epoch_{k}.pt, k = 0 the initial weights). Writes PNG figures and "
         "study.json into --out.",
     )

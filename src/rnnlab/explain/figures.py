@@ -144,6 +144,36 @@ def connectivity_figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def memory_figure(runs: list[dict[str, Any]]) -> Figure:
+    """The gated runs' direct memory path against distance: the median over reviews of the best
+    unit's product of forget (LSTM) or update (GRU) gates."""
+    fig = _figure(8.0, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, r in enumerate(runs):
+        m = r["final"].get("memory")
+        if not m:
+            continue
+        style = _style(r, i)
+        ax.plot(
+            m["distance"],
+            m["median_max_gain"],
+            label=f"{_run_label(r)}: max over units of ∏ {m['gate']}",
+            linewidth=1.6,
+            **style,
+        )
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-30, top=2.0)
+    ax.set_xlabel("distance from the end of the review (tokens)")
+    ax.set_ylabel("gain of the direct path (median over reviews)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.set_title("The cell's direct memory path: what a unit keeps of its state after d steps", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no LSTM or GRU run", transform=ax.transAxes, ha="center", va="center", color="gray")
+    return fig
+
+
 def _gates_present(runs: list[dict[str, Any]], key: str = "final") -> list[str]:
     found = set()
     for r in runs:
@@ -159,14 +189,15 @@ def _saturation_axes(ax, points: list[tuple[str, dict[str, Any], dict[str, Any]]
     for label, saturation, style in points:
         for layer_name, gates in saturation.items():
             if gate in gates:
-                marker = "o" if style["linestyle"] == "-" else "^"
+                filled = style["linestyle"] == "-"  # last pooling: filled circles; others: open triangles
                 ax.scatter(
                     gates[gate]["low"],
                     gates[gate]["high"],
-                    s=9,
-                    alpha=0.6,
-                    color=style["color"],
-                    marker=marker,
+                    s=12 if filled else 16,
+                    alpha=0.6 if filled else 0.9,
+                    color=style["color"] if filled else "none",
+                    edgecolors=style["color"],
+                    marker="o" if filled else "^",
                     label=f"{label} {layer_name}" if len(saturation) > 1 else label,
                 )
     ax.plot([0, 1], [1, 0], color="gray", linewidth=0.6, linestyle=":")

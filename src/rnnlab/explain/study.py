@@ -14,6 +14,11 @@ cells' own gates in trace mode (``rnnlab.nn.trace``). A forget gate right-satura
 time keeps its cell's content over many steps. The tanh ``g`` / ``n`` are not gates in that
 sense and are left out.
 
+Memory paths (:func:`memory_paths`): how much of a unit's state survives d steps on the cell's
+direct path alone, the product of the LSTM's forget gates (GRU: update gates) over those steps,
+for the best unit; the median over reviews. Connectivity far above it means the gradient
+travels another way (through the recurrent weights and the gates).
+
 Both are computed on the same ``examples`` test reviews for every run (a seeded sample of the
 run's test split), encoded with each run's own tokenizer, vocabulary and truncation.
 """
@@ -40,7 +45,7 @@ from rnnlab.models import RNNClassifier
 from rnnlab.nn import trace
 from rnnlab.nn.tracing import SIGMOID_GATES
 
-__all__ = ["LOW", "HIGH", "connectivity", "gate_saturation", "run_gradient_study", "sample_reviews"]
+__all__ = ["LOW", "HIGH", "connectivity", "gate_saturation", "memory_paths", "run_gradient_study", "sample_reviews"]
 
 #: Saturation thresholds of a sigmoid gate.
 LOW, HIGH = 0.1, 0.9
@@ -65,7 +70,9 @@ def _batches(ids: torch.Tensor, lengths: torch.Tensor):
 
 
 def connectivity(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, list]:
-    """Mean ``||d z_pred / d x_t||`` by distance from the end: ``distance``, ``mean_norm``, ``count``.
+    """``||d z_pred / d x_t||`` by distance from the end: ``distance``, ``mean_norm``,
+    ``median_norm`` (over the reviews that long: the mean is sensitive to a few reviews with
+    large gradients) and ``count``.
 
     ids (N, L) right-padded, lengths (N,); ``z_pred`` is each review's logit of its predicted class.
     """
@@ -73,6 +80,7 @@ def connectivity(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor)
     width = int(lengths.max())
     sums = torch.zeros(width, dtype=torch.float64)
     counts = torch.zeros(width, dtype=torch.float64)
+    by_review: list[torch.Tensor] = []  # (width,) per review, by distance, NaN beyond its length
     for b_ids, b_len in _batches(ids, lengths):
         captured: list[torch.Tensor] = []
 
@@ -95,8 +103,18 @@ def connectivity(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor)
         real = distance >= 0
         sums.index_add_(0, distance[real], norms[real])
         counts.index_add_(0, distance[real], torch.ones_like(norms[real]))
+        for b, n in enumerate(b_len.tolist()):
+            row = torch.full((width,), float("nan"), dtype=torch.float64)
+            row[:n] = norms[:n, b].flip(0)
+            by_review.append(row)
     mean = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
-    return {"distance": list(range(width)), "mean_norm": mean.tolist(), "count": [int(c) for c in counts]}
+    median = torch.stack(by_review).nanmedian(0).values.nan_to_num(0.0)
+    return {
+        "distance": list(range(width)),
+        "mean_norm": mean.tolist(),
+        "median_norm": median.tolist(),
+        "count": [int(c) for c in counts],
+    }
 
 
 def gate_saturation(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, dict[str, Any]]:
@@ -129,8 +147,46 @@ def gate_saturation(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tens
     return result
 
 
+#: The gate whose product over steps is a cell's direct memory path: c_t = f_t * c_{t-1} + ...
+#: (LSTM), h_t = z_t * h_{t-1} + ... (GRU).
+MEMORY_GATES = {"lstm": "f", "gru": "z"}
+
+
+def memory_paths(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, Any]:
+    """The direct memory path of the first layer's forward direction, by distance from the end.
+
+    For a review of T tokens and the token at distance d (position T - 1 - d), the state the cell
+    keeps from it reaches the last step multiplied by the gates of the d steps after it; the
+    largest such gain over the units is ``max_u prod_{s = T-d}^{T-1} gate_s[u]`` (``f`` for the
+    LSTM, ``z`` for the GRU). Returns ``gate``, ``distance`` (0 .. L-1; the gain at d = 0 is 1)
+    and ``median_max_gain``: its median over the reviews long enough. None for the RNN.
+    """
+    gate = MEMORY_GATES.get(getattr(model, "cell", ""))
+    if gate is None:
+        return None  # type: ignore[return-value]
+    model.eval()
+    width = int(lengths.max())
+    rows: list[torch.Tensor] = []
+    for b_ids, b_len in _batches(ids, lengths):
+        with torch.no_grad(), trace(model.encoder) as t:
+            model(b_ids, b_len)
+        values = t.get(0, 0).gates[gate].double()  # (L, B, H)
+        for b, n in enumerate(b_len.tolist()):
+            logs = values[:n, b].log().flip(0).cumsum(0)  # row j: sum of the log gates of the last j + 1 steps
+            row = torch.full((width,), float("nan"), dtype=torch.float64)
+            row[0] = 1.0
+            row[1:n] = logs[: n - 1].max(dim=1).values.exp()
+            rows.append(row)
+    median = torch.stack(rows).nanmedian(0).values.nan_to_num(0.0)
+    return {"gate": gate, "distance": list(range(width)), "median_max_gain": median.tolist()}
+
+
 def _measure(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, Any]:
-    return {"connectivity": connectivity(model, ids, lengths), "saturation": gate_saturation(model, ids, lengths)}
+    return {
+        "connectivity": connectivity(model, ids, lengths),
+        "saturation": gate_saturation(model, ids, lengths),
+        "memory": memory_paths(model, ids, lengths),
+    }
 
 
 def _reviews(run: ExplainedRun, examples: int, data: str | None, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +220,7 @@ def run_gradient_study(
     from rnnlab.explain.figures import (
         connectivity_figure,
         connectivity_over_training_figure,
+        memory_figure,
         saturation_figure,
         saturation_over_training_figure,
         save_png,
@@ -209,7 +266,11 @@ def run_gradient_study(
                 load_checkpoint_weights(model, path)
                 entry["epochs"].append({"epoch": epoch, "checkpoint": path.name, **_measure(model, ids, lengths)})
         results.append(entry)
-    figures = [("connectivity.png", connectivity_figure(results)), ("saturation.png", saturation_figure(results))]
+    figures = [
+        ("connectivity.png", connectivity_figure(results)),
+        ("saturation.png", saturation_figure(results)),
+        ("memory.png", memory_figure(results)),
+    ]
     if over_training:
         figures += [
             ("connectivity_over_training.png", connectivity_over_training_figure(results)),
