@@ -140,7 +140,8 @@ def test_the_wheel_holds_the_presets_metadata_and_is_what_runs(venv, elsewhere):
     assert "Programming Language :: Python :: 3 :: Only" in probe["classifiers"]
     assert probe["unmet"] == []
     out = _run([str(venv / "rnnlab"), "presets"], cwd=work, env=env).stdout
-    assert [line.split()[0] for line in out.splitlines()][:3] == ["best", "default", "seed"]
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names[:3] == ["best", "default", "insights"] and {"insights/lstm_mean", "seed", "variants"} <= set(names)
     assert "seed/lstm " in out and "torch.nn.LSTM (original result: 0.8546" in out
 
 

@@ -2,8 +2,9 @@
 
 Each package registers its own subcommands (``add_commands(subparsers)``), so this file only
 assembles them: ``rnnlab.data.commands`` (data), ``rnnlab.train.commands`` (train, evaluate,
-predict), ``rnnlab.experiments.commands`` (compare) and ``rnnlab.report.commands`` (report).
-Imports go one way: this module imports the command modules, which import ``rnnlab.errors``.
+predict), ``rnnlab.experiments.commands`` (compare), ``rnnlab.report.commands`` (report) and
+``rnnlab.explain.commands`` (explain, study). Imports go one way: this module imports the command
+modules, which import ``rnnlab.errors``.
 
 User errors are caught here, in one place: any :class:`rnnlab.errors.RnnlabError` is printed as
 ``rnnlab: error: <message>`` (one line, prefixed by ``[rank N]`` in a torchrun worker) with exit
@@ -24,11 +25,12 @@ from rnnlab import __version__
 from rnnlab.data import commands as data_commands
 from rnnlab.errors import RnnlabDeprecationWarning, RnnlabError, UsageError
 from rnnlab.experiments import commands as experiment_commands
+from rnnlab.explain import commands as explain_commands
 from rnnlab.report import commands as report_commands
 from rnnlab.train import commands as train_commands
 
 #: Modules that provide ``add_commands(subparsers)``; each subcommand sets ``func(args) -> int``.
-COMMAND_MODULES = (data_commands, train_commands, experiment_commands, report_commands)
+COMMAND_MODULES = (data_commands, train_commands, experiment_commands, report_commands, explain_commands)
 
 #: Old name of :class:`rnnlab.errors.UsageError`.
 CLIError = UsageError

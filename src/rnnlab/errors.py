@@ -13,6 +13,7 @@ says what was expected and what was found, and names the file, key or row concer
       DistributedError      a torchrun launch that cannot work (bad environment, failed rendezvous)
       ReportError           bad input to ``compare`` / ``report`` (no runs, a foreign output folder...)
       UsageError            a command-line mistake that argparse cannot see (``--only`` with no name...)
+      ExplainError          a run or text that ``explain`` / ``study`` cannot explain (also a ValueError)
 
 The classes keep the built-in bases they had (``ValueError``, ``RuntimeError``), so existing
 ``except ValueError`` code still catches them. ``RnnlabDeprecationWarning`` marks a deprecated
@@ -64,6 +65,11 @@ class ReportError(RnnlabError, ValueError):
 
 class UsageError(RnnlabError):
     """A command-line mistake found after parsing (argparse reports the others itself)."""
+
+
+class ExplainError(RnnlabError, ValueError):
+    """Input that ``rnnlab explain`` / ``study`` cannot explain (a baseline, an unfinished run, an empty
+    text...): says what was expected and what was found."""
 
 
 class RnnlabDeprecationWarning(FutureWarning):

@@ -35,7 +35,8 @@ VARIANTS = tuple(
         "activation",
     )
 ) + ("variants/lstm_peephole",)
-ALL = sorted(["best", "default", "seed", "variants", *SEED, *VARIANTS])
+INSIGHTS = tuple(f"insights/{cell}_{pooling}" for cell in ("rnn", "lstm", "gru") for pooling in ("last", "mean"))
+ALL = sorted(["best", "default", "insights", "seed", "variants", *SEED, *VARIANTS, *INSIGHTS])
 
 
 def test_presets_live_inside_the_package():
@@ -57,6 +58,8 @@ def test_every_preset_has_a_one_line_description():
     for p in presets.values():
         assert p.description and "\n" not in p.description and len(p.description) <= 130, p.name
     assert presets["seed"].experiments == SEED
+    assert presets["insights"].experiments == INSIGHTS
+    assert all(load_config(preset=name).keep_epoch_checkpoints for name in INSIGHTS)
     assert presets["best"].experiments == () and presets["seed/lstm"].description.startswith("torch.nn.LSTM")
     # the description is metadata, not a config key
     assert load_config(preset="default") == Config()
@@ -72,7 +75,7 @@ def test_presets_read_through_a_non_filesystem_resource(tmp_path, monkeypatch):
     assert available_presets() == ALL
     assert [c.name for c in load_suite("seed")] == [n.split("/")[1] for n in SEED]
     assert load_config(preset="seed/gru").cell == "gru"
-    assert list_presets()[2].experiments == SEED
+    assert next(p for p in list_presets() if p.name == "seed").experiments == SEED
 
 
 def test_description_must_be_a_string(tmp_path):

@@ -5,7 +5,8 @@
 
 ``impl="fast"`` (default; ``rnnlab.kernels`` when available, else fused), ``"fused"`` or
 ``"reference"`` (the equations one gate at a time). ``LSTM.from_torch(m)`` and
-``.to_torch()`` move weights between rnnlab and torch.nn.
+``.to_torch()`` move weights between rnnlab and torch.nn. ``with trace(layer) as t:`` runs a
+layer gate by gate and keeps every step's gates and states (``rnnlab.nn.tracing``).
 
 Options beyond torch.nn, all off by default (``rnnlab.nn.options`` has the equations):
 ``layer_norm``, ``recurrent_dropout``, ``zoneout``, ``weight_drop``, ``peephole`` (LSTM),
@@ -17,6 +18,7 @@ from . import functional, options
 from .cell import GRUCell, LSTMCell, RNNCell, RNNCellBase
 from .options import ACTIVATIONS, CellOptions, OptionFallbackWarning, SequenceMasks
 from .rnn import GRU, IMPLS, LSTM, RNN, RNNBase
+from .tracing import LayerTrace, Trace, trace
 
 __all__ = [
     "RNN",
@@ -34,4 +36,7 @@ __all__ = [
     "CellOptions",
     "OptionFallbackWarning",
     "SequenceMasks",
+    "trace",
+    "Trace",
+    "LayerTrace",
 ]

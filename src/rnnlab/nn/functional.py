@@ -230,6 +230,8 @@ def lstm_cell_reference(
     b_hh: Tensor | None,
     w_hr: Tensor | None = None,
     options: CellOptions | None = None,
+    *,
+    gates: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""LSTM cell, gate by gate (torch's order i, f, g, o)::
 
@@ -251,6 +253,8 @@ def lstm_cell_reference(
         c' = d_c * c + (1 - d_c) * c~     h' = d_h * h + (1 - d_h) * h~       zoneout
 
     Shapes: x (N, H_in), h (N, H_out), c (N, H) -> h' (N, H_out), c' (N, H).
+    ``gates``: a dict that receives the gate values used, ``i``, ``f``, ``g``, ``o`` (N, H),
+    when given (trace mode, ``rnnlab.nn.tracing``).
     """
     check_options("lstm", options)
     opt = options or PLAIN
@@ -276,6 +280,8 @@ def lstm_cell_reference(
     h_new = o * act(c_out)
     if w_hr is not None:
         h_new = h_new @ w_hr.t()  # (N, P)
+    if gates is not None:
+        gates.update(i=i, f=f, g=g, o=o)
     return _zone(h, h_new, opt.zoneout_h), _zone(c, c_new, opt.zoneout_c)
 
 
@@ -287,6 +293,8 @@ def gru_cell_reference(
     b_ih: Tensor | None,
     b_hh: Tensor | None,
     options: CellOptions | None = None,
+    *,
+    gates: dict[str, Tensor] | None = None,
 ) -> Tensor:
     r"""GRU cell, gate by gate (torch's order r, z, n and torch's reset placement)::
 
@@ -305,7 +313,8 @@ def gru_cell_reference(
         h~ = (1 - z) * n + z * h                                 (h itself, not h_hat)
         h' = d * h + (1 - d) * h~                                zoneout
 
-    Shapes: x (N, H_in), h (N, H) -> h' (N, H).
+    Shapes: x (N, H_in), h (N, H) -> h' (N, H). ``gates``: a dict that receives the gate values
+    used, ``r``, ``z``, ``n`` (N, H), when given (trace mode, ``rnnlab.nn.tracing``).
     """
     check_options("gru", options)
     opt = options or PLAIN
@@ -316,6 +325,8 @@ def gru_cell_reference(
     z = gate_act(_gate(x, h_hat, w_ih, w_hh, b_ih, b_hh, 1, size, opt))
     x_n, h_n = _parts(x, h_hat, w_ih, w_hh, b_ih, b_hh, 2, size, opt)
     n = act(x_n + r * h_n)
+    if gates is not None:
+        gates.update(r=r, z=z, n=n)
     return _zone(h, (1 - z) * n + z * h, opt.zoneout_h)
 
 
@@ -332,30 +343,47 @@ def reference_layer(
     reverse: bool,
     lengths: Tensor | None,
     options: CellOptions | None = None,
+    *,
+    trace: list[dict[str, Tensor]] | None = None,
 ) -> LayerResult:
     """One layer and direction with the reference cells, one step and one gate at a time.
 
     x (L, N, H_in), h0 (N, H_out), c0 (N, H) or None -> (out (L, N, H_out), h_n, c_n).
     ``options``: the layer's :class:`CellOptions` (zoneout masks ``(L, N, .)``) or None.
+    ``trace`` (trace mode, ``rnnlab.nn.tracing``): a list that receives one dict per step, in
+    the order the steps run (from ``L - 1`` down to 0 when ``reverse``): the gate values the
+    cell used (after layer norm, peepholes and its activations) and its new states ``h``
+    (N, H_out) and ``c`` (N, H, LSTM only), after zoneout, before any padding mask.
     """
     _check_mode(mode)
     check_options(mode, options)
     at = (lambda t: None) if options is None else options.at_step  # noqa: E731
     if mode == "lstm":
 
-        def step(t: int, x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            return lstm_cell_reference(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, at(t))  # type: ignore[arg-type]
+        def cell(t: int, x_t: Tensor, h: Tensor, c: Tensor | None, gates: dict | None) -> tuple[Tensor, Tensor | None]:
+            return lstm_cell_reference(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, at(t), gates=gates)  # type: ignore[arg-type]
 
     elif mode == "gru":
 
-        def step(t: int, x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            return gru_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, at(t)), None
+        def cell(t: int, x_t: Tensor, h: Tensor, c: Tensor | None, gates: dict | None) -> tuple[Tensor, Tensor | None]:
+            return gru_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, at(t), gates=gates), None
 
     else:
         nonlinearity = mode[4:]
 
-        def step(t: int, x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            return rnn_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, at(t)), None
+        def cell(t: int, x_t: Tensor, h: Tensor, c: Tensor | None, gates: dict | None) -> tuple[Tensor, Tensor | None]:
+            return rnn_cell_reference(x_t, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, at(t)), None  # no gates
+
+    def step(t: int, x_t: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if trace is None:
+            return cell(t, x_t, h, c, None)
+        record: dict[str, Tensor] = {}
+        h_new, c_new = cell(t, x_t, h, c, record)
+        record["h"] = h_new
+        if c_new is not None:
+            record["c"] = c_new
+        trace.append(record)
+        return h_new, c_new
 
     return _scan(step, x, h0, c0 if mode == "lstm" else None, reverse, lengths)
 

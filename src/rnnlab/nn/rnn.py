@@ -99,6 +99,9 @@ class RNNBase(nn.Module):
 
     mode: str  # "rnn_tanh" | "rnn_relu" | "lstm" | "gru"
     _torch_class: type[nn.RNNBase]
+    #: Trace mode (set only inside ``rnnlab.nn.tracing.trace``): an object whose ``layer_function``
+    #: replaces ``impl`` and records every step's gates and states. None: no tracing, no cost.
+    tracer: Any = None
 
     def __init__(
         self,
@@ -356,7 +359,10 @@ class RNNBase(nn.Module):
         mode on and some input, state or parameter requires grad: a backward may follow) and
         the options that are on (``options_on``), and falls back to the fused form when it
         answers ``None`` (for an option it lacks it says so in one ``OptionFallbackWarning``).
+        In trace mode, the tracer's.
         """
+        if self.tracer is not None:
+            return self.tracer.layer_function
         if self.impl == "reference":
             return functional.reference_layer
         if self.impl == "fast":

@@ -17,6 +17,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("paths", metavar="DIR_OR_RUN_DIR", nargs="+", help="run directories or folders holding them")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the report (other files are kept)")
     p.add_argument("--title", default="rnnlab comparison", help="title of results.md")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write results.html: the report (tables, settings, plots, per-run curves) as one self-contained page",
+    )
     p.set_defaults(func=_report)
 
 
@@ -24,6 +29,10 @@ def _report(args: argparse.Namespace) -> int:
     from rnnlab.report.build import write_report
 
     report = write_report(args.paths, args.out, title=args.title)
+    if args.html:
+        from rnnlab.report.html import write_html_report
+
+        report.files.append(write_html_report(report, args.out, title=args.title))
     print(report.markdown.split("\n*final*")[0].rstrip())
     print(f"\nwrote {', '.join(str(f) for f in report.files)}")
     return 0
