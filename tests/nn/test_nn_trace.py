@@ -165,3 +165,130 @@ def test_trace_refuses_what_it_cannot_trace():
         gru(torch.randn(2, 1, 2))
     with pytest.raises(KeyError, match=r"no \(layer, direction\) = \(0, 1\); recorded: \(0, 0\)"):
         t.get(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace mode with cell options: the gates the cell used (layer norm, peepholes, other
+# nonlinearities, the dropout and zoneout masks drawn for that forward)
+
+_ACT = {
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "hard_sigmoid": lambda v: (v / 6 + 0.5).clamp(0, 1),
+    "hard_tanh": lambda v: v.clamp(-1, 1),
+}
+
+
+def _ln(v: Tensor, gain: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Layer norm over the last dimension, eps 1e-5, biased variance."""
+    mean = v.mean(-1, keepdim=True)
+    y = (v - mean) / torch.sqrt(v.var(-1, unbiased=False, keepdim=True) + 1e-5) * gain
+    return y if bias is None else y + bias
+
+
+def _option_equations(module: rnn.RNNBase, x: Tensor, calls: list[tuple[Tensor, object]]) -> list[dict[str, Tensor]]:
+    """Per (layer, direction), in the order the layer ran them: every gate and state, from the equations of
+    rnnlab/nn/options.py written out here on the whole batch. ``calls``: the (w_hh, CellOptions) each
+    layer function received (the weight-dropped W_hh and the masks drawn for this forward)."""
+    H, D = module.hidden_size, 2 if module.bidirectional else 1
+    sg, phi = _ACT[module.gate_activation], _ACT[module.activation]
+    gates = GATE_NAMES[module.mode]
+    results, inp = [], x
+    for layer in range(module.num_layers):
+        outs = []
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            p = lambda name: getattr(module, name + sfx, None)  # noqa: E731
+            w_hh, opt = calls[layer * D + d]
+            m = 1.0 if opt.recurrent_mask is None else opt.recurrent_mask
+            at = lambda z, t: z[t] if isinstance(z, Tensor) else z  # noqa: E731
+            h = torch.zeros(x.shape[1], H, dtype=x.dtype)
+            c = torch.zeros(x.shape[1], H, dtype=x.dtype)
+            rec: dict[str, list] = {}
+            order = range(x.shape[0] - 1, -1, -1) if d else range(x.shape[0])
+            for t in order:
+                ax = (inp[t] @ p("weight_ih").t()).split(H, -1)
+                ah = ((h * m) @ w_hh.t()).split(H, -1)
+                ax = [_ln(v, g) for v, g in zip(ax, p("ln_weight_ih").split(H))] if module.layer_norm else ax
+                ah = [_ln(v, g) for v, g in zip(ah, p("ln_weight_hh").split(H))] if module.layer_norm else ah
+                a = {k: ax[j] + p("bias_ih")[j * H : (j + 1) * H] for j, k in enumerate(gates)}
+                b = {k: ah[j] + p("bias_hh")[j * H : (j + 1) * H] for j, k in enumerate(gates)}
+                if module.mode == "lstm":
+                    w_ci, w_cf, w_co = p("weight_peephole").split(H) if module.peephole else (0, 0, 0)
+                    vals = {"i": sg(a["i"] + b["i"] + w_ci * c), "f": sg(a["f"] + b["f"] + w_cf * c)}
+                    vals["g"] = phi(a["g"] + b["g"])
+                    c_new = vals["f"] * c + vals["i"] * vals["g"]
+                    vals["o"] = sg(a["o"] + b["o"] + w_co * c_new)
+                    c_out = _ln(c_new, p("ln_weight_c"), p("ln_bias_c")) if module.layer_norm else c_new
+                    h_new = vals["o"] * phi(c_out)
+                    dc = at(opt.zoneout_c, t)
+                    c = dc * c + (1 - dc) * c_new
+                    vals["c"] = c
+                else:  # gru
+                    vals = {"r": sg(a["r"] + b["r"]), "z": sg(a["z"] + b["z"])}
+                    vals["n"] = phi(a["n"] + vals["r"] * b["n"])
+                    h_new = (1 - vals["z"]) * vals["n"] + vals["z"] * h
+                dh = at(opt.zoneout_h, t)
+                h = dh * h + (1 - dh) * h_new
+                vals["h"] = h
+                for key, v in vals.items():
+                    rec.setdefault(key, [None] * x.shape[0])[t] = v
+            results.append({key: torch.stack(v) for key, v in rec.items()})
+            outs.append(results[-1]["h"])
+        inp = torch.cat(outs, dim=2)
+    return results
+
+
+def _randomise_option_parameters(module: rnn.RNNBase) -> None:
+    """Layer-norm gains and biases away from their initial 1 and 0, so that they count."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("ln_"):
+                p.uniform_(0.5, 1.5)
+
+
+OPTION_LAYERS = {
+    "lstm_ln_peephole": ("LSTM", {"layer_norm": True, "peephole": True, "gate_activation": "hard_sigmoid"}),
+    "lstm_ln_zoneout": ("LSTM", {"layer_norm": True, "zoneout": (0.2, 0.3), "activation": "hard_tanh"}),
+    "gru_ln": ("GRU", {"layer_norm": True, "activation": "hard_tanh", "zoneout": 0.25}),
+    "lstm_masks": ("LSTM", {"layer_norm": True, "peephole": True, "recurrent_dropout": 0.3, "zoneout": 0.4}),
+    "gru_masks": ("GRU", {"layer_norm": True, "recurrent_dropout": 0.3, "zoneout": 0.4, "weight_drop": 0.3}),
+}
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("case", list(OPTION_LAYERS))
+def test_traced_option_layers_record_the_gates_they_used(case, training, monkeypatch):
+    torch.manual_seed(4)
+    name, options = OPTION_LAYERS[case]
+    module = getattr(rnn, name)(3, 5, num_layers=2, bidirectional=True, impl="fused", dtype=torch.float64, **options)
+    _randomise_option_parameters(module)
+    module.train(training)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    plain_out, plain_hidden = module(x)
+    calls = []
+    original = rnn.functional.reference_layer
+
+    def capture(*args, **kwargs):  # the (w_hh, options) the traced layer function is handed
+        calls.append((args[5], args[11] if len(args) > 11 else kwargs.get("options")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rnn.functional, "reference_layer", capture)
+    torch.manual_seed(5)  # the same masks as the untraced forward
+    with trace(module) as t:
+        out, hidden = module(x)
+    torch.testing.assert_close(out, plain_out, rtol=0, atol=1e-12)  # traced numbers are the model's numbers
+    torch.testing.assert_close(hidden, plain_hidden, rtol=0, atol=1e-12)
+    assert len(calls) == 4 and all(opt is not None for _, opt in calls)
+    if training:  # masks were drawn: zoneout keep-masks (0/1 per step and unit), recurrent dropout
+        assert all(isinstance(opt.zoneout_h, Tensor) for _, opt in calls) == ("zoneout" in options)
+        assert all(opt.recurrent_mask is not None for _, opt in calls) == ("recurrent_dropout" in options)
+    want = _option_equations(module, x, calls)
+    for lt, ref in zip(t.layers, want):
+        assert set(lt.gates) == set(GATE_NAMES[module.mode])
+        for gate, values in lt.gates.items():
+            torch.testing.assert_close(values, ref[gate], rtol=0, atol=1e-12, msg=f"{lt.name} {gate}")
+        torch.testing.assert_close(lt.h, ref["h"], rtol=0, atol=1e-12)
+        if module.mode == "lstm":
+            torch.testing.assert_close(lt.c, ref["c"], rtol=0, atol=1e-12)
