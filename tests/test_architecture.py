@@ -144,6 +144,8 @@ def test_no_import_cycles_between_rnnlab_modules():
         ("rnnlab.nn", "rnnlab.data"),
         ("rnnlab.models", "rnnlab.train"),
         ("rnnlab.models", "rnnlab.data"),
+        ("rnnlab.explain", "rnnlab.cli"),
+        ("rnnlab.explain", "rnnlab.experiments"),
     ],
 )
 def test_imports_flow_one_way(lower, upper):
@@ -157,6 +159,20 @@ def test_imports_flow_one_way(lower, upper):
         if t.startswith(upper) and not (t == lower or t.startswith(lower + "."))
     )
     assert wrong == []
+
+
+def test_only_the_cli_imports_the_explain_package():
+    """rnnlab.explain sits on top (it reads runs through train, models, nn, data and rundir); only
+    the command line reaches it."""
+    graph = _graph()
+    importers = sorted(
+        m
+        for m, targets in graph.items()
+        if not m.startswith("rnnlab.explain")
+        for t in targets
+        if t == "rnnlab.explain" or t.startswith("rnnlab.explain.")
+    )
+    assert importers == ["rnnlab.cli"]
 
 
 def _private_module_violations(module: str, target: str) -> list[str]:
