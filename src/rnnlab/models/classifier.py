@@ -147,7 +147,9 @@ class RNNClassifier(nn.Module):
     ``<unk>`` (id 1) with probability p before the lookup, see :func:`drop_words`) -> encoder
     ``(L, N, D*H)`` (with rnnlab.nn's cell options ``layer_options``, see :func:`make_encoder`)
     -> masked pooling ``(N, P)`` with P = D*H (2*D*H for meanmax) -> linear1
-    ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
+    ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``; with ``wide`` (the keywords of
+    :class:`~rnnlab.models.wide.WideNgrams`, ``ngrams`` >= 1) the wide part's ``(N, C)`` logits over
+    the review's NB-weighted n-gram indicators are added (its table: :meth:`fit_wide`, training split only).
 
     The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
     default model prints exactly as the original experiment's ``ImdbNet``; optional
