@@ -282,12 +282,15 @@ def test_settings_table_shows_the_regularisation_and_input_settings(tmp_path):
 def test_settings_table_shows_the_layer_options(tmp_path):
     """The rnnlab.nn cell options a run changed, in one "options" column ("none" at their
     defaults, also for runs made before the keys existed); defaults as rnnlab.train.config's."""
-    from rnnlab.report.build import LAYER_OPTIONS
+    from rnnlab.report.build import LAYER_OPTIONS, WIDE_OPTIONS
     from rnnlab.train.config import LAYER_OPTIONS as CONFIG_LAYER_OPTIONS
+    from rnnlab.train.config import WIDE_KEYS, Config
 
     assert LAYER_OPTIONS == CONFIG_LAYER_OPTIONS
+    assert WIDE_OPTIONS == {k: getattr(Config(), k) for k in WIDE_KEYS}
     root = tmp_path / "runs"
     make_run(root, "ln", 0, [0.80], config={"layer_norm": True, "weight_drop": 0.3, "zoneout": 0.0})
+    make_run(root, "wide", 0, [0.80], config={"wide_ngrams": 3, "wide_min_count": 2, "wide_alpha": 1.0})
     make_run(root, "hs", 0, [0.80], config={"cell": "gru", "gate_activation": "hard_sigmoid"})
     make_run(root, "old", 0, [0.80])
     md = write_report([root], tmp_path / "out").markdown
@@ -296,4 +299,9 @@ def test_settings_table_shows_the_layer_options(tmp_path):
         for line in md.split("## Settings")[1].strip().splitlines()[2:]
         if line.startswith("| `")
     }
-    assert rows == {"ln": "layer_norm=True, weight_drop=0.3", "hs": "gate_activation=hard_sigmoid", "old": "none"}
+    assert rows == {
+        "ln": "layer_norm=True, weight_drop=0.3",
+        "hs": "gate_activation=hard_sigmoid",
+        "wide": "wide_ngrams=3, wide_min_count=2",
+        "old": "none",
+    }

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rnnlab.models.wide import WideNgrams
 from rnnlab.nn.options import OPTION_DEFAULTS
 
 POOLINGS = ("last", "mean", "max", "meanmax")
@@ -146,7 +147,9 @@ class RNNClassifier(nn.Module):
     ``<unk>`` (id 1) with probability p before the lookup, see :func:`drop_words`) -> encoder
     ``(L, N, D*H)`` (with rnnlab.nn's cell options ``layer_options``, see :func:`make_encoder`)
     -> masked pooling ``(N, P)`` with P = D*H (2*D*H for meanmax) -> linear1
-    ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``.
+    ``(N, D*H)`` -> ReLU -> linear2 ``(N, C)``; with ``wide`` (the keywords of
+    :class:`~rnnlab.models.wide.WideNgrams`, ``ngrams`` >= 1) the wide part's ``(N, C)`` logits over
+    the review's NB-weighted n-gram indicators are added (its table: :meth:`fit_wide`, training split only).
 
     The encoder attribute is named after the cell (``lstm``, ``rnn``, ``gru``), and the
     default model prints exactly as the original experiment's ``ImdbNet``; optional
@@ -178,6 +181,7 @@ class RNNClassifier(nn.Module):
         bigram_buckets: int = 0,
         word_dropout: float = 0.0,
         layer_options: dict[str, Any] | None = None,
+        wide: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -221,6 +225,20 @@ class RNNClassifier(nn.Module):
         if head_dropout:
             self.head_dropout = nn.Dropout(head_dropout)
         self.linear2 = nn.Linear(enc_width, num_classes)
+        #: The deep part's logits ``(N, C)`` of the last forward in training mode (with a wide part), else None.
+        self.deep_logits: torch.Tensor | None = None
+        if wide and wide.get("ngrams", 0):
+            self.wide = WideNgrams(vocab_size, num_classes, **wide)
+
+    def fit_wide(self, split: Any) -> None:
+        """Build the wide part's n-gram table and ratios from the **training** split (an ``EncodedSplit``)."""
+        if hasattr(self, "wide"):
+            self.wide.fit(split.ids, split.labels)
+
+    def resize_for_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Shape the wide part like a checkpoint's (its table size depends on the training data)."""
+        if hasattr(self, "wide"):
+            self.wide.resize_for_state(state, "wide.")
 
     @property
     def encoder(self) -> nn.Module:
@@ -269,6 +287,9 @@ class RNNClassifier(nn.Module):
         if hasattr(self, "head_dropout"):
             h = self.head_dropout(h)
         logits = self.linear2(h)  # (N, C)
+        if hasattr(self, "wide"):
+            self.deep_logits = logits if self.training else None  # for the trainer's deep_loss_weight term
+            logits = logits + self.wide(ids)  # wide and deep: one logit, trained jointly
         return F.log_softmax(logits, dim=-1) if self.log_softmax else logits
 
 
@@ -292,7 +313,21 @@ def build_model(config: Any, vocab_size: int, num_classes: int) -> RNNClassifier
         bigram_buckets=getattr(config, "bigram_buckets", 0),
         word_dropout=getattr(config, "word_dropout", 0.0),
         layer_options={k: getattr(config, k, default) for k, default in OPTION_DEFAULTS.items()},
+        wide=wide_options(config),
     )
+
+
+def wide_options(config: Any) -> dict[str, Any] | None:
+    """The :class:`~rnnlab.models.wide.WideNgrams` keywords of a config (None: no wide part)."""
+    if not getattr(config, "wide_ngrams", 0):
+        return None
+    return {
+        "ngrams": config.wide_ngrams,
+        "min_count": config.wide_min_count,
+        "alpha": config.wide_alpha,
+        "dropout": config.wide_dropout,
+        "init": config.wide_init,
+    }
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -38,7 +38,7 @@ SETTINGS = (
 )
 #: Values of settings that runs made before the key existed had (their config.toml lacks the key).
 LATER_KEYS = {"word_dropout": 0.0}
-#: The last column, "options": the rnnlab.nn cell options a run changed (``layer_norm=True,
+#: The last column, "options": the rnnlab.nn cell options and wide-part keys a run changed (``layer_norm=True,
 #: weight_drop=0.3``), "none" when all are at their defaults (also for runs made before them).
 #: Their defaults are ``rnnlab.train.config.LAYER_OPTIONS`` (repeated here: the report side
 #: imports no torch; a test checks that the two agree).
@@ -53,9 +53,23 @@ LAYER_OPTIONS = {
     "activation": "tanh",
 }
 
+#: The wide part's keys (``rnnlab.train.config.WIDE_KEYS``) and their defaults, shown in the same
+#: column when changed (``wide_ngrams=3, wide_min_count=2, deep_loss_weight=1.0``).
+WIDE_OPTIONS = {
+    "wide_ngrams": 0,
+    "wide_min_count": 1,
+    "wide_alpha": 1.0,
+    "wide_init": 0.0,
+    "wide_dropout": 0.0,
+    "wide_lr": 0.0,
+    "wide_weight_decay": 0.0,
+    "deep_loss_weight": 0.0,
+}
+
 
 def _options_cell(cfg: dict) -> str:
-    on = [f"{key}={cfg[key]}" for key, default in LAYER_OPTIONS.items() if cfg.get(key, default) != default]
+    shown = {**LAYER_OPTIONS, **WIDE_OPTIONS}
+    on = [f"{key}={cfg[key]}" for key, default in shown.items() if cfg.get(key, default) != default]
     return ", ".join(on) or "none"
 
 

@@ -100,6 +100,14 @@ class Config:
     gate_activation: str = "sigmoid"
     activation: str = "tanh"
     pooling: str = "last"
+    wide_ngrams: int = 0
+    wide_min_count: int = 1
+    wide_alpha: float = 1.0
+    wide_init: float = 0.0
+    wide_dropout: float = 0.0
+    wide_lr: float = 0.0
+    wide_weight_decay: float = 0.0
+    deep_loss_weight: float = 0.0
     loss: str = "cross_entropy"
     optimizer: str = "adam"
     lr: float = 0.001
@@ -303,6 +311,7 @@ def validate(config: Config) -> None:
         if not (0.0 <= value < 1.0):
             raise ConfigError(f"{key!r} must be in [0, 1), got {value}")
     _validate_layer_options(config)
+    _validate_wide(config)
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise ConfigError(f"'lr' must be a finite number > 0, got {config.lr}")
     for key in ("weight_decay", "grad_clip"):
@@ -331,6 +340,45 @@ def validate(config: Config) -> None:
     if not config.name.strip():
         raise ConfigError("'name' must not be empty")
     _validate_dataset(config)
+
+
+#: The wide part's keys (a linear model over NB-weighted n-grams, added to the logits; off at wide_ngrams = 0).
+WIDE_KEYS = (
+    "wide_ngrams",
+    "wide_min_count",
+    "wide_alpha",
+    "wide_init",
+    "wide_dropout",
+    "wide_lr",
+    "wide_weight_decay",
+    "deep_loss_weight",
+)
+
+
+def _validate_wide(config: Config) -> None:
+    if not 0 <= config.wide_ngrams <= 3:
+        raise ConfigError(
+            f"'wide_ngrams' must be 0 (no wide part) or 1..3 (the largest n-gram), got {config.wide_ngrams}"
+        )
+    if config.wide_min_count < 1:
+        raise ConfigError(f"'wide_min_count' must be >= 1, got {config.wide_min_count}")
+    if not (math.isfinite(config.wide_alpha) and config.wide_alpha > 0):
+        raise ConfigError(f"'wide_alpha' must be a finite number > 0, got {config.wide_alpha}")
+    if not 0.0 <= config.wide_dropout < 1.0:
+        raise ConfigError(f"'wide_dropout' must be in [0, 1), got {config.wide_dropout}")
+    for key in ("wide_lr", "wide_weight_decay", "deep_loss_weight"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key!r} must be a finite number >= 0, got {value}")
+    if not math.isfinite(config.wide_init):
+        raise ConfigError(f"'wide_init' must be a finite number, got {config.wide_init}")
+    if config.wide_ngrams == 0:
+        default = Config.__dataclass_fields__
+        changed = [k for k in WIDE_KEYS[1:] if getattr(config, k) != default[k].default]
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} set without a wide part (wide_ngrams = 0): set wide_ngrams = 1..3 or remove them"
+            )
 
 
 def _validate_dataset(config: Config) -> None:

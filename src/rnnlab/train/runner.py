@@ -129,8 +129,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(config: Config, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    """adam / adamw (decoupled weight decay) / sgd (momentum 0.9)."""
+def make_optimizer(config: Config, params: Iterator[nn.Parameter] | nn.Module) -> torch.optim.Optimizer:
+    """adam / adamw (decoupled weight decay) / sgd (momentum 0.9).
+
+    Given the model, a wide part's weight (``model.wide.weight``) is a group of its own with
+    ``lr = wide_lr`` (0: ``lr``) and ``weight_decay = wide_weight_decay`` (Adam and SGD: an L2 term
+    on the wide weights only; AdamW: decoupled decay).
+    """
+    if isinstance(params, nn.Module):
+        params = param_groups(config, params)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -155,6 +162,18 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, 
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * p))
     return 1.0 - p
+
+
+def param_groups(config: Config, model: nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: everything, then (with a wide part) the wide weights apart."""
+    wide = getattr(model, "wide", None)
+    if wide is None:
+        return [{"params": list(model.parameters())}]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("wide.")]
+    return [
+        {"params": rest},
+        {"params": [wide.weight], "lr": config.wide_lr or config.lr, "weight_decay": config.wide_weight_decay},
+    ]
 
 
 # ----------------------------------------------------------------------------- data
@@ -242,6 +261,9 @@ def _criterion(config: Config) -> nn.Module:
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """``load_state_dict`` with an error that lists what does not match."""
+    resize = getattr(model, "resize_for_state", None)
+    if resize is not None:  # parts whose size depends on the training data (the wide n-gram table)
+        resize(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -509,9 +531,11 @@ class Trainer:
         self.label_names = list(data.label_names)
         self.vocab_size = len(data.vocab)
         seed_everything(config.seed)  # every rank: the same initial weights (DDP also broadcasts rank 0's)
-        self.model = build_model(config, self.vocab_size, len(self.label_names)).to(device)
+        self.model = build_model(config, self.vocab_size, len(self.label_names))
+        self.model.fit_wide(data.train)  # the wide n-gram table: training reviews only (also on resume: same data)
+        self.model.to(device)
         self.num_params = count_parameters(self.model)
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.optimizer = make_optimizer(config, self.model)
         self.steps_per_epoch = _num_batches(_train_loader(data, config), len(data.train), config.batch_size)
         self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
         metric = "val_acc" if data.val is not None else "test_acc"
@@ -845,7 +869,9 @@ def _train_epoch(
     start = time.perf_counter()
     for step, (ids, lengths, labels, n_r, n) in enumerate(bar, 1):
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss, loss_value, step_correct = _batch_loss(model, criterion, ids, lengths, labels, n_r, n, dist)
+        loss, loss_value, step_correct = _batch_loss(
+            model, criterion, ids, lengths, labels, n_r, n, dist, deep_weight=config.deep_loss_weight
+        )
         if not math.isfinite(loss_value):
             raise _non_finite(loss_value, epoch, step, steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
@@ -885,8 +911,15 @@ def _batch_loss(
     n_r: int,
     n: int,
     dist: distributed.Dist,
+    *,
+    deep_weight: float = 0.0,
 ) -> tuple[torch.Tensor, float, int]:
     """``(loss to back-propagate, the batch's mean loss, its correct predictions)`` of one global batch.
+
+    ``deep_weight`` > 0 (a wide-and-deep model): the deep part's own loss, times ``deep_weight``, is
+    added to the loss to back-propagate (``loss(deep + wide) + deep_weight * loss(deep)``), so that the
+    deep part keeps learning once the wide part fits the training reviews; the reported loss and
+    accuracy are the model's (deep + wide).
 
     Distributed: this rank's slice is ``n_r`` of the batch's ``n`` examples; the loss and the
     correct count are summed over ranks, and the loss to back-propagate is ``loss_r * n_r * W / n``.
@@ -894,12 +927,22 @@ def _batch_loss(
     """
     out = model(ids, lengths)
     loss = criterion(out, labels)
+    total = loss + deep_weight * _deep_loss(model, criterion, labels) if deep_weight else loss
     if not dist.enabled:
-        return loss, float(loss.item()), int((out.argmax(-1) == labels).sum().item())
+        return total, float(loss.item()), int((out.argmax(-1) == labels).sum().item())
     step_loss, step_correct = dist.all_sum(
         [float(loss.item()) * n_r if n_r else 0.0, int((out.argmax(-1) == labels).sum().item()) if n_r else 0]
     )
-    return loss * (n_r * dist.world_size / n), step_loss / n, int(step_correct)
+    return total * (n_r * dist.world_size / n), step_loss / n, int(step_correct)
+
+
+def _deep_loss(model: nn.Module, criterion: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of the deep part's logits alone (``RNNClassifier.deep_logits`` of the forward just run)."""
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    deep = getattr(base, "deep_logits", None)
+    if deep is None:
+        raise TrainingError("deep_loss_weight > 0 needs a wide-and-deep model (wide_ngrams >= 1)")
+    return criterion(torch.log_softmax(deep, -1) if isinstance(criterion, nn.NLLLoss) else deep, labels)
 
 
 def _non_finite(loss_value: float, epoch: int, step: int, steps_per_epoch: int) -> TrainingError:
