@@ -368,9 +368,7 @@ class _RNNFunction(torch.autograd.Function):
                 torch.mm(a, w_hh, out=rec)
         dh0 = run.rec
         nb = ctx.needs_input_grad
-        dx, dw_ih, dw_hh, db = weight_grads(
-            dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched
-        )
+        dx, dw_ih, dw_hh, db = weight_grads(dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched)
         db_ih = db if ctx.has_b[0] and nb[4] else None
         db_hh = db if ctx.has_b[1] and nb[5] else None
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None
