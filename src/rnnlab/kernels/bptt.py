@@ -260,15 +260,17 @@ def weight_grads(
     needs: tuple[bool, bool, bool, bool],
     reverse: bool,
     sched: Schedule | None,
+    col_sums: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once)."""
+    """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once;
+    ``col_sums``: db when the caller already has it)."""
     steps, n, gh = dA.shape
     a2 = dA.view(steps * n, gh)  # (L*N, G*H)
     need_x, need_wih, need_whh, need_b = needs
     dx = torch.mm(a2, w_ih).view(steps, n, w_ih.shape[1]) if need_x else None
     dw_ih = torch.mm(a2.t(), x.reshape(steps * n, -1)) if need_wih else None
     dw_hh = _hh_weight_grad(dA, out, h0, reverse, sched) if need_whh else None
-    db = a2.sum(0) if need_b else None
+    db = (a2.sum(0) if col_sums is None else col_sums) if need_b else None
     return dx, dw_ih, dw_hh, db
 
 
@@ -660,17 +662,26 @@ def gru_param_grads(
     need_x: bool,
     needs: tuple[bool, bool, bool, bool],
     has_b: tuple[bool, bool],
+    col_sums: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """(dX, dW_ih, dW_hh, db_ih, db_hh) of a GRU from its gate gradients, all steps at once.
 
-    dA: (L, N, 4H) or (L, N, 4, H) with columns [dn, dz, dr, dhn] (gradients of the pre-activations; dhn of
-    ``h W_hn^T + b_hn``); prev: (L, N, H) the state each step started from; ``needs`` says which
-    of (W_ih, W_hh, b_ih, b_hh) need a gradient; torch's gate order (r, z, n) in the results.
+    dA: (L, N, 4H) or (L, N, 4, H) with columns [dn, dz, dr, dhn] (gradients of the
+    pre-activations; dhn of ``h W_hn^T + b_hn``); prev: (L, N, H) the state each step started
+    from; ``needs`` says which of (W_ih, W_hh, b_ih, b_hh) need a gradient; ``col_sums``: the
+    (4H,) column sums of dA when the caller already has them. Torch's gate order (r, z, n).
     """
     steps, n, hid = prev.shape
     need_wih, need_whh, need_bih, need_bhh = needs
     a2 = dA.view(steps * n, 4 * hid)
     dx = dw_ih = dw_hh = db_ih = db_hh = None
+    if col_sums is not None:
+        sums = col_sums.view(4, hid)  # dn, dz, dr, dhn
+        if need_bih and has_b[0]:
+            db_ih = torch.cat((sums[2], sums[1], sums[0]))
+        if need_bhh and has_b[1]:
+            db_hh = torch.cat((sums[2], sums[1], sums[3]))
+        need_bih = need_bhh = False
     if need_x or need_wih or need_bih:
         a_ih = a2[:, : 3 * hid]  # columns n, z, r
         if need_x:

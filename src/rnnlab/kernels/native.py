@@ -65,12 +65,12 @@ class _LSTMFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_hn, grad_cn):
         x, h0, c0, w_ih, w_hh, out, gates, c_all = ctx.saved_tensors
         bs, parts, macs = _loop_args(ctx.sched)
-        dA, dh0, dc0 = _ops().lstm_backward(
+        dA, dh0, dc0, db = _ops().lstm_backward(
             grad_out, grad_hn, grad_cn, c0, w_hh, gates, c_all, bs, ctx.reverse, parts, macs
-        )  # dA: (L, N, 4H), gates i, f, g, o
+        )  # dA: (L, N, 4H), gates i, f, g, o; db: its column sums
         nb = ctx.needs_input_grad
         needs = (nb[0], nb[3], nb[4], nb[5] or nb[6])
-        dx, dw_ih, dw_hh, db = bptt.weight_grads(dA, x, out, h0, w_ih, needs, ctx.reverse, ctx.sched)
+        dx, dw_ih, dw_hh, db = bptt.weight_grads(dA, x, out, h0, w_ih, needs, ctx.reverse, ctx.sched, db)
         return (
             dx,
             dh0 if nb[1] else None,
@@ -99,12 +99,12 @@ class _GRUFunction(torch.autograd.Function):
         x, h0, w_ih, w_hh, out, gates, hn_all = ctx.saved_tensors
         bs, parts, macs = _loop_args(ctx.sched)
         w_zrn = bptt.gru_zrn_weight(w_hh)
-        dA, dh0 = _ops().gru_backward(
+        dA, dh0, sums = _ops().gru_backward(
             grad_out, grad_hn, h0, w_zrn, out, gates, hn_all, bs, ctx.reverse, parts, macs
-        )  # dA: (L, N, 4H), [dn, dz, dr, dhn]
+        )  # dA: (L, N, 4H), [dn, dz, dr, dhn]; sums: its column sums
         nb = ctx.needs_input_grad
         prev = bptt.prev_states(out, h0, ctx.reverse, ctx.sched) if nb[3] else out  # h_{t-1}, (L, N, H)
-        dx, dw_ih, dw_hh, db_ih, db_hh = bptt.gru_param_grads(dA, x, prev, w_ih, nb[0], nb[2:6], ctx.has_b)
+        dx, dw_ih, dw_hh, db_ih, db_hh = bptt.gru_param_grads(dA, x, prev, w_ih, nb[0], nb[2:6], ctx.has_b, sums)
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None
 
 
@@ -123,10 +123,10 @@ class _RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_hn):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         bs, parts, macs = _loop_args(ctx.sched)
-        dA, dh0 = _ops().rnn_backward(grad_out, grad_hn, w_hh, out, ctx.relu, bs, ctx.reverse, parts, macs)
+        dA, dh0, db = _ops().rnn_backward(grad_out, grad_hn, w_hh, out, ctx.relu, bs, ctx.reverse, parts, macs)
         nb = ctx.needs_input_grad
         needs = (nb[0], nb[2], nb[3], nb[4] or nb[5])
-        dx, dw_ih, dw_hh, db = bptt.weight_grads(dA, x, out, h0, w_ih, needs, ctx.reverse, ctx.sched)
+        dx, dw_ih, dw_hh, db = bptt.weight_grads(dA, x, out, h0, w_ih, needs, ctx.reverse, ctx.sched, db)
         db_ih = db if ctx.has_b[0] and nb[4] else None
         db_hh = db if ctx.has_b[1] and nb[5] else None
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None

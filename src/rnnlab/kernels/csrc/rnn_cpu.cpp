@@ -341,17 +341,50 @@ struct Loop {
   }
 };
 
-// Runs body(span) for every partition, one thread each (inline when there is one).
+// Runs body(index, span) for every partition, one thread each (inline when there is one).
 template <typename F>
 void for_partitions(const Loop& loop, const F& body) {
   const int64_t n = static_cast<int64_t>(loop.parts.size());
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     BlasThreadsGuard guard(loop.blas_single);
     for (int64_t i = begin; i < end; ++i) {
-      body(loop.parts[i]);
+      body(i, loop.parts[i]);
     }
   });
 }
+
+// Column sums of the gate gradients (the bias gradient), accumulated row by row while the rows
+// are in cache: one double accumulator per partition, added up in partition order at the end.
+template <typename T>
+class ColumnSums {
+ public:
+  ColumnSums(const Loop& loop, int64_t width) : width_(width), acc_(loop.parts.size(), std::vector<double>(width)) {}
+
+  void add(int64_t part, const T* __restrict__ row) {
+    double* __restrict__ acc = acc_[part].data();
+#pragma omp simd
+    for (int64_t j = 0; j < width_; ++j) {
+      acc[j] += static_cast<double>(row[j]);
+    }
+  }
+
+  Tensor result(const at::TensorOptions& options) const {
+    Tensor out = at::empty({width_}, options);
+    T* o = out.data_ptr<T>();
+    for (int64_t j = 0; j < width_; ++j) {
+      double sum = 0;
+      for (const auto& acc : acc_) {
+        sum += acc[j];
+      }
+      o[j] = static_cast<T>(sum);
+    }
+    return out;
+  }
+
+ private:
+  int64_t width_;
+  std::vector<std::vector<double>> acc_;
+};
 
 template <typename T>
 inline void zero_rows(T* base, int64_t row_elems, int64_t r0, int64_t r1) {
@@ -360,48 +393,59 @@ inline void zero_rows(T* base, int64_t row_elems, int64_t r0, int64_t r1) {
   }
 }
 
-//: No grad: input projections computed this many steps at a time (one partition).
-constexpr int64_t INFERENCE_CHUNK = 16;
+//: The input projections are computed a few steps at a time, about this many bytes of gates.
+constexpr int64_t PROJECTION_CHUNK_BYTES = 256 * 1024;
+constexpr int64_t PROJECTION_CHUNK_MAX_STEPS = 16;
 
-// The gate pre-activations x_t W_ih^T of the no-grad loop, in a reused buffer. With one
-// partition, `chunk` steps of all rows at a time (one GEMM per chunk: x[t0:t1] is one
-// (chunk * N, H_in) block); with several, the partition's rows of one step (the rows of a
-// partition at several steps are not one block).
+// The input projections x_t W_ih^T, computed inside the time loop shortly before they are
+// used (still in cache, and never a pass over an (L, N, G*H) buffer of its own). With one
+// partition, a chunk of steps at a time: x[t0:t1] is one (chunk * N, H_in) block, one GEMM.
+// With several, the partition's rows of one step (a partition's rows at several steps are
+// not one block). Training writes into the kept (L, N, G*H) gate buffer `keep`; no grad into
+// a reused buffer of one chunk.
 template <typename T>
 class Projection {
  public:
-  Projection(const Loop& loop, const Tensor& x, const Tensor& w_ih_t, int64_t gh)
-      : loop_(loop),
-        n_(x.size(1)),
-        hin_(x.size(2)),
-        gh_(gh),
-        chunk_(loop.parts.size() == 1 ? std::min<int64_t>(x.size(0), INFERENCE_CHUNK) : 1),
-        buf_(at::empty({chunk_, x.size(1), gh}, x.options())),
-        x_(x.const_data_ptr<T>()),
-        w_(w_ih_t.const_data_ptr<T>()) {}
+  Projection(const Loop& loop, const Tensor& x, const Tensor& w_ih_t, int64_t gh, T* keep)
+      : loop_(loop), n_(x.size(1)), hin_(x.size(2)), gh_(gh), keep_(keep != nullptr) {
+    const int64_t step_bytes = std::max<int64_t>(1, n_ * gh * static_cast<int64_t>(sizeof(T)));
+    chunk_ = loop.parts.size() > 1 ? 1 : PROJECTION_CHUNK_BYTES / step_bytes;
+    chunk_ = std::max<int64_t>(1, std::min({chunk_, PROJECTION_CHUNK_MAX_STEPS, loop.steps}));
+    if (keep_) {
+      base_ = keep;
+    } else {
+      buf_ = at::empty({chunk_, n_, gh}, x.options());
+      base_ = buf_.data_ptr<T>();
+    }
+    x_ = x.const_data_ptr<T>();
+    w_ = w_ih_t.const_data_ptr<T>();
+  }
 
-  // Rows [s.r0, s.r0 + m) of step t, filled in on demand. t0 is the first step in the buffer
-  // (per partition; start with -1).
-  T* step(int64_t t, Span s, int64_t m, int64_t& t0) {
-    T* buf = buf_.data_ptr<T>();
+  // The (m, G*H) block of rows [s.r0, s.r0 + m) at step t (computed on demand). t0: the first
+  // step of the chunk held (per partition, starts at -1).
+  T* step(int64_t t, Span s, int64_t m, int64_t& t0) const {
     if (chunk_ == 1) {
-      gemm<T>(m, gh_, hin_, x_ + (t * n_ + s.r0) * hin_, hin_, w_, gh_, T(0), buf + s.r0 * gh_, gh_);
-      return buf + s.r0 * gh_;
+      T* a = keep_ ? base_ + (t * n_ + s.r0) * gh_ : base_ + s.r0 * gh_;
+      gemm<T>(m, gh_, hin_, x_ + (t * n_ + s.r0) * hin_, hin_, w_, gh_, T(0), a, gh_);
+      return a;
     }
     if (t0 < 0 || t < t0 || t >= t0 + chunk_) {
-      t0 = loop_.reverse ? std::max<int64_t>(0, t - chunk_ + 1) : t;
-      const int64_t t1 = std::min(loop_.steps, t0 + chunk_);
-      gemm<T>((t1 - t0) * n_, gh_, hin_, x_ + t0 * n_ * hin_, hin_, w_, gh_, T(0), buf, gh_);
+      t0 = loop_.reverse ? std::max<int64_t>(0, t - chunk_ + 1) : t;  // [t0, t1): t and the steps after it
+      const int64_t t1 = loop_.reverse ? t + 1 : std::min(loop_.steps, t + chunk_);
+      T* a0 = keep_ ? base_ + t0 * n_ * gh_ : base_;
+      gemm<T>((t1 - t0) * n_, gh_, hin_, x_ + t0 * n_ * hin_, hin_, w_, gh_, T(0), a0, gh_);
     }
-    return buf + ((t - t0) * n_ + s.r0) * gh_;
+    return keep_ ? base_ + (t * n_ + s.r0) * gh_ : base_ + ((t - t0) * n_ + s.r0) * gh_;
   }
 
  private:
   const Loop& loop_;
-  int64_t n_, hin_, gh_, chunk_;
+  int64_t n_, hin_, gh_, chunk_ = 1;
+  bool keep_;
   Tensor buf_;
-  const T* x_;
-  const T* w_;
+  T* base_ = nullptr;
+  const T* x_ = nullptr;
+  const T* w_ = nullptr;
 };
 
 // ------------------------------------------------------------------------------------------
@@ -555,25 +599,14 @@ Tensor bias_or_zeros(const std::optional<Tensor>& bias, int64_t size, const Tens
   return at::zeros({size}, like.options());
 }
 
-// (L, N, G*H) = x W_ih^T (+ bias), one GEMM over all steps (BLAS threads as the caller set).
-Tensor input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias) {
-  const int64_t L = x.size(0), N = x.size(1), Hin = x.size(2);
-  const Tensor x2 = x.reshape({L * N, Hin});
-  Tensor out = at::empty({L * N, w_ih.size(0)}, x.options());
-  if (bias.has_value() && bias->defined()) {
-    at::addmm_out(out, *bias, x2, w_ih.t());
-  } else {
-    at::mm_out(out, x2, w_ih.t());
-  }
-  return out.view({L, N, w_ih.size(0)});
-}
-
 Tensor empty_like_none(const Tensor& like) { return at::empty({0}, like.options()); }
 
 // ------------------------------------------------------------------------------------------
 // LSTM
 // ------------------------------------------------------------------------------------------
 
+// Returns (out, h_n, c_n, gates, c_all); gates: the activations i, f, g, o of every step
+// (L, N, 4H) and c_all: c_t (L, N, H) when `save`, else empty.
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(const Tensor& x, const Tensor& h0,
                                                                      const Tensor& c0, const Tensor& w_ih,
@@ -588,28 +621,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(const Tenso
   Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // end as c_n
   Tensor out = at::empty({L, N, H}, x.options());
   const Tensor w_hh_t = w_hh.t().contiguous();  // (H, 4H)
-  // Training: all input projections at once (kept: the buffer ends holding the activations) and
-  // c_t of every step. Inference: x_t W_ih^T per step into an (N, 4H) buffer, nothing kept.
-  Tensor gates, c_all, w_ih_t, pass_bias;
-  if (save) {
-    gates = input_projection(x, w_ih, bias);
-    c_all = at::empty({L, N, H}, x.options());
-    pass_bias = at::zeros({G4}, x.options());
-  } else {
-    c_all = at::empty({N, H}, x.options());  // c_t lands here and is not kept
-    w_ih_t = w_ih.t().contiguous();           // (H_in, 4H)
-    pass_bias = bias_or_zeros(bias, G4, x);
-  }
-  std::optional<Projection<T>> proj;
-  if (!save) {
-    proj.emplace(loop, x, w_ih_t, G4);
-  }
-  const T* wh = w_hh_t.const_data_ptr<T>();
-  const T* bp = pass_bias.const_data_ptr<T>();
-  T *hp = h.data_ptr<T>(), *cp = c.data_ptr<T>(), *yp = out.data_ptr<T>();
-  T *gp = save ? gates.data_ptr<T>() : nullptr, *csp = c_all.data_ptr<T>();
+  const Tensor w_ih_t = w_ih.t().contiguous();  // (H_in, 4H)
+  const Tensor b = bias_or_zeros(bias, G4, x);
+  // Training keeps the gates (pre-activations, then activations) and c_t of every step.
+  Tensor gates = save ? at::empty({L, N, G4}, x.options()) : empty_like_none(x);
+  Tensor c_all = at::empty({save ? L : 1, N, H}, x.options());  // no grad: c_t lands here, not kept
+  const Projection<T> proj(loop, x, w_ih_t, G4, save ? gates.data_ptr<T>() : nullptr);
+  const T *wh = w_hh_t.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
+  T *hp = h.data_ptr<T>(), *cp = c.data_ptr<T>(), *yp = out.data_ptr<T>(), *csp = c_all.data_ptr<T>();
   const CellOptions opts;
-  for_partitions(loop, [&](Span s) {
+  for_partitions(loop, [&](int64_t, Span s) {
     int64_t t0 = -1;
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.forward_step(k);
@@ -617,9 +638,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(const Tenso
       const int64_t m = re - s.r0;
       T* y = yp + t * N * H;
       if (m > 0) {
-        T* a = save ? gp + (t * N + s.r0) * G4 : proj->step(t, s, m, t0);
-        T* cs = save ? csp + (t * N + s.r0) * H : csp + s.r0 * H;
-        gemm<T>(m, G4, H, hp + s.r0 * H, H, wh, G4, T(1), a, G4);
+        T* a = proj.step(t, s, m, t0);  // (m, 4H): x_t W_ih^T
+        T* cs = csp + ((save ? t * N : 0) + s.r0) * H;
+        gemm<T>(m, G4, H, hp + s.r0 * H, H, wh, G4, T(1), a, G4);  // += h_{t-1} W_hh^T
         for (int64_t i = 0; i < m; ++i) {
           const int64_t n = s.r0 + i;
           lstm_forward_row<T>(H, a + i * G4, bp, cp + n * H, hp + n * H, y + n * H, cs + i * H, opts);
@@ -629,17 +650,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(const Tenso
     }
   });
   if (!save) {
-    return {out, h, c, empty_like_none(x), empty_like_none(x)};
+    c_all = empty_like_none(x);
   }
   return {out, h, c, gates, c_all};
 }
 
+// Returns (dA, dh0, dc0, db): dA the gate gradients (L, N, 4H, zero at padded steps), db = the
+// column sums of dA (the bias gradient).
 template <typename T>
-std::tuple<Tensor, Tensor, Tensor> lstm_backward_impl(const Tensor& grad_out, const Tensor& grad_hn,
-                                                      const Tensor& grad_cn, const Tensor& c0, const Tensor& w_hh,
-                                                      const Tensor& gates, const Tensor& c_all,
-                                                      c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts,
-                                                      int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(const Tensor& grad_out, const Tensor& grad_hn,
+                                                              const Tensor& grad_cn, const Tensor& c0,
+                                                              const Tensor& w_hh, const Tensor& gates,
+                                                              const Tensor& c_all, c10::IntArrayRef batch_sizes,
+                                                              bool reverse, int64_t max_parts,
+                                                              int64_t single_max_macs) {
   const int64_t L = gates.size(0), N = gates.size(1), H = c0.size(1), G4 = 4 * H;
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * G4 * H, single_max_macs);
   Tensor dA = at::empty({L, N, G4}, gates.options());
@@ -650,8 +674,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_impl(const Tensor& grad_out, co
   const T *go = go_c.const_data_ptr<T>(), *g = gates.const_data_ptr<T>(), *cs = c_all.const_data_ptr<T>();
   const T *c0p = c0.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
   T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
+  ColumnSums<T> sums(loop, G4);
   const CellOptions opts;
-  for_partitions(loop, [&](Span s) {
+  for_partitions(loop, [&](int64_t part, Span s) {
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.backward_step(k);
       const int64_t tp = loop.prev_step(t);
@@ -662,20 +687,23 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_impl(const Tensor& grad_out, co
         const int64_t row = t * N + n;
         lstm_backward_row<T>(H, g + row * G4, cs + row * H, c_prev, go + row * H, dhp + n * H, dcp + n * H,
                              d + n * G4, opts);
+        sums.add(part, d + n * G4);
       }
       if (re > s.r0) {
-        gemm<T>(re - s.r0, H, G4, d + s.r0 * G4, G4, wp, H, T(0), dhp + s.r0 * H, H);
+        gemm<T>(re - s.r0, H, G4, d + s.r0 * G4, G4, wp, H, T(0), dhp + s.r0 * H, H);  // dh_{t-1} = dA_t W_hh
       }
       zero_rows(d, G4, std::max(s.r0, re), s.r1);
     }
   });
-  return {dA, dh, dc};
+  return {dA, dh, dc, sums.result(gates.options())};
 }
 
 // ------------------------------------------------------------------------------------------
 // GRU
 // ------------------------------------------------------------------------------------------
 
+// Returns (out, h_n, gates, hn_all); gates: r, z, n of every step (L, N, 3H) and hn_all:
+// W_hn h_{t-1} + b_hn (L, N, H) when `save`, else empty.
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
                                                             const Tensor& w_hh, const std::optional<Tensor>& b_ih,
@@ -687,28 +715,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& x, con
   Tensor h = h0.clone(at::MemoryFormat::Contiguous);
   Tensor out = at::empty({L, N, H}, x.options());
   const Tensor w_hh_t = w_hh.t().contiguous();  // (H, 3H)
+  const Tensor w_ih_t = w_ih.t().contiguous();  // (H_in, 3H)
   Tensor gh = at::empty({N, G3}, x.options());  // h W_hh^T of the current step
-  const Tensor bh = bias_or_zeros(b_hh, G3, x);
-  Tensor gates, hn_all, w_ih_t, bx;
-  if (save) {
-    gates = input_projection(x, w_ih, b_ih);  // (L, N, 3H), ends holding r, z, n
-    hn_all = at::empty({L, N, H}, x.options());
-    bx = at::zeros({G3}, x.options());
-  } else {
-    hn_all = at::empty({N, H}, x.options());  // not kept
-    w_ih_t = w_ih.t().contiguous();
-    bx = bias_or_zeros(b_ih, G3, x);
-  }
-  std::optional<Projection<T>> proj;
-  if (!save) {
-    proj.emplace(loop, x, w_ih_t, G3);
-  }
-  const T* wh = w_hh_t.const_data_ptr<T>();
-  const T *bxp = bx.const_data_ptr<T>(), *bhp = bh.const_data_ptr<T>();
-  T *hp = h.data_ptr<T>(), *yp = out.data_ptr<T>(), *ghp = gh.data_ptr<T>();
-  T *gp = save ? gates.data_ptr<T>() : nullptr, *hnp = hn_all.data_ptr<T>();
+  const Tensor bx = bias_or_zeros(b_ih, G3, x), bh = bias_or_zeros(b_hh, G3, x);
+  Tensor gates = save ? at::empty({L, N, G3}, x.options()) : empty_like_none(x);
+  Tensor hn_all = at::empty({save ? L : 1, N, H}, x.options());
+  const Projection<T> proj(loop, x, w_ih_t, G3, save ? gates.data_ptr<T>() : nullptr);
+  const T *wh = w_hh_t.const_data_ptr<T>(), *bxp = bx.const_data_ptr<T>(), *bhp = bh.const_data_ptr<T>();
+  T *hp = h.data_ptr<T>(), *yp = out.data_ptr<T>(), *ghp = gh.data_ptr<T>(), *hnp = hn_all.data_ptr<T>();
   const CellOptions opts;
-  for_partitions(loop, [&](Span s) {
+  for_partitions(loop, [&](int64_t, Span s) {
     int64_t t0 = -1;
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.forward_step(k);
@@ -716,10 +732,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& x, con
       const int64_t m = re - s.r0;
       T* y = yp + t * N * H;
       if (m > 0) {
-        T* a = save ? gp + (t * N + s.r0) * G3 : proj->step(t, s, m, t0);
-        T* hn = save ? hnp + (t * N + s.r0) * H : hnp + s.r0 * H;
+        T* a = proj.step(t, s, m, t0);  // (m, 3H): x_t W_ih^T
+        T* hn = hnp + ((save ? t * N : 0) + s.r0) * H;
         T* g = ghp + s.r0 * G3;
-        gemm<T>(m, G3, H, hp + s.r0 * H, H, wh, G3, T(0), g, G3);
+        gemm<T>(m, G3, H, hp + s.r0 * H, H, wh, G3, T(0), g, G3);  // h_{t-1} W_hh^T
         for (int64_t i = 0; i < m; ++i) {
           const int64_t n = s.r0 + i;
           gru_forward_row<T>(H, a + i * G3, bxp, g + i * G3, bhp, hp + n * H, y + n * H, hn + i * H, opts);
@@ -729,27 +745,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& x, con
     }
   });
   if (!save) {
-    return {out, h, empty_like_none(x), empty_like_none(x)};
+    hn_all = empty_like_none(x);
   }
   return {out, h, gates, hn_all};
 }
 
+// Returns (dA, dh0, col_sums): dA (L, N, 4H) = [dn, dz, dr, dhn] (zero at padded steps) and
+// its column sums (4H).
 template <typename T>
-std::tuple<Tensor, Tensor> gru_backward_impl(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0,
-                                             const Tensor& w_zrn, const Tensor& out, const Tensor& gates,
-                                             const Tensor& hn_all, c10::IntArrayRef batch_sizes, bool reverse,
-                                             int64_t max_parts, int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor> gru_backward_impl(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0,
+                                                     const Tensor& w_zrn, const Tensor& out, const Tensor& gates,
+                                                     const Tensor& hn_all, c10::IntArrayRef batch_sizes, bool reverse,
+                                                     int64_t max_parts, int64_t single_max_macs) {
   const int64_t L = gates.size(0), N = gates.size(1), H = h0.size(1), G3 = 3 * H, G4 = 4 * H;
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * G3 * H, single_max_macs);
-  Tensor dA = at::empty({L, N, G4}, gates.options());  // [dn, dz, dr, dhn]
+  Tensor dA = at::empty({L, N, G4}, gates.options());
   Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous);
   const Tensor go_c = grad_out.contiguous();
   const Tensor w = w_zrn.contiguous();  // (3H, H) rows z, r, n
   const T *go = go_c.const_data_ptr<T>(), *g = gates.const_data_ptr<T>(), *hn = hn_all.const_data_ptr<T>();
   const T *yp = out.const_data_ptr<T>(), *h0p = h0.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
   T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>();
+  ColumnSums<T> sums(loop, G4);
   const CellOptions opts;
-  for_partitions(loop, [&](Span s) {
+  for_partitions(loop, [&](int64_t part, Span s) {
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.backward_step(k);
       const int64_t tp = loop.prev_step(t);
@@ -759,20 +778,22 @@ std::tuple<Tensor, Tensor> gru_backward_impl(const Tensor& grad_out, const Tenso
         const T* h_prev = loop.ran(tp, n) ? yp + (tp * N + n) * H : h0p + n * H;
         const int64_t row = t * N + n;
         gru_backward_row<T>(H, g + row * G3, hn + row * H, h_prev, go + row * H, dhp + n * H, d + n * G4, opts);
+        sums.add(part, d + n * G4);
       }
-      if (re > s.r0) {
+      if (re > s.r0) {  // dh_{t-1} = dh_t z + [dz, dr, dhn] W_hh[z, r, n]
         gemm<T>(re - s.r0, H, G3, d + s.r0 * G4 + H, G4, wp, H, T(1), dhp + s.r0 * H, H);
       }
       zero_rows(d, G4, std::max(s.r0, re), s.r1);
     }
   });
-  return {dA, dh};
+  return {dA, dh, sums.result(gates.options())};
 }
 
 // ------------------------------------------------------------------------------------------
 // RNN (tanh, relu)
 // ------------------------------------------------------------------------------------------
 
+// Returns (out, h_n). The input projections are computed into `out` and activated in place.
 template <typename T, bool Relu>
 std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                             const std::optional<Tensor>& bias, c10::IntArrayRef batch_sizes,
@@ -780,20 +801,23 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& x, const Tensor& h0, c
   const int64_t L = x.size(0), N = x.size(1), H = h0.size(1);
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * H * H, single_max_macs);
   Tensor h = h0.clone(at::MemoryFormat::Contiguous);
-  // The input projections of all steps, activated in place: the buffer is the output.
-  Tensor out = input_projection(x, w_ih, bias);
+  Tensor out = at::empty({L, N, H}, x.options());
   const Tensor w_hh_t = w_hh.t().contiguous();
-  const Tensor zero_bias = at::zeros({H}, x.options());
-  const T *wh = w_hh_t.const_data_ptr<T>(), *bp = zero_bias.const_data_ptr<T>();
+  const Tensor w_ih_t = w_ih.t().contiguous();
+  const Tensor b = bias_or_zeros(bias, H, x);
+  const Projection<T> proj(loop, x, w_ih_t, H, out.data_ptr<T>());
+  const T *wh = w_hh_t.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
   T *hp = h.data_ptr<T>(), *yp = out.data_ptr<T>();
   const CellOptions opts;
-  for_partitions(loop, [&](Span s) {
+  for_partitions(loop, [&](int64_t, Span s) {
+    int64_t t0 = -1;
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.forward_step(k);
       const int64_t re = std::min(s.r1, loop.bs[t]);
       T* y = yp + t * N * H;
       if (re > s.r0) {
-        gemm<T>(re - s.r0, H, H, hp + s.r0 * H, H, wh, H, T(1), y + s.r0 * H, H);
+        T* a = proj.step(t, s, re - s.r0, t0);  // rows of out[t]: x_t W_ih^T
+        gemm<T>(re - s.r0, H, H, hp + s.r0 * H, H, wh, H, T(1), a, H);
         for (int64_t n = s.r0; n < re; ++n) {
           rnn_forward_row<T, Relu>(H, y + n * H, bp, hp + n * H, opts);
         }
@@ -804,10 +828,12 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& x, const Tensor& h0, c
   return {out, h};
 }
 
+// Returns (dA, dh0, db): dA (L, N, H) zero at padded steps, db its column sums.
 template <typename T, bool Relu>
-std::tuple<Tensor, Tensor> rnn_backward_impl(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh,
-                                             const Tensor& out, c10::IntArrayRef batch_sizes, bool reverse,
-                                             int64_t max_parts, int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const Tensor& grad_out, const Tensor& grad_hn,
+                                                     const Tensor& w_hh, const Tensor& out,
+                                                     c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts,
+                                                     int64_t single_max_macs) {
   const int64_t L = out.size(0), N = out.size(1), H = out.size(2);
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * H * H, single_max_macs);
   Tensor dA = at::empty({L, N, H}, out.options());
@@ -816,8 +842,9 @@ std::tuple<Tensor, Tensor> rnn_backward_impl(const Tensor& grad_out, const Tenso
   const Tensor w = w_hh.contiguous();
   const T *go = go_c.const_data_ptr<T>(), *yp = out.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
   T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>();
+  ColumnSums<T> sums(loop, H);
   const CellOptions opts;
-  for_partitions(loop, [&](Span s) {
+  for_partitions(loop, [&](int64_t part, Span s) {
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.backward_step(k);
       const int64_t re = std::min(s.r1, loop.bs[t]);
@@ -825,6 +852,7 @@ std::tuple<Tensor, Tensor> rnn_backward_impl(const Tensor& grad_out, const Tenso
       for (int64_t n = s.r0; n < re; ++n) {
         const int64_t row = t * N + n;
         rnn_backward_row<T, Relu>(H, yp + row * H, go + row * H, dhp + n * H, d + n * H, opts);
+        sums.add(part, d + n * H);
       }
       if (re > s.r0) {
         gemm<T>(re - s.r0, H, H, d + s.r0 * H, H, wp, H, T(0), dhp + s.r0 * H, H);
@@ -832,7 +860,7 @@ std::tuple<Tensor, Tensor> rnn_backward_impl(const Tensor& grad_out, const Tenso
       zero_rows(d, H, std::max(s.r0, re), s.r1);
     }
   });
-  return {dA, dh};
+  return {dA, dh, sums.result(out.options())};
 }
 
 // ------------------------------------------------------------------------------------------
@@ -855,7 +883,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& x,
                                   single_max_macs);
 }
 
-std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
                                                  const Tensor& c0, const Tensor& w_hh, const Tensor& gates,
                                                  const Tensor& c_all, c10::IntArrayRef batch_sizes, bool reverse,
                                                  int64_t max_parts, int64_t single_max_macs) {
@@ -883,7 +911,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x, const Te
                                  single_max_macs);
 }
 
-std::tuple<Tensor, Tensor> gru_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0,
+std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0,
                                         const Tensor& w_zrn, const Tensor& out, const Tensor& gates,
                                         const Tensor& hn_all, c10::IntArrayRef batch_sizes, bool reverse,
                                         int64_t max_parts, int64_t single_max_macs) {
@@ -914,7 +942,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& x, const Tensor& h0, const 
                                                single_max_macs);
 }
 
-std::tuple<Tensor, Tensor> rnn_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh,
+std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh,
                                         const Tensor& out, bool relu, c10::IntArrayRef batch_sizes, bool reverse,
                                         int64_t max_parts, int64_t single_max_macs) {
   TORCH_CHECK(out.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
@@ -951,7 +979,8 @@ TORCH_LIBRARY(rnnlab_cpu, m) {
       &rnnlab::lstm_forward);
   m.def(
       "lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor c0, Tensor w_hh, Tensor gates, "
-      "Tensor c_all, int[] batch_sizes, bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor, Tensor)",
+      "Tensor c_all, int[] batch_sizes, bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor, Tensor, "
+      "Tensor)",
       &rnnlab::lstm_backward);
   m.def(
       "gru_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int[] batch_sizes, "
@@ -959,7 +988,7 @@ TORCH_LIBRARY(rnnlab_cpu, m) {
       &rnnlab::gru_forward);
   m.def(
       "gru_backward(Tensor grad_out, Tensor grad_hn, Tensor h0, Tensor w_zrn, Tensor out, Tensor gates, "
-      "Tensor hn_all, int[] batch_sizes, bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor)",
+      "Tensor hn_all, int[] batch_sizes, bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor, Tensor)",
       &rnnlab::gru_backward);
   m.def(
       "rnn_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? bias, bool relu, int[] batch_sizes, "
@@ -967,7 +996,7 @@ TORCH_LIBRARY(rnnlab_cpu, m) {
       &rnnlab::rnn_forward);
   m.def(
       "rnn_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor out, bool relu, int[] batch_sizes, "
-      "bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor)",
+      "bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor, Tensor)",
       &rnnlab::rnn_backward);
   m.def("build_info() -> str", &rnnlab::build_info);
 }
