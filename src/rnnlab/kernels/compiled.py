@@ -274,8 +274,8 @@ def _build(folder: Path, lib: Path) -> None:
             cpp_extension.load(
                 name=_LIB_NAME,
                 sources=[str(src)],
-                extra_cflags=cflags,
-                extra_ldflags=ldflags,
+                extra_cflags=list(cflags),  # copies: load() appends to the lists it gets
+                extra_ldflags=list(ldflags),
                 build_directory=str(tmp),
                 is_python_module=False,
                 verbose=False,
