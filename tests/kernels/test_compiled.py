@@ -97,6 +97,22 @@ def test_compiled_batch_of_one_and_long_sequence(mode: str) -> None:
     _compare_paths(mode, torch.float64, steps=40, batch=1, h_in=3, hid=6, lengths=None, seed=4)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_large_input_weight(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W_ih above 256 KiB (600 inputs, hidden 64, float64): the input projections of all steps
+    are one GEMM before the loop (training and no grad), with 1 and 2 partitions."""
+    require_compiled()
+    monkeypatch.setattr(compiled, "cores", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            lengths = torch.tensor([6, 2, 5, 6, 1, 3, 6, 4, 2, 5, 6, 6, 1, 2, 3, 6])
+            _compare_paths(mode, torch.float64, steps=6, batch=16, h_in=600, hid=64, lengths=lengths, seed=8)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_compiled_partitions_balance_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows of very unequal length: 16 rows of length 40 and 48 of length 1, 2 partitions:
     the long rows are split across both partitions' work (the result is unchanged)."""
