@@ -408,76 +408,111 @@ inline void zero_rows(T* base, int64_t row_elems, int64_t r0, int64_t r1) {
 }
 
 //: In the loop, the input projections are computed a few steps at a time, about this many bytes
-//: of gates (they are then used while still in cache).
+//: of gates (they are then used while still in cache), at most CHUNK_MAX_STEPS steps.
 constexpr int64_t PROJECTION_CHUNK_BYTES = 256 * 1024;
 constexpr int64_t PROJECTION_CHUNK_MAX_STEPS = 16;
-//: W_ih larger than this (H_in * G * H elements, in bytes) does not stay in the L2 cache: the
-//: projections of all steps are then one GEMM before the loop, which reads W_ih once instead of
-//: once per chunk (at H = 512 the per-step form was 13% slower than torch.nn's).
-constexpr int64_t PROJECTION_UPFRONT_WEIGHT_BYTES = 256 * 1024;
+//: W_ih larger than this (H_in * G * H elements, in bytes) does not stay in the L2 cache: it is
+//: then read once for all steps (training: one GEMM before the loop) or once per
+//: CHUNK_MAX_STEPS steps (no grad), instead of once per step (at H = 256 and 512 the per-step
+//: form was 5-34% slower than torch.nn's forward).
+constexpr int64_t PROJECTION_LARGE_WEIGHT_BYTES = 256 * 1024;
 
-// The input projections x_t W_ih^T (without bias). Small W_ih: computed inside the time loop
-// shortly before they are used (still in cache): with one partition a chunk of steps at a
-// time (x[t0:t1] is one (chunk * N, H_in) block, one GEMM), with several the partition's rows
-// of one step (a partition's rows at several steps are not one block). Large W_ih: all steps
-// at once before the loop (one GEMM, BLAS threads as the caller set them). Training writes
-// into the kept (L, N, G*H) gate buffer `keep`; no grad into a reused buffer (one chunk, or
-// all steps for the large-W_ih case).
+// The input projections x_t W_ih^T (without bias), computed where they are cheapest:
+//  - training, large W_ih: all steps in one GEMM before the loop (BLAS threads as the caller
+//    set them), into the kept (L, N, G*H) gate buffer `keep`;
+//  - one partition: `chunk` steps at a time inside the loop (x[t0:t1] is one (chunk * N, H_in)
+//    block, one GEMM), into `keep` or a reused buffer of one chunk;
+//  - several partitions, small W_ih: the partition's rows of one step, one GEMM per step;
+//  - several partitions, no grad, large W_ih: the partition's rows of `chunk` steps copied
+//    into one block first (a partition's rows at several steps are not one block), one GEMM.
 template <typename T>
 class Projection {
  public:
   Projection(const Loop& loop, const Tensor& x, const Tensor& w_ih_t, int64_t gh, T* keep)
       : loop_(loop), n_(x.size(1)), hin_(x.size(2)), gh_(gh), keep_(keep != nullptr) {
     const int64_t L = loop.steps;
-    const bool upfront = hin_ * gh * static_cast<int64_t>(sizeof(T)) > PROJECTION_UPFRONT_WEIGHT_BYTES;
-    if (upfront) {
-      chunk_ = L;
-    } else if (loop.parts.size() > 1) {
-      chunk_ = 1;
-    } else {
+    const bool large = hin_ * gh * static_cast<int64_t>(sizeof(T)) > PROJECTION_LARGE_WEIGHT_BYTES;
+    const bool single = loop.parts.size() == 1;
+    x_ = x.const_data_ptr<T>();
+    w_ = w_ih_t.const_data_ptr<T>();
+    if (large && keep_) {
+      const Tensor x2 = x.reshape({L * n_, hin_});
+      Tensor out = at::from_blob(keep, {L * n_, gh}, x.options());
+      at::mm_out(out, x2, w_ih_t);
+      base_ = keep;
+      mode_ = Mode::Done;
+      return;
+    }
+    if (large) {
+      chunk_ = std::min(PROJECTION_CHUNK_MAX_STEPS, L);
+    } else if (single) {
       const int64_t step_bytes = std::max<int64_t>(1, n_ * gh * static_cast<int64_t>(sizeof(T)));
       chunk_ = std::max<int64_t>(1, std::min({PROJECTION_CHUNK_BYTES / step_bytes, PROJECTION_CHUNK_MAX_STEPS, L}));
     }
+    mode_ = single ? Mode::Block : (large ? Mode::Packed : Mode::Step);
     if (keep_) {
       base_ = keep;
     } else {
-      buf_ = at::empty({chunk_ == 1 ? 1 : chunk_, n_, gh}, x.options());
+      // Block: (chunk, N, G*H); Step: (N, G*H), rows per partition; Packed: per partition
+      // (chunk, rows, G*H) gates and (chunk, rows, H_in) inputs, one after the other.
+      const int64_t rows = mode_ == Mode::Packed ? n_ * chunk_ * (gh + hin_) : (mode_ == Mode::Block ? chunk_ : 1) * n_ * gh;
+      buf_ = at::empty({rows}, x.options());
       base_ = buf_.data_ptr<T>();
-    }
-    x_ = x.const_data_ptr<T>();
-    w_ = w_ih_t.const_data_ptr<T>();
-    if (upfront) {
-      const Tensor x2 = x.reshape({L * n_, hin_});
-      Tensor out = at::from_blob(base_, {L * n_, gh}, x.options());
-      at::mm_out(out, x2, w_ih_t);
-      done_ = true;
     }
   }
 
   // The (m, G*H) block of rows [s.r0, s.r0 + m) at step t (computed on demand). t0: the first
   // step of the chunk held (per partition, starts at -1).
   T* step(int64_t t, Span s, int64_t m, int64_t& t0) const {
-    if (done_) {
-      return base_ + (t * n_ + s.r0) * gh_;
+    switch (mode_) {
+      case Mode::Done:
+        return base_ + (t * n_ + s.r0) * gh_;
+      case Mode::Step: {
+        T* a = keep_ ? base_ + (t * n_ + s.r0) * gh_ : base_ + s.r0 * gh_;
+        gemm<T>(m, gh_, hin_, x_ + (t * n_ + s.r0) * hin_, hin_, w_, gh_, T(0), a, gh_);
+        return a;
+      }
+      case Mode::Block:
+        if (refill(t, t0)) {
+          const int64_t t1 = chunk_end(t);
+          T* a0 = keep_ ? base_ + t0 * n_ * gh_ : base_;
+          gemm<T>((t1 - t0) * n_, gh_, hin_, x_ + t0 * n_ * hin_, hin_, w_, gh_, T(0), a0, gh_);
+        }
+        return keep_ ? base_ + (t * n_ + s.r0) * gh_ : base_ + ((t - t0) * n_ + s.r0) * gh_;
+      case Mode::Packed: {
+        const int64_t rows = s.r1 - s.r0;  // the partition's rows at every step of the chunk
+        T* gates = base_ + s.r0 * chunk_ * (gh_ + hin_);
+        T* inputs = gates + chunk_ * rows * gh_;
+        if (refill(t, t0)) {
+          const int64_t t1 = chunk_end(t);
+          for (int64_t u = t0; u < t1; ++u) {
+            std::memcpy(inputs + (u - t0) * rows * hin_, x_ + (u * n_ + s.r0) * hin_, sizeof(T) * rows * hin_);
+          }
+          gemm<T>((t1 - t0) * rows, gh_, hin_, inputs, hin_, w_, gh_, T(0), gates, gh_);
+        }
+        return gates + (t - t0) * rows * gh_;
+      }
     }
-    if (chunk_ == 1) {
-      T* a = keep_ ? base_ + (t * n_ + s.r0) * gh_ : base_ + s.r0 * gh_;
-      gemm<T>(m, gh_, hin_, x_ + (t * n_ + s.r0) * hin_, hin_, w_, gh_, T(0), a, gh_);
-      return a;
-    }
-    if (t0 < 0 || t < t0 || t >= t0 + chunk_) {
-      t0 = loop_.reverse ? std::max<int64_t>(0, t - chunk_ + 1) : t;  // [t0, t1): t and the steps after it
-      const int64_t t1 = loop_.reverse ? t + 1 : std::min(loop_.steps, t + chunk_);
-      T* a0 = keep_ ? base_ + t0 * n_ * gh_ : base_;
-      gemm<T>((t1 - t0) * n_, gh_, hin_, x_ + t0 * n_ * hin_, hin_, w_, gh_, T(0), a0, gh_);
-    }
-    return keep_ ? base_ + (t * n_ + s.r0) * gh_ : base_ + ((t - t0) * n_ + s.r0) * gh_;
+    return nullptr;
   }
 
  private:
+  enum class Mode { Done, Step, Block, Packed };
+
+  // Whether step t is outside the chunk held; if so, t0 becomes the first step of the new one.
+  bool refill(int64_t t, int64_t& t0) const {
+    if (t0 >= 0 && t >= t0 && t < t0 + chunk_) {
+      return false;
+    }
+    t0 = loop_.reverse ? std::max<int64_t>(0, t - chunk_ + 1) : t;  // [t0, t1): t and the steps after it
+    return true;
+  }
+  int64_t chunk_end(int64_t t) const { return loop_.reverse ? t + 1 : std::min(loop_.steps, t + chunk_); }
+
   const Loop& loop_;
   int64_t n_, hin_, gh_, chunk_ = 1;
-  bool keep_, done_ = false;
+  bool keep_;
+  Mode mode_ = Mode::Step;
   Tensor buf_;
   T* base_ = nullptr;
   const T* x_ = nullptr;
