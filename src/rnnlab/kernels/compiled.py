@@ -260,7 +260,7 @@ def _build(folder: Path, lib: Path) -> None:
     if sys.platform != "win32" and shutil.which(compiler) is None:
         raise NoCompilerError(f"no C++ compiler found ({compiler!r} is not on PATH)")
     print(
-        f"rnnlab: compiling the CPU kernels for this machine, once (about a minute), into {folder}",
+        f"rnnlab: compiling the CPU kernels for this machine, once (about half a minute), into {folder}",
         file=sys.stderr,
         flush=True,
     )
@@ -286,7 +286,7 @@ def _build(folder: Path, lib: Path) -> None:
         shutil.copyfile(_library_file(tmp), staged)
         os.replace(staged, lib)  # atomic: readers see no file or the whole file
         (folder / "BUILD").write_text(
-            f"built in {time.perf_counter() - start:.1f} s with {' '.join(cflags + ldflags)}; "
+            f"built in {time.perf_counter() - start:.1f} s; compiler flags {' '.join(cflags)}, linker flags {' '.join(ldflags)}; "
             f"torch {torch.__version__}; source {SOURCE}\n",
             encoding="utf-8",
         )
