@@ -6,11 +6,17 @@
 // only the part that runs once per time step, where Python's per-op overhead used to be as
 // large as the arithmetic:
 //
-//   forward, per step:  one GEMM  a_t += h_{t-1} W_hh^T  (GRU: gh_t = h_{t-1} W_hh^T)
-//                       one fused, vectorised pass over the gate block of every running row
-//                       (activations, cell update, output), writing what backward needs;
-//   backward, per step: one fused pass computing the gate gradients dA_t from dh_t (and dc_t),
-//                       one GEMM  dh_{t-1} = dA_t W_hh  (GRU: + dh_t z_t).
+//   forward, per step:  the input projection x_t W_ih^T (computed a chunk of steps ahead, see
+//                       Projection), one GEMM  a_t += h_{t-1} W_hh^T  (GRU: gh_t = h_{t-1}
+//                       W_hh^T), one fused, vectorised pass over the gate block of every
+//                       running row (bias, activations, cell update, output), writing what
+//                       backward needs;
+//   backward, per step: one fused pass computing the gate gradients dA_t from dh_t (and dc_t)
+//                       and adding them into the bias gradient, one GEMM
+//                       dh_{t-1} = dA_t W_hh  (GRU: + dh_t z_t).
+//
+// GEMMs: see gemm() (oneDNN BRGEMM for float, BLAS for double). Large per-call buffers that
+// stay inside rnnlab come from BufferPool (fresh pages cost a fault each on first touch).
 //
 // Shapes: L steps, N batch rows, H hidden, H_in input, G gates (LSTM 4: i, f, g, o; GRU 3:
 // r, z, n; RNN 1), all tensors contiguous, torch's gate order throughout.
