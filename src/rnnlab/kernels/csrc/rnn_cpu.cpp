@@ -94,6 +94,10 @@ using at::Tensor;
 
 //: Rows per partition below which a batch is not split across threads.
 constexpr int64_t MIN_ROWS = 8;
+//: Rows per partition above which a partition is split anyway (one thread then runs several,
+//: one after the other): a smaller working set (gate rows, states) stays in the L2 cache next
+//: to the weights.
+constexpr int64_t MAX_ROWS = 64;
 
 // ------------------------------------------------------------------------------------------
 // Elementwise math: exp, sigmoid, tanh written so that the compiler vectorises the row loops
@@ -398,6 +402,7 @@ struct Loop {
     }
     int64_t p = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(max_parts, 1));
     p = std::max<int64_t>(1, std::min<int64_t>(p, batch / MIN_ROWS));
+    p = std::max<int64_t>(p, (batch + MAX_ROWS - 1) / MAX_ROWS);  // a thread may run several spans
     split(p);
     blas_single = parts.size() > 1 || macs_per_step <= single_thread_max_macs;
   }
