@@ -114,15 +114,16 @@ def test_compiled_large_input_weight(mode: str, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_compiled_partitions_balance_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows of very unequal length: 16 rows of length 40 and 48 of length 1, 2 partitions:
-    the long rows are split across both partitions' work (the result is unchanged)."""
+    """Rows of very unequal length (16 of length 40, 64 of length 1) split into spans of equal
+    work, at most 64 rows each: 2 spans run by 1 thread in turn, or by 2 threads."""
     require_compiled()
     monkeypatch.setattr(compiled, "cores", lambda: 2)
-    lengths = torch.tensor([40] * 16 + [1] * 48)
+    lengths = torch.tensor([40] * 16 + [1] * 64)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
-        _compare_paths("lstm", torch.float64, steps=40, batch=64, h_in=4, hid=5, lengths=lengths, seed=6)
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            _compare_paths("lstm", torch.float64, steps=40, batch=80, h_in=4, hid=5, lengths=lengths, seed=6)
     finally:
         torch.set_num_threads(threads)
 
