@@ -1,7 +1,14 @@
 """Speed and memory of rnnlab.nn (impl "fast" and "fused") against torch.nn, in one process.
 
     python benchmarks/bench_nn.py [--device cpu|cuda] [--repeats N] [--modes lstm,gru,rnn]
-                                  [--shapes 200x64x64,200x128x128,500x64x64] [--threads 2]
+                                  [--shapes 200x64x64,200x128x128,500x64x64,...] [--threads 2]
+                                  [--impls fast,fast-py,fused]
+
+Implementations: ``fast`` is ``impl="fast"`` as a user gets it (on CPU the compiled time loops
+of ``rnnlab.kernels.native`` when they can be built, else the Python fast path), ``fast-py``
+is ``impl="fast"`` with ``RNNLAB_COMPILED=0`` (the Python fast path, ``rnnlab.kernels.bptt``),
+``fused`` and ``reference`` the other impls. The default shapes include H = 256 and 512 and a
+batch of one (``200x1x64``: what ``rnnlab predict`` on one review waits for, see the forward row).
 
 For every mode and shape ``LxNxH`` (sequence length, batch, input size = hidden size) it prints
 the median time of a forward pass under ``torch.no_grad()`` and of a training step (forward +
@@ -35,6 +42,7 @@ checked against rnnlab's in eval mode before timing). Ratios are against the pla
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -50,6 +58,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import rnnlab.nn as rnn  # noqa: E402
+from rnnlab.kernels import compiled  # noqa: E402
 from rnnlab.nn.options import ACTIVATIONS, OptionFallbackWarning  # noqa: E402
 
 MODES = {"lstm": ("LSTM", {}), "gru": ("GRU", {}), "rnn": ("RNN", {"nonlinearity": "tanh"})}
@@ -60,14 +69,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: Benchmark names of rnnlab implementations that are ``impl="fast"`` with $RNNLAB_COMPILED set.
+COMPILED_SETTING = {"fast-py": "0"}
+
+
+class _Python(torch.nn.Module):
+    """Runs the wrapped rnnlab module with ``RNNLAB_COMPILED`` set to ``setting`` (``fast-py``)."""
+
+    def __init__(self, module: torch.nn.Module, setting: str) -> None:
+        super().__init__()
+        self.module, self.setting = module, setting
+
+    def forward(self, *args):
+        saved = os.environ.get(compiled.ENV_VAR)
+        os.environ[compiled.ENV_VAR] = self.setting
+        try:
+            return self.module(*args)
+        finally:
+            if saved is None:
+                del os.environ[compiled.ENV_VAR]
+            else:
+                os.environ[compiled.ENV_VAR] = saved
+
+
 def _build(mode: str, size: int, device: torch.device, impls: list[str]) -> dict[str, torch.nn.Module]:
     cls_name, kwargs = MODES[mode]
     reference = getattr(torch.nn, cls_name)(size, size, **kwargs).to(device)
     models: dict[str, torch.nn.Module] = {"torch": reference}
     for impl in impls:
-        model = getattr(rnn, cls_name)(size, size, impl=impl, **kwargs).to(device)
+        model = getattr(rnn, cls_name)(size, size, impl=impl.split("-")[0], **kwargs).to(device)
         model.load_state_dict(reference.state_dict(), strict=True)
-        models[impl] = model
+        models[impl] = _Python(model, COMPILED_SETTING[impl]) if impl in COMPILED_SETTING else model
     return models
 
 
@@ -89,6 +121,16 @@ def _train_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
         (out.sum() + h_n.sum()).backward()
 
     return run
+
+
+def _fast_path(device: torch.device) -> str:
+    """What impl "fast" runs on this device (for the header)."""
+    if device.type != "cpu":
+        return "fast = rnnlab.kernels on " + device.type
+    ops = compiled.ops()
+    if ops is None:
+        return "fast = Python fast path (compiled loops unavailable or off)"
+    return f"fast = compiled loops ({ops.build_info()}, cores {compiled.cores()})"
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -342,8 +384,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--slow-repeats", type=int, default=3, help="repeats for impls other than fast and torch")
     parser.add_argument("--modes", default="lstm,gru,rnn")
-    parser.add_argument("--shapes", default="200x64x64,200x128x128,500x64x64", help="LxNxH,... (H_in = H)")
-    parser.add_argument("--impls", default="fast,fused", help="rnnlab impls to time (fast, fused, reference)")
+    parser.add_argument(
+        "--shapes",
+        default="200x64x64,200x128x128,500x64x64,200x64x256,100x64x512,200x1x64",
+        help="LxNxH,... (H_in = H)",
+    )
+    parser.add_argument(
+        "--impls", default="fast,fast-py", help="rnnlab impls to time (fast, fast-py, fused, reference)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--seed", type=int, default=0)
@@ -381,8 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-        f"repeats {args.repeats} (median; {args.slow_repeats} for impls other than fast), float32; "
-        f"times in ms; ratio = rnnlab / torch"
+        f"repeats {args.repeats} (median; {args.slow_repeats} for impls other than fast and fast-py), float32; "
+        f"times in ms; ratio = rnnlab / torch; {_fast_path(device)}"
     )
     header = f"{'mode':5} {'L x N x H':>12} {'pass':9} {'torch':>9}"
     for impl in impls:
@@ -395,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             x = torch.randn(steps, batch, size, device=device)
             xg = x.clone().requires_grad_(True)
             shape = f"{steps}x{batch}x{size}"
-            few = {k: args.slow_repeats for k in models if k not in ("torch", "fast")}
+            few = {k: args.slow_repeats for k in models if k not in ("torch", "fast", "fast-py")}
             fwd = _medians({k: _forward(m, x) for k, m in models.items()}, args.repeats, args.warmup, device, few)
             trn = _medians({k: _train_step(m, xg) for k, m in models.items()}, args.repeats, args.warmup, device, few)
             for label, res in (("forward", fwd), ("fwd+bwd", trn)):

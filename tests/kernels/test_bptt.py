@@ -1,4 +1,5 @@
-"""rnnlab.kernels: parity of the hand-written BPTT layers with torch.nn, and gradcheck.
+"""rnnlab.kernels: parity of the hand-written BPTT layers with torch.nn, and gradcheck, on both
+CPU fast paths (the ``layer`` fixture of conftest.py: ``python`` and ``compiled``).
 
 The reference runs torch.nn.RNN/LSTM/GRU (weights copied) on each sequence alone, on its first
 ``lengths[k]`` steps (flipped for the reverse direction), which is the contract of
@@ -13,14 +14,14 @@ import pytest
 import torch
 
 from rnnlab import kernels
-from rnnlab.kernels import layer
+from rnnlab.kernels import bptt
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def _inputs(mode: str, dtype: torch.dtype, bias: bool, steps=7, batch=5, h_in=3, hid=4, seed=0):
+def _inputs(mode: str, dtype: torch.dtype, bias: bool, steps=7, batch=5, h_in=3, hid=4, seed=0, w_scale=0.5):
     gen = torch.Generator().manual_seed(seed)
     g = GATES[mode]
 
@@ -30,7 +31,7 @@ def _inputs(mode: str, dtype: torch.dtype, bias: bool, steps=7, batch=5, h_in=3,
     x = rand(steps, batch, h_in)
     h0 = rand(batch, hid)
     c0 = rand(batch, hid) if mode == "lstm" else None
-    w_ih, w_hh = rand(g * hid, h_in, scale=0.5), rand(g * hid, hid, scale=0.5)
+    w_ih, w_hh = rand(g * hid, h_in, scale=w_scale), rand(g * hid, hid, scale=w_scale)
     b_ih = rand(g * hid) if bias else None
     b_hh = rand(g * hid) if bias else None
     return x, h0, c0, w_ih, w_hh, b_ih, b_hh
@@ -80,7 +81,7 @@ def _loss(out, h_n, c_n, weights):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mode", MODES)
-def test_parity_with_torch_nn(mode: str, dtype: torch.dtype) -> None:
+def test_parity_with_torch_nn(layer, mode: str, dtype: torch.dtype) -> None:
     """Output, h_n, c_n and the gradients of x, h0, c0 and every parameter, over
     reverse x lengths x bias, in training (autograd Function) and no-grad forms."""
     tol = TOL[dtype]
@@ -114,7 +115,7 @@ def test_parity_with_torch_nn(mode: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_float64(mode: str) -> None:
+def test_gradcheck_float64(layer, mode: str) -> None:
     """The hand-written backward against finite differences, with and without lengths."""
     for reverse, lengths in ((False, None), (True, torch.tensor([2, 4, 1]))):
         inputs = _inputs(mode, torch.float64, bias=True, steps=4, batch=3, h_in=2, hid=3, seed=2)
@@ -126,7 +127,7 @@ def test_gradcheck_float64(mode: str) -> None:
         assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_only_needed_gradients_and_frozen_weights() -> None:
+def test_only_needed_gradients_and_frozen_weights(layer) -> None:
     """Inputs that do not require grad get none; the others still match torch.nn."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs("lstm", torch.float64, bias=True)
     x = x.detach()
@@ -140,11 +141,19 @@ def test_only_needed_gradients_and_frozen_weights() -> None:
     assert x.grad is None and h0.grad is None
 
 
-def test_layer_function_dispatch() -> None:
+def test_layer_function_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU: the compiled path when it can be had, the Python path with RNNLAB_COMPILED=0."""
+    from rnnlab.kernels import compiled, native
+
     fn = kernels.layer_function(
         "gru", torch.device("cpu"), torch.float32, has_lengths=True, has_proj=False, training=True
     )
-    assert fn is layer
+    assert fn is (native.layer if compiled.ops() is not None else bptt.layer)
+    monkeypatch.setenv("RNNLAB_COMPILED", "0")
+    fn = kernels.layer_function(
+        "lstm", torch.device("cpu"), torch.float64, has_lengths=False, has_proj=False, training=False
+    )
+    assert fn is bptt.layer
     assert (
         kernels.layer_function(
             "lstm", torch.device("cpu"), torch.float32, has_lengths=False, has_proj=True, training=False
@@ -163,7 +172,7 @@ def test_layer_function_dispatch() -> None:
         )
 
 
-def test_bad_lengths_and_projection_rejected() -> None:
+def test_bad_lengths_and_projection_rejected(layer) -> None:
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs("lstm", torch.float32, bias=True)
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, 7\], got min 0 and max 7"):
         layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, torch.tensor([7, 0, 7, 1, 5]))
@@ -173,7 +182,7 @@ def test_bad_lengths_and_projection_rejected() -> None:
         layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, torch.zeros(3, 4), False, None)
 
 
-def test_padded_steps_do_not_leak() -> None:
+def test_padded_steps_do_not_leak(layer) -> None:
     """Values and gradients at padded steps do not reach the results (they are never read)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs("gru", torch.float64, bias=True)
     lengths = torch.tensor([7, 3, 7, 1, 5])
@@ -188,7 +197,7 @@ def test_padded_steps_do_not_leak() -> None:
     assert torch.count_nonzero(gx[3:, 1]) == 0 and torch.count_nonzero(gx[1:, 3]) == 0
 
 
-def test_retain_graph_backward_twice_and_threads_restored() -> None:
+def test_retain_graph_backward_twice_and_threads_restored(layer) -> None:
     """Saved buffers are not modified by backward; the one-thread time loop restores threads."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs("lstm", torch.float64, bias=True)
     threads = torch.get_num_threads()
@@ -217,16 +226,19 @@ def test_layer_function_asks_the_gpu_dispatch_first_on_cuda(monkeypatch: pytest.
         is sentinel
     )
     monkeypatch.setattr(gpu, "cuda_layer_function", lambda *a, **k: None)
-    assert kernels.layer_function("gru", cuda, torch.float64, has_lengths=True, has_proj=False, training=False) is layer
+    assert (
+        kernels.layer_function("gru", cuda, torch.float64, has_lengths=True, has_proj=False, training=False)
+        is bptt.layer
+    )
     assert kernels.layer_function("lstm", cuda, torch.float32, has_lengths=False, has_proj=True, training=False) is None
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_chunked_inference_projection(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No grad: input projections computed a few steps at a time (chunks of 3 over 7 steps,
-    both directions, with lengths) give torch.nn's numbers."""
-    from rnnlab.kernels import bptt
-
+    """No grad, Python path: input projections computed a few steps at a time (chunks of 3 over
+    7 steps, both directions, with lengths) give torch.nn's numbers (the compiled path's chunks:
+    test_compiled.py)."""
+    layer = bptt.layer
     monkeypatch.setattr(bptt, "INFERENCE_CHUNK", 3)
     for reverse, lengths in itertools.product((False, True), (None, torch.tensor([7, 3, 7, 1, 5]))):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs(mode, torch.float64, bias=True, seed=3)

@@ -10,6 +10,18 @@ from torch import Tensor, nn
 import rnnlab.nn as rnn
 
 IMPLS = ("reference", "fused", "fast")
+#: The impls plus "fast-py": impl="fast" on the Python fast path (RNNLAB_COMPILED=0), where
+#: "fast" runs the compiled CPU loops (when they build), so that the grids cover both.
+IMPL_CASES = (*IMPLS, "fast-py")
+
+
+def use_impl_case(case: str, monkeypatch: Any) -> str:
+    """The rnnlab impl of a test case (``IMPL_CASES``); "fast-py" also sets RNNLAB_COMPILED=0."""
+    if case == "fast-py":
+        monkeypatch.setenv("RNNLAB_COMPILED", "0")
+        return "fast"
+    return case
+
 
 #: kind -> (class name, extra constructor keywords)
 KINDS: dict[str, tuple[str, dict[str, Any]]] = {

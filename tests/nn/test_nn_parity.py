@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import torch
-from nn_helpers import IMPLS, KINDS, TOL, assert_same, make_pair, run_with_grads
+from nn_helpers import IMPL_CASES, IMPLS, KINDS, TOL, assert_same, make_pair, run_with_grads, use_impl_case
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
@@ -20,8 +20,11 @@ L, N, H_IN, H = 4, 3, 3, 4
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_grid_parity(kind: str, num_layers: int, bidirectional: bool, dtype: torch.dtype) -> None:
-    """Every combination of batch_first x bias x batched x given state, for every impl."""
+def test_grid_parity(
+    kind: str, num_layers: int, bidirectional: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every combination of batch_first x bias x batched x given state, for every impl (and
+    impl="fast" on both CPU paths)."""
     is_lstm = kind.startswith("lstm")
     tol = TOL[dtype]
     for batch_first, bias, batched, given in itertools.product([False, True], repeat=4):
@@ -42,16 +45,18 @@ def test_grid_parity(kind: str, num_layers: int, bidirectional: bool, dtype: tor
             h0 = torch.randn(*bshape, h_out, dtype=dtype)
             state = (h0, torch.randn(*bshape, H, dtype=dtype)) if is_lstm else h0
         expected = run_with_grads(ref, x, state, is_lstm)
-        for impl in IMPLS:
-            ours = getattr(rnn, KINDS[kind][0]).from_torch(ref, impl=impl)
-            got = run_with_grads(ours, x, state, is_lstm)
-            assert_same(expected, got, tol, f"{where} impl={impl}")
+        for case in IMPL_CASES:
+            with monkeypatch.context() as m:
+                ours = getattr(rnn, KINDS[kind][0]).from_torch(ref, impl=use_impl_case(case, m))
+                got = run_with_grads(ours, x, state, is_lstm)
+            assert_same(expected, got, tol, f"{where} impl={case}")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_CASES)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_packed_sequence_parity(kind: str, impl: str) -> None:
+def test_packed_sequence_parity(kind: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unsorted PackedSequence in -> PackedSequence out, with given h0 in the user's order."""
+    impl = use_impl_case(impl, monkeypatch)
     torch.manual_seed(1)
     is_lstm = kind.startswith("lstm")
     ref, ours = make_pair(kind, H_IN, H, torch.float64, impl=impl, num_layers=2, bidirectional=True)
@@ -81,11 +86,12 @@ def test_packed_sequence_parity(kind: str, impl: str) -> None:
         torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_CASES)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_lengths_keyword_equals_packing(kind: str, impl: str) -> None:
+def test_lengths_keyword_equals_packing(kind: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`lengths=` on padded input equals torch.nn on the packed batch: outputs (zero at padding),
     each sequence's own final states, and gradients."""
+    impl = use_impl_case(impl, monkeypatch)
     torch.manual_seed(2)
     is_lstm = kind.startswith("lstm")
     ref, ours = make_pair(kind, H_IN, H, torch.float64, impl=impl, num_layers=2, bidirectional=True, batch_first=True)
@@ -118,10 +124,11 @@ def test_lengths_keyword_equals_packing(kind: str, impl: str) -> None:
     torch.testing.assert_close(ours(x, state, lengths=full)[0], ours(x, state)[0], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_CASES)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_lengths_equals_each_sequence_alone(kind: str, impl: str) -> None:
+def test_lengths_equals_each_sequence_alone(kind: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sequence k with lengths[k] = n gives the outputs and states of running x[k, :n] alone."""
+    impl = use_impl_case(impl, monkeypatch)
     torch.manual_seed(3)
     is_lstm = kind.startswith("lstm")
     _, ours = make_pair(kind, H_IN, H, torch.float64, impl=impl, num_layers=2, bidirectional=True, batch_first=True)

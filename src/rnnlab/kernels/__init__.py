@@ -4,11 +4,14 @@
 with the layer signature documented in ``docs/ARCHITECTURE.md`` when a fast path supports the
 case, else ``None`` (the caller then uses the fused autograd form).
 
-The fast path is :func:`rnnlab.kernels.bptt.layer`: input projections of all steps as one GEMM,
-one in-place ``addmm_`` plus in-place activations per step, and a hand-written backward
-(backpropagation through time) with the weight gradients as one GEMM each. It supports every
-mode, both directions, ``lengths``, bias on/off, float32 and float64 on any device; LSTM
-projections (``proj_size > 0``) and other dtypes fall back to the fused form.
+On CPU the fast path is :func:`rnnlab.kernels.native.layer`: the time loops compiled (C++,
+``csrc/rnn_cpu.cpp``, built once per machine by :mod:`rnnlab.kernels.compiled`), per step one
+GEMM and one fused vectorised pass over the gates, forward and hand-written backward. Where the
+compiled loops cannot be built or loaded (one warning) or ``RNNLAB_COMPILED=0``, it is
+:func:`rnnlab.kernels.bptt.layer`, the same algorithm with the per-step work as PyTorch ops
+from Python (same numbers). Both support every mode, both directions, ``lengths``, bias on/off,
+float32 and float64; ``bptt.layer`` runs on any device. LSTM projections (``proj_size > 0``)
+and other dtypes fall back to the fused form.
 
 On CUDA devices :func:`rnnlab.kernels.triton.cuda_layer_function` (persistent Triton kernels
 or CUDA graphs, chosen by ``$RNNLAB_GPU_KERNEL``) answers first; where it has nothing, the
@@ -32,6 +35,7 @@ import torch
 
 from rnnlab.nn.options import OptionFallbackWarning
 
+from . import compiled
 from .bptt import MODES, layer
 
 __all__ = ["layer_function", "layer", "SUPPORTED_DTYPES", "FAST_PATH_OPTIONS"]
@@ -82,4 +86,8 @@ def layer_function(
             return fn
     if has_proj or dtype not in SUPPORTED_DTYPES:
         return None
+    if torch.device(device).type == "cpu" and compiled.ops() is not None:
+        from .native import layer as native_layer
+
+        return native_layer
     return layer

@@ -30,6 +30,7 @@ are contiguous. Gradients are rolled back to torch's ``(i, f, g, o)``.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 # --------------------------------------------------------------------------------------------
 
 
-class _Schedule:
+class Schedule:
     """Sequence lengths sorted in decreasing order, as the per-step batch sizes need them.
 
     ``lens[k]``: length of the k-th (sorted) sequence; ``bs[t]``: number of sequences with
@@ -69,7 +70,7 @@ class _Schedule:
         return (t[:, None] < self.lens_dev[None, :]).to(dtype).unsqueeze(-1)
 
 
-def _views(buf: Tensor, sched: _Schedule | None, offset: int = 0) -> list[Tensor]:
+def _views(buf: Tensor, sched: Schedule | None, offset: int = 0) -> list[Tensor]:
     """Per-step views of a ``(T, N, ...)`` buffer holding steps ``offset...``, cut to the rows
     running at each step."""
     steps = buf.unbind(0)
@@ -92,7 +93,7 @@ class _Gates:
     """
 
     def __init__(
-        self, x: Tensor, w_ih: Tensor, bias: Tensor | None, sched: _Schedule | None, chunk: int, gates: int
+        self, x: Tensor, w_ih: Tensor, bias: Tensor | None, sched: Schedule | None, chunk: int, gates: int
     ) -> None:
         self.x, self.w_t, self.bias, self.sched, self.gates = x, w_ih.t(), bias, sched, gates
         steps, n, _ = x.shape
@@ -128,7 +129,7 @@ class _Gates:
         return self.rows[k], [blk[k] for blk in self.blocks]
 
 
-def _prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: _Schedule | None) -> Tensor:
+def prev_states(out: Tensor, s0: Tensor, reverse: bool, sched: Schedule | None) -> Tensor:
     """``(L, N, H)``: the state each step started from (``s0`` at each sequence's first step).
 
     ``out[t]`` is the state after step t; forward: prev[t] = out[t-1], prev[0] = s0; reverse:
@@ -157,7 +158,7 @@ def _start_state(prev_out: Tensor | None, s0: Tensor, b_prev: int, b: int) -> Te
     return torch.cat((prev_out, s0[b_prev:b]))  # reverse direction with lengths: rows starting here
 
 
-def _final_state(out: Tensor, reverse: bool, sched: _Schedule | None) -> Tensor:
+def _final_state(out: Tensor, reverse: bool, sched: Schedule | None) -> Tensor:
     """``(N, H)``: each sequence's last state (out[len_k - 1, k] forward, out[0] reverse)."""
     if reverse:
         return out[0]
@@ -205,7 +206,7 @@ class _RunningGrad:
     because their gate gradients are zero.
     """
 
-    def __init__(self, grad_out: Tensor, grad_hn: Tensor, sched: _Schedule | None) -> None:
+    def __init__(self, grad_out: Tensor, grad_hn: Tensor, sched: Schedule | None) -> None:
         self.n = grad_hn.shape[0]
         self.rec = grad_hn.clone(memory_format=torch.contiguous_format)  # (N, H)
         self.tmp = torch.empty_like(self.rec)  # (N, H)
@@ -235,7 +236,7 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(steps, n, w_ih.shape[0])
 
 
-def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: _Schedule | None) -> Tensor:
+def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: Schedule | None) -> Tensor:
     """dW_hh = sum_t dA_t^T h_{t-1}, without materialising the shifted states.
 
     Forward: h_{t-1} = out[t-1] (h0 at t = 0); reverse: out[t+1] (h0 at t = L-1, and at
@@ -253,7 +254,7 @@ def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: _
     return dw
 
 
-def _weight_grads(
+def weight_grads(
     dA: Tensor,
     x: Tensor,
     out: Tensor,
@@ -261,16 +262,18 @@ def _weight_grads(
     w_ih: Tensor,
     needs: tuple[bool, bool, bool, bool],
     reverse: bool,
-    sched: _Schedule | None,
+    sched: Schedule | None,
+    col_sums: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once)."""
+    """dX = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev, db = sum dA (all steps at once;
+    ``col_sums``: db when the caller already has it)."""
     steps, n, gh = dA.shape
     a2 = dA.view(steps * n, gh)  # (L*N, G*H)
     need_x, need_wih, need_whh, need_b = needs
     dx = torch.mm(a2, w_ih).view(steps, n, w_ih.shape[1]) if need_x else None
     dw_ih = torch.mm(a2.t(), x.reshape(steps * n, -1)) if need_wih else None
     dw_hh = _hh_weight_grad(dA, out, h0, reverse, sched) if need_whh else None
-    db = a2.sum(0) if need_b else None
+    db = (a2.sum(0) if col_sums is None else col_sums) if need_b else None
     return dx, dw_ih, dw_hh, db
 
 
@@ -339,7 +342,7 @@ def _rnn_forward(x, h0, w_ih, w_hh, bias, relu, reverse, sched):
 class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, sched):
-        out = _rnn_forward(x, h0, w_ih, w_hh, _sum_bias(b_ih, b_hh), relu, reverse, sched)
+        out = _rnn_forward(x, h0, w_ih, w_hh, sum_bias(b_ih, b_hh), relu, reverse, sched)
         h_n = _final_state(out, reverse, sched)
         ctx.save_for_backward(x, h0, w_ih, w_hh, out)
         ctx.relu, ctx.reverse, ctx.sched = relu, reverse, sched
@@ -370,9 +373,7 @@ class _RNNFunction(torch.autograd.Function):
                 torch.mm(a, w_hh, out=rec)
         dh0 = run.rec
         nb = ctx.needs_input_grad
-        dx, dw_ih, dw_hh, db = _weight_grads(
-            dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched
-        )
+        dx, dw_ih, dw_hh, db = weight_grads(dA, x, out, h0, w_ih, (nb[0], nb[2], nb[3], nb[4] or nb[5]), reverse, sched)
         db_ih = db if ctx.has_b[0] and nb[4] else None
         db_hh = db if ctx.has_b[1] and nb[5] else None
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None
@@ -459,7 +460,7 @@ class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, sched):
         hid = h0.shape[1]
-        w_ih_p, w_hh_p, bias_p = _lstm_weights(w_ih, w_hh, _sum_bias(b_ih, b_hh), hid)
+        w_ih_p, w_hh_p, bias_p = _lstm_weights(w_ih, w_hh, sum_bias(b_ih, b_hh), hid)
         out, gates, c_all, tc_all = _lstm_forward(x, h0, c0, w_ih_p, w_hh_p, bias_p, reverse, sched, True)
         h_n = _final_state(out, reverse, sched)
         c_n = _final_state(c_all, reverse, sched) * 0.5
@@ -486,7 +487,7 @@ class _LSTMFunction(torch.autograd.Function):
         d_o.addcmul_(d_o, o, value=-1.0)
         torch.mul(i, g2, out=d_i)
         d_i.addcmul_(d_i, i, value=-1.0).mul_(0.5)
-        c_prev = _prev_states(c_all, 2.0 * c0, reverse, sched)  # 2 c_{t-1}, (L, N, H)
+        c_prev = prev_states(c_all, 2.0 * c0, reverse, sched)  # 2 c_{t-1}, (L, N, H)
         torch.mul(f, c_prev, out=d_f)
         del c_prev
         d_f.addcmul_(d_f, f, value=-1.0).mul_(0.5)
@@ -516,7 +517,7 @@ class _LSTMFunction(torch.autograd.Function):
         del dc_from_h
         nb = ctx.needs_input_grad
         needs = (nb[0], nb[3], nb[4], nb[5] or nb[6])
-        dx, dw_ih, dw_hh, db = _weight_grads(dA, x, out, h0, w_ih_p, needs, reverse, sched)
+        dx, dw_ih, dw_hh, db = weight_grads(dA, x, out, h0, w_ih_p, needs, reverse, sched)
         db = _unroll_gates(db, hid)
         return (
             dx,
@@ -531,7 +532,7 @@ class _LSTMFunction(torch.autograd.Function):
         )
 
 
-def _sum_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+def sum_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     if b_ih is None:
         return b_hh
     if b_hh is None:
@@ -617,7 +618,7 @@ class _GRUFunction(torch.autograd.Function):
         reverse, sched = ctx.reverse, ctx.sched
         steps, n, hid = out.shape
         r, z, nn_ = gates.view(steps, n, 3, hid).unbind(2)  # each (L, N, H)
-        prev = _prev_states(out, h0, reverse, sched)  # h_{t-1}, (L, N, H)
+        prev = prev_states(out, h0, reverse, sched)  # h_{t-1}, (L, N, H)
         # dA layout (L, N, 4, H): [dn, dz, dr, dhn]. It first holds the factors that do not
         # depend on the recurrence, then is multiplied in place per step:
         #   [dn, dz] = dh * [(1 - z)(1 - n^2), (h_prev - n) z (1 - z)]
@@ -635,7 +636,7 @@ class _GRUFunction(torch.autograd.Function):
         d_hn.copy_(r)
         if sched is not None:  # padded steps: no gradient (hn there is uninitialised)
             dA.masked_fill_(sched.pad_mask(dA.dtype).unsqueeze(-1) == 0, 0.0)
-        w_zrn = torch.cat((w_hh[hid : 2 * hid], w_hh[:hid], w_hh[2 * hid :]))  # (3H, H) rows z, r, n
+        w_zrn = gru_zrn_weight(w_hh)  # (3H, H) rows z, r, n
         dn_u = dA[:, :, 0:1]  # (L, N, 1, H)
         dnu_rows = _views(dn_u, sched)
         dA_nz, dA_rh = _views(dA[:, :, 0:2], sched), _views(dA[:, :, 2:4], sched)
@@ -652,26 +653,62 @@ class _GRUFunction(torch.autograd.Function):
                 rec.addcmul_(d, z_rows[t])
         dh0 = run.rec
         nb = ctx.needs_input_grad
-        a2 = dA.view(steps * n, 4 * hid)
-        dx = dw_ih = dw_hh = db_ih = db_hh = None
-        if nb[0] or nb[2] or nb[4]:
-            a_ih = a2[:, : 3 * hid]  # columns n, z, r
-            if nb[0]:
-                w_nzr = torch.cat((w_ih[2 * hid :], w_ih[hid : 2 * hid], w_ih[:hid]))
-                dx = torch.mm(a_ih, w_nzr).view(steps, n, -1)
-            if nb[2]:
-                dw_ih = torch.mm(a_ih.t(), x.reshape(steps * n, -1)).view(3, hid, -1).flip(0).reshape(3 * hid, -1)
-            if nb[4] and ctx.has_b[0]:
-                db_ih = a_ih.sum(0).view(3, hid).flip(0).reshape(3 * hid)
-        if nb[3] or nb[5]:
-            a_hh = a2[:, hid:]  # columns z, r, hn
-            if nb[3]:
-                m = torch.mm(a_hh.t(), prev.reshape(steps * n, hid))  # (3H, H) rows z, r, n
-                dw_hh = torch.cat((m[hid : 2 * hid], m[:hid], m[2 * hid :]))
-            if nb[5] and ctx.has_b[1]:
-                s = a_hh.sum(0)
-                db_hh = torch.cat((s[hid : 2 * hid], s[:hid], s[2 * hid :]))
+        dx, dw_ih, dw_hh, db_ih, db_hh = gru_param_grads(dA, x, prev, w_ih, nb[0], nb[2:6], ctx.has_b)
         return dx, dh0 if nb[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+def gru_param_grads(
+    dA: Tensor,
+    x: Tensor,
+    prev: Tensor,
+    w_ih: Tensor,
+    need_x: bool,
+    needs: tuple[bool, bool, bool, bool],
+    has_b: tuple[bool, bool],
+    col_sums: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """(dX, dW_ih, dW_hh, db_ih, db_hh) of a GRU from its gate gradients, all steps at once.
+
+    dA: (L, N, 4H) or (L, N, 4, H) with columns [dn, dz, dr, dhn] (gradients of the
+    pre-activations; dhn of ``h W_hn^T + b_hn``); prev: (L, N, H) the state each step started
+    from; ``needs`` says which of (W_ih, W_hh, b_ih, b_hh) need a gradient; ``col_sums``: the
+    (4H,) column sums of dA when the caller already has them. Torch's gate order (r, z, n).
+    """
+    steps, n, hid = prev.shape
+    need_wih, need_whh, need_bih, need_bhh = needs
+    a2 = dA.view(steps * n, 4 * hid)
+    dx = dw_ih = dw_hh = db_ih = db_hh = None
+    if col_sums is not None:
+        sums = col_sums.view(4, hid)  # dn, dz, dr, dhn
+        if need_bih and has_b[0]:
+            db_ih = torch.cat((sums[2], sums[1], sums[0]))
+        if need_bhh and has_b[1]:
+            db_hh = torch.cat((sums[2], sums[1], sums[3]))
+        need_bih = need_bhh = False
+    if need_x or need_wih or need_bih:
+        a_ih = a2[:, : 3 * hid]  # columns n, z, r
+        if need_x:
+            w_nzr = torch.cat((w_ih[2 * hid :], w_ih[hid : 2 * hid], w_ih[:hid]))
+            dx = torch.mm(a_ih, w_nzr).view(steps, n, -1)
+        if need_wih:
+            dw_ih = torch.mm(a_ih.t(), x.reshape(steps * n, -1)).view(3, hid, -1).flip(0).reshape(3 * hid, -1)
+        if need_bih and has_b[0]:
+            db_ih = a_ih.sum(0).view(3, hid).flip(0).reshape(3 * hid)
+    if need_whh or need_bhh:
+        a_hh = a2[:, hid:]  # columns z, r, hn
+        if need_whh:
+            m = torch.mm(a_hh.t(), prev.reshape(steps * n, hid))  # (3H, H) rows z, r, n
+            dw_hh = torch.cat((m[hid : 2 * hid], m[:hid], m[2 * hid :]))
+        if need_bhh and has_b[1]:
+            s = a_hh.sum(0)
+            db_hh = torch.cat((s[hid : 2 * hid], s[:hid], s[2 * hid :]))
+    return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
+def gru_zrn_weight(w_hh: Tensor) -> Tensor:
+    """``(3H, H)``: W_hh with its rows in the order z, r, n (dh_{t-1} = [dz, dr, dhn] W_zrn + dh z)."""
+    hid = w_hh.shape[0] // 3
+    return torch.cat((w_hh[hid : 2 * hid], w_hh[:hid], w_hh[2 * hid :]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,7 +716,7 @@ class _GRUFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _schedule(lengths: Tensor | None, steps: int, n: int, device: torch.device):
+def length_schedule(lengths: Tensor | None, steps: int, n: int, device: torch.device):
     """(schedule or None, permutation or None, inverse permutation or None)."""
     if lengths is None:
         return None, None, None
@@ -691,12 +728,71 @@ def _schedule(lengths: Tensor | None, steps: int, n: int, device: torch.device):
     if all(k == steps for k in lens):
         return None, None, None
     if all(lens[k] >= lens[k + 1] for k in range(n - 1)):
-        return _Schedule(lens, steps, device), None, None
+        return Schedule(lens, steps, device), None, None
     order = sorted(range(n), key=lambda k: -lens[k])  # stable: ties keep their order
     perm = torch.tensor(order, dtype=torch.int64, device=device)
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(n, device=device)
-    return _Schedule([lens[k] for k in order], steps, device), perm, inv
+    return Schedule([lens[k] for k in order], steps, device), perm, inv
+
+
+class LayerCall(NamedTuple):
+    """A layer call after validation: inputs sorted by decreasing length (when lengths are given
+    and not sorted) and contiguous; ``inv`` undoes the sort; ``grad``: autograd will run."""
+
+    x: Tensor
+    h0: Tensor
+    c0: Tensor | None
+    sched: Schedule | None
+    perm: Tensor | None
+    inv: Tensor | None
+    grad: bool
+
+
+def prepare_layer(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    weights: tuple[Tensor | None, ...],
+    w_hr: Tensor | None,
+    lengths: Tensor | None,
+) -> LayerCall:
+    """Checks a layer call (``docs/ARCHITECTURE.md``) and sorts its batch by decreasing length.
+
+    ``weights``: (w_ih, w_hh, b_ih, b_hh), only looked at for ``requires_grad``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if w_hr is not None:
+        raise NotImplementedError(
+            "rnnlab.kernels: LSTM projections (proj_size > 0) are not supported; use impl='fused'"
+        )
+    if x.dim() != 3:
+        raise ValueError(f"x must be (L, N, H_in), got shape {tuple(x.shape)}")
+    steps, n, _ = x.shape
+    if mode == "lstm" and c0 is None:
+        raise ValueError("lstm: c0 must be given, got None")
+    sched, perm, inv = length_schedule(lengths, steps, n, x.device)
+    if perm is not None:
+        x = x.index_select(1, perm)
+        h0 = h0.index_select(0, perm)
+        if c0 is not None:
+            c0 = c0.index_select(0, perm)
+    tensors = (x, h0, c0, *weights)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    c0 = None if c0 is None else c0.contiguous()
+    return LayerCall(x.contiguous(), h0.contiguous(), c0, sched, perm, inv, grad)
+
+
+def restore_order(
+    inv: Tensor | None, out: Tensor, h_n: Tensor, c_n: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Undoes :func:`prepare_layer`'s sort of the batch."""
+    if inv is None:
+        return out, h_n, c_n
+    c_n = None if c_n is None else c_n.index_select(0, inv)
+    return out.index_select(1, inv), h_n.index_select(0, inv), c_n
 
 
 def layer(
@@ -734,33 +830,14 @@ def layer(
             stacklevel=2,
         )
         return fused_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths, options)
-    if w_hr is not None:
-        raise NotImplementedError(
-            "rnnlab.kernels: LSTM projections (proj_size > 0) are not supported; use impl='fused'"
-        )
-    if x.dim() != 3:
-        raise ValueError(f"x must be (L, N, H_in), got shape {tuple(x.shape)}")
-    steps, n, _ = x.shape
-    is_lstm = mode == "lstm"
-    if is_lstm and c0 is None:
-        raise ValueError("lstm: c0 must be given, got None")
-    sched, perm, inv = _schedule(lengths, steps, n, x.device)
-    if perm is not None:
-        x = x.index_select(1, perm)
-        h0 = h0.index_select(0, perm)
-        if c0 is not None:
-            c0 = c0.index_select(0, perm)
-    x = x.contiguous()
-    h0 = h0.contiguous()
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    call = prepare_layer(mode, x, h0, c0, (w_ih, w_hh, b_ih, b_hh), w_hr, lengths)
+    x, h0, c0, sched, grad = call.x, call.h0, call.c0, call.sched, call.grad
     c_n: Tensor | None = None
-    if is_lstm:
-        c0 = c0.contiguous()
+    if mode == "lstm":
         if grad:
             out, h_n, c_n = _LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, sched)
         else:
-            w_ih_p, w_hh_p, bias_p = _lstm_weights(w_ih, w_hh, _sum_bias(b_ih, b_hh), h0.shape[1])
+            w_ih_p, w_hh_p, bias_p = _lstm_weights(w_ih, w_hh, sum_bias(b_ih, b_hh), h0.shape[1])
             out, _, c_n, _ = _lstm_forward(x, h0, c0, w_ih_p, w_hh_p, bias_p, reverse, sched, False)
             c_n = c_n.mul_(0.5)  # the loop keeps 2c
             h_n = _final_state(out, reverse, sched)
@@ -776,13 +853,8 @@ def layer(
         if grad:
             out, h_n = _RNNFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, sched)
         else:
-            out = _rnn_forward(x, h0, w_ih, w_hh, _sum_bias(b_ih, b_hh), relu, reverse, sched)
+            out = _rnn_forward(x, h0, w_ih, w_hh, sum_bias(b_ih, b_hh), relu, reverse, sched)
             h_n = _final_state(out, reverse, sched)
     if not grad:
         h_n = h_n.clone()  # not a view of out
-    if perm is not None:
-        out = out.index_select(1, inv)
-        h_n = h_n.index_select(0, inv)
-        if c_n is not None:
-            c_n = c_n.index_select(0, inv)
-    return out, h_n, c_n
+    return restore_order(call.inv, out, h_n, c_n)
