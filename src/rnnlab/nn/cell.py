@@ -25,13 +25,13 @@ from . import functional
 from .options import (
     CellOptions,
     SequenceMasks,
-    check_cell_options,
     dropout_mask,
     init_option_parameter,
     option_parameters,
     options_repr,
     options_set,
     reject_foreign_options,
+    set_option_attributes,
     zoneout_mask,
 )
 from .rnn import check_impl, check_size
@@ -68,18 +68,7 @@ class RNNCellBase(nn.Module):
         self.hidden_size = hidden_size
         self.bias = bias
         self.impl = check_impl(name, impl)
-        self._kind = "rnn" if mode.startswith("rnn_") else mode
-        opts = check_cell_options(name, self._kind, **options)
-        self._options = opts
-        self.layer_norm: bool = opts["layer_norm"]
-        self.recurrent_dropout: float = opts["recurrent_dropout"]
-        self._zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
-        #: LSTM: (p_h, p_c); GRU and RNN: p.
-        self.zoneout: float | tuple[float, float] = opts["zoneout"] if self._kind == "lstm" else opts["zoneout"][0]
-        self.weight_drop: float = opts["weight_drop"]
-        self.peephole: bool = opts["peephole"]
-        self.gate_activation: str = opts["gate_activation"]
-        self.activation: str = opts["activation"]
+        set_option_attributes(self, name, mode, options)
         factory = {"device": device, "dtype": dtype}
         gates = functional.GATES[mode] * hidden_size
         self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory))
@@ -91,7 +80,7 @@ class RNNCellBase(nn.Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self._option_weights = []
-        for pname, shape in option_parameters(self._kind, opts, hidden_size, bias):
+        for pname, shape in option_parameters(self._kind, self._options, hidden_size, bias):
             self.register_parameter(pname, nn.Parameter(torch.empty(shape, **factory)))
             self._option_weights.append(pname)
         self.reset_parameters()

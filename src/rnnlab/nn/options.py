@@ -417,3 +417,23 @@ def options_set(opts: dict[str, Any], kind: str) -> dict[str, Any]:
 def options_repr(opts: dict[str, Any], kind: str) -> str:
     """``, layer_norm=True, zoneout=0.1``: the options that differ from their defaults."""
     return "".join(f", {key}={value!r}" for key, value in options_set(opts, kind).items())
+
+
+def set_option_attributes(module: Any, owner: str, mode: str, options: dict[str, Any]) -> None:
+    """Checks a module's cell options (``check_cell_options``) and sets them as its attributes.
+
+    ``module._kind``: "rnn", "lstm" or "gru"; ``module._options``: the checked dict; one public
+    attribute per option, except ``zoneout``: the (p_h, p_c) pair for the LSTM, p for GRU and RNN
+    (the pair stays in ``module._zoneout``).
+    """
+    kind = "rnn" if mode.startswith("rnn_") else mode
+    opts = check_cell_options(owner, kind, **options)
+    module._kind, module._options = kind, opts
+    module.layer_norm = opts["layer_norm"]
+    module.recurrent_dropout = opts["recurrent_dropout"]
+    module._zoneout = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
+    module.zoneout = opts["zoneout"] if kind == "lstm" else opts["zoneout"][0]
+    module.weight_drop = opts["weight_drop"]
+    module.peephole = opts["peephole"]
+    module.gate_activation = opts["gate_activation"]
+    module.activation = opts["activation"]

@@ -28,13 +28,13 @@ from torch.nn.utils.rnn import PackedSequence
 from . import functional
 from .options import (
     CellOptions,
-    check_cell_options,
     dropout_mask,
     init_option_parameter,
     option_parameters,
     options_repr,
     options_set,
     reject_foreign_options,
+    set_option_attributes,
     zoneout_mask,
 )
 
@@ -155,18 +155,7 @@ class RNNBase(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.proj_size = proj_size
         self.impl = _check_impl(name, impl)
-        self._kind = "rnn" if mode.startswith("rnn_") else mode
-        opts = check_cell_options(name, self._kind, **options)
-        self._options = opts
-        self.layer_norm: bool = opts["layer_norm"]
-        self.recurrent_dropout: float = opts["recurrent_dropout"]
-        self._zoneout: tuple[float, float] = opts["zoneout"]  # (p_h, p_c); p_c = 0 except for LSTM
-        #: LSTM: (p_h, p_c); GRU and RNN: p.
-        self.zoneout: float | tuple[float, float] = opts["zoneout"] if self._kind == "lstm" else opts["zoneout"][0]
-        self.weight_drop: float = opts["weight_drop"]
-        self.peephole: bool = opts["peephole"]
-        self.gate_activation: str = opts["gate_activation"]
-        self.activation: str = opts["activation"]
+        set_option_attributes(self, name, mode, options)
 
         factory = {"device": device, "dtype": dtype}
         gate_size = functional.GATES[mode] * hidden_size
@@ -190,7 +179,8 @@ class RNNBase(nn.Module):
                     self.register_parameter(pname, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append(names)
                 extra = [
-                    (base + suffix, shape) for base, shape in option_parameters(self._kind, opts, hidden_size, bias)
+                    (base + suffix, shape)
+                    for base, shape in option_parameters(self._kind, self._options, hidden_size, bias)
                 ]
                 for pname, shape in extra:
                     self.register_parameter(pname, nn.Parameter(torch.empty(shape, **factory)))
