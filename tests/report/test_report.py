@@ -305,3 +305,19 @@ def test_settings_table_shows_the_layer_options(tmp_path):
         "wide": "wide_ngrams=3, wide_min_count=2",
         "old": "none",
     }
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"data": "reviews.csv", "text_column": "review"}, {"data": "", "test_data": "my_test.jsonl"}],
+    ids=["own-file", "own-test-file"],
+)
+def test_original_columns_only_for_runs_on_imdb(tmp_path, config):
+    """An experiment named like one of the original's, run on other data, is not compared with
+    the original's IMDB result: without any such experiment the two columns are left out."""
+    make_run(tmp_path / "own", "lstm", 0, [0.70, 0.71, 0.72, 0.73, 0.74], config=config)
+    md = write_report([tmp_path / "own"], tmp_path / "out").markdown
+    assert "original final" not in md and "Δ final" not in md and "| `lstm` | 1 | 0.7400 |" in md
+    make_run(tmp_path / "imdb", "lstm", 0, [0.80, 0.82, 0.84, 0.85, 0.86], config={"data": "x/aclImdb_v1.tar.gz"})
+    md = write_report([tmp_path / "imdb"], tmp_path / "out2").markdown
+    assert "| original final (best) | Δ final (pt) |" in md and "| 0.8546 (0.8546) | +0.54 |" in md

@@ -63,11 +63,28 @@ class ExperimentSummary:
 
     @property
     def original(self) -> OriginalResult | None:
+        """The original assignment's result of the experiment of this name, when its runs are on IMDB."""
+        if not all(_on_imdb(r.config) for r in self.runs + self.incomplete):
+            return None
         return ORIGINAL_RESULTS.get(self.name)
 
     @property
     def has_results(self) -> bool:
         return bool(self.runs)
+
+
+#: How ``data`` names the IMDB archive (as rnnlab.data.sources reads it; report/ does not import data).
+_IMDB_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def _on_imdb(config: dict) -> bool:
+    """Whether a run's config trains and tests on IMDB (the default data, the archive or an
+    ``aclImdb`` folder, and no own test file): only then is the original's result comparable."""
+    data = str(config.get("data") or "")
+    if config.get("test_data"):
+        return False
+    name = data.rstrip("/").lower()
+    return data == "" or name.endswith(_IMDB_ARCHIVE_SUFFIXES) or name.rsplit("/", 1)[-1] == "aclimdb"
 
 
 def _config_signature(run: RunRecord) -> tuple:

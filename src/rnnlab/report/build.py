@@ -124,10 +124,15 @@ def render_markdown(
         "*final*: test accuracy after the last epoch; *best*: the highest test accuracy over the epochs "
         "(the epoch of each seed in parentheses). The best epoch is picked on the test set, so *best* is an "
         "optimistic figure, shown because the original reported it. Values are mean ± sample standard "
-        "deviation (ddof = 1) over seeds. *original*: the single-seed result of the original assignment after the same "
-        "number of epochs, final (best); *Δ final*: mean final accuracy minus the original's, in percentage points. *s/epoch*: median "
-        "wall-clock seconds of an epoch's training pass (`epoch_seconds` in metrics.jsonl; evaluation not "
-        "included), over all epochs and seeds.\n",
+        "deviation (ddof = 1) over seeds. "
+        + (
+            "*original*: the single-seed result of the original assignment after the same number of epochs, "
+            "final (best); *Δ final*: mean final accuracy minus the original's, in percentage points. "
+            if any(s.original for s in summaries)
+            else ""
+        )
+        + "*s/epoch*: median wall-clock seconds of an epoch's training pass (`epoch_seconds` in metrics.jsonl; "
+        "evaluation not included), over all epochs and seeds.\n",
     ]
     baselines = _baseline_lines(summaries)
     if baselines:

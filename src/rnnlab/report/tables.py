@@ -60,8 +60,10 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
     """A markdown table: one row per experiment with results, one per experiment with incomplete runs.
 
     Accuracies are mean ± sample std over seeds; Δ is the difference from the original's
-    final-epoch test accuracy in percentage points.
+    final-epoch test accuracy in percentage points (those two columns only when an experiment
+    has an original result on the same data: on IMDB, with one of the original's names).
     """
+    with_original = any(s.original for s in summaries)  # not on own data, nor for new experiments
     header = [
         "experiment",
         "seeds",
@@ -70,9 +72,7 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
         "final test loss",
         "params",
         "s/epoch",
-        "original final (best)",
-        "Δ final (pt)",
-    ]
+    ] + (["original final (best)", "Δ final (pt)"] if with_original else [])
     shorter = sorted({s.epochs for s in summaries if s.original and s.epochs and s.epochs < len(s.original.test_acc)})
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for s in summaries:
@@ -88,9 +88,10 @@ def markdown_table(summaries: list[ExperimentSummary]) -> str:
                 _fmt(s.final_loss),
                 f"{s.num_params:,}" if s.num_params is not None else "",
                 f"{s.epoch_seconds:.1f}" if s.epoch_seconds is not None and s.kind != "baseline" else "",
-                f"{orig[0]:.4f} ({orig[1]:.4f}){mark}" if orig else "",
-                _points(s.final_acc.mean - orig[0]) if orig and s.final_acc else "",
             ]
+            if with_original:
+                cells.append(f"{orig[0]:.4f} ({orig[1]:.4f}){mark}" if orig else "")
+                cells.append(_points(s.final_acc.mean - orig[0]) if orig and s.final_acc else "")
             lines.append("| " + " | ".join(cells) + " |")
         if s.incomplete:
             cells = [f"`{s.name}`", f"{len(s.incomplete)} incomplete"] + ["—"] * (len(header) - 2)
