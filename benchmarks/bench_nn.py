@@ -42,6 +42,7 @@ checked against rnnlab's in eval mode before timing). Ratios are against the pla
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -319,6 +320,16 @@ class UsualLayer(nn.Module):
         return d * prev + (1 - d) * new
 
 
+def _check_same_function(layer: nn.Module, usual: nn.Module, x: torch.Tensor) -> None:
+    """The usual form computes the rnnlab layer's function: compared in float64 and eval mode on
+    copies (in float32 a layer-normalised LSTM amplifies rounding over 200 steps: fused and
+    reference differ by 0.03 there, so float32 says nothing about the formulas)."""
+    a, b = copy.deepcopy(layer).double().eval(), copy.deepcopy(usual).double().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptionFallbackWarning)
+        torch.testing.assert_close(b(x.double())[0], a(x.double())[0], atol=1e-8, rtol=1e-8)
+
+
 def _option_rows(
     modes: list[str], shapes: list[tuple[int, int, int]], args: argparse.Namespace, device: torch.device
 ) -> None:
@@ -342,10 +353,7 @@ def _option_rows(
                 fused = getattr(rnn, cls_name)(size, size, impl="fused", **kwargs, **opts).to(device)
                 fused.load_state_dict(fast.state_dict())
                 usual = UsualLayer(fast).to(device)
-                fast.eval(), usual.eval()
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", OptionFallbackWarning)
-                    torch.testing.assert_close(usual(x)[0], fast(x)[0], atol=1e-4, rtol=1e-4)  # the same function
+                _check_same_function(fast, usual, x)
                 fast.train()
                 with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")

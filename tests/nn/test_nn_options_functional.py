@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from options_helpers import PAIR_IDS, PAIRS, f32_atol, layer_inputs, option_leaves
 
+from rnnlab.kernels import compiled, native
 from rnnlab.nn import functional
 from rnnlab.nn.options import CellOptions
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 FORMS = {"reference": functional.reference_layer, "fused": functional.fused_layer}
+if compiled.ops() is not None:  # the compiled CPU loops, hand-written backward (no LSTM projection)
+    FORMS["compiled"] = native.layer
 
 
 def _call(form, mode, args, options, reverse, lengths, leaves):
@@ -31,7 +34,8 @@ def _call(form, mode, args, options, reverse, lengths, leaves):
 def test_options_gradcheck(form: str, mode: str, case: str) -> None:
     """Autograd through both forms matches finite differences for every input, state, weight,
     gain and peephole; forward and reverse, with and without lengths (masks fixed)."""
-    args, options = layer_inputs(mode, case, proj=2 if (mode == "lstm" and case == "all") else 0)
+    proj = 2 if (mode == "lstm" and case == "all" and form != "compiled") else 0
+    args, options = layer_inputs(mode, case, proj=proj)
     leaves = option_leaves(options)
     present = [i for i, a in enumerate(args) if a is not None]
     names = list(leaves)
@@ -58,9 +62,10 @@ def _grads(form, mode, args, options, reverse, lengths):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mode, case", PAIRS, ids=PAIR_IDS)
-def test_reference_and_fused_agree(mode: str, case: str, dtype: torch.dtype) -> None:
+def test_reference_fused_and_compiled_agree(mode: str, case: str, dtype: torch.dtype) -> None:
     """Outputs, final states and every gradient at 1e-10 (float64) / 1e-5 (float32), bias on and
-    off, both directions, lengths with a sequence of the full length and shorter ones.
+    off, both directions, lengths with a sequence of the full length and shorter ones; the fused
+    and (where it was built) the compiled form against the reference.
 
     Float32 tolerances are relative to each tensor's scale (``f32_atol``): a weight gradient
     sums L*N products in a different order in each form (per gate vs one GEMM). With layer norm
@@ -77,12 +82,13 @@ def test_reference_and_fused_agree(mode: str, case: str, dtype: torch.dtype) -> 
             (True, torch.tensor([3, 6, 1, 5])),
         ):
             ref_out, ref_g = _grads("reference", mode, args, options, reverse, lengths)
-            fus_out, fus_g = _grads("fused", mode, args, options, reverse, lengths)
-            where = f"{mode} {case} {dtype} bias={bias} reverse={reverse} lengths={lengths}"
-            for a, b in zip(ref_out + list(ref_g), fus_out + list(fus_g)):
-                tol = TOL[dtype]
-                atol = f32_atol(a, options.layer_norm) if dtype == torch.float32 else tol
-                torch.testing.assert_close(b, a, atol=atol, rtol=tol, msg=lambda m: f"{where}: {m}")
+            for form in FORMS.keys() - {"reference"}:
+                got_out, got_g = _grads(form, mode, args, options, reverse, lengths)
+                where = f"{form}: {mode} {case} {dtype} bias={bias} reverse={reverse} lengths={lengths}"
+                for a, b in zip(ref_out + list(ref_g), got_out + list(got_g), strict=True):
+                    tol = TOL[dtype]
+                    atol = f32_atol(a, options.layer_norm) if dtype == torch.float32 else tol
+                    torch.testing.assert_close(b, a, atol=atol, rtol=tol, msg=lambda m: f"{where}: {m}")
 
 
 def test_plain_options_change_nothing() -> None:

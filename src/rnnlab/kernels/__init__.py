@@ -18,11 +18,13 @@ or CUDA graphs, chosen by ``$RNNLAB_GPU_KERNEL``) answers first; where it has no
 same BPTT path as on CPU is used.
 
 Cell options (``rnnlab/nn/options.py``): ``options`` names the ones that are on for the call.
-Those in ``FAST_PATH_OPTIONS[mode]`` run on the fast paths as they are (``weight_drop`` needs
-nothing: the module passes the masked ``W_hh`` as ``w_hh``); for any other the answer is
+The compiled CPU loops run every option (``COMPILED_OPTIONS``: layer norm, recurrent dropout,
+zoneout, peepholes and the other nonlinearities in C++ with a hand-written backward; weight
+drop needs nothing, the module passes the masked ``W_hh`` as ``w_hh``). The other fast paths
+(the Python BPTT loop, where the compiled one is unavailable or switched off, and the GPU
+kernels) run ``FAST_PATH_OPTIONS[mode]`` (weight drop); for any other option the answer is
 ``None`` with one :class:`rnnlab.nn.options.OptionFallbackWarning` (the module then runs the
-fused autograd form), on CPU and GPU alike. The fast forms accept the ``options=`` argument of
-the layer signature; ``bptt.layer`` given active options routes to the fused form with the
+fused autograd form). ``bptt.layer`` given active options routes to the fused form with the
 same warning.
 """
 
@@ -33,15 +35,23 @@ from collections.abc import Callable
 
 import torch
 
-from rnnlab.nn.options import OptionFallbackWarning
+from rnnlab.nn.options import OPTION_NAMES, OptionFallbackWarning
 
 from . import compiled
 from .bptt import MODES, layer
 
-__all__ = ["layer_function", "layer", "SUPPORTED_DTYPES", "FAST_PATH_OPTIONS"]
+__all__ = ["layer_function", "layer", "SUPPORTED_DTYPES", "FAST_PATH_OPTIONS", "COMPILED_OPTIONS"]
 
-#: Per mode, the cell options the fast paths run themselves (see the module docstring).
+#: Per mode, the cell options the Python BPTT loop and the GPU kernels run themselves.
 FAST_PATH_OPTIONS: dict[str, frozenset[str]] = {mode: frozenset({"weight_drop"}) for mode in MODES}
+
+#: Per mode, the cell options the compiled CPU loops run (every one the cell has).
+COMPILED_OPTIONS: dict[str, frozenset[str]] = {
+    "lstm": frozenset(OPTION_NAMES),
+    "gru": frozenset(OPTION_NAMES) - {"peephole"},
+    "rnn_tanh": frozenset({"layer_norm", "recurrent_dropout", "zoneout", "weight_drop"}),
+    "rnn_relu": frozenset({"layer_norm", "recurrent_dropout", "zoneout", "weight_drop"}),
+}
 
 #: dtypes the fast path is verified for (parity tests at 1e-5 / 1e-10 and gradcheck).
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -62,11 +72,17 @@ def layer_function(
     ``training`` needs no separate kernel: the returned function runs the hand-written
     autograd ``Function`` when grad is enabled and an input requires it, and a forward that
     saves nothing otherwise. ``has_lengths`` is supported (sorted-prefix masking).
-    ``options``: the cell options on for this call (``RNNBase.options_on()``); one outside
-    ``FAST_PATH_OPTIONS[mode]`` gives ``None`` and one ``OptionFallbackWarning``.
+    ``options``: the cell options on for this call (``RNNBase.options_on()``); the compiled CPU
+    loops run all of them; elsewhere one outside ``FAST_PATH_OPTIONS[mode]`` gives ``None`` and
+    one ``OptionFallbackWarning``.
     """
     if mode not in MODES:
         raise ValueError(f"rnnlab.kernels: mode must be one of {MODES}, got {mode!r}")
+    compiled_case = torch.device(device).type == "cpu" and not has_proj and dtype in SUPPORTED_DTYPES
+    if compiled_case and set(options) <= COMPILED_OPTIONS[mode] and compiled.ops() is not None:
+        from .native import layer as native_layer
+
+        return native_layer
     missing = [name for name in options if name not in FAST_PATH_OPTIONS[mode]]
     if missing:
         warnings.warn(
@@ -86,8 +102,4 @@ def layer_function(
             return fn
     if has_proj or dtype not in SUPPORTED_DTYPES:
         return None
-    if torch.device(device).type == "cpu" and compiled.ops() is not None:
-        from .native import layer as native_layer
-
-        return native_layer
     return layer

@@ -236,7 +236,7 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(steps, n, w_ih.shape[0])
 
 
-def _hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: Schedule | None) -> Tensor:
+def hh_weight_grad(dA: Tensor, out: Tensor, h0: Tensor, reverse: bool, sched: Schedule | None) -> Tensor:
     """dW_hh = sum_t dA_t^T h_{t-1}, without materialising the shifted states.
 
     Forward: h_{t-1} = out[t-1] (h0 at t = 0); reverse: out[t+1] (h0 at t = L-1, and at
@@ -272,7 +272,7 @@ def weight_grads(
     need_x, need_wih, need_whh, need_b = needs
     dx = torch.mm(a2, w_ih).view(steps, n, w_ih.shape[1]) if need_x else None
     dw_ih = torch.mm(a2.t(), x.reshape(steps * n, -1)) if need_wih else None
-    dw_hh = _hh_weight_grad(dA, out, h0, reverse, sched) if need_whh else None
+    dw_hh = hh_weight_grad(dA, out, h0, reverse, sched) if need_whh else None
     db = (a2.sum(0) if col_sums is None else col_sums) if need_b else None
     return dx, dw_ih, dw_hh, db
 

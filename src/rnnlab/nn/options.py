@@ -100,14 +100,18 @@ Which form runs them
 by gate. ``impl="fused"``: :func:`rnnlab.nn.functional.fused_layer`, one GEMM (and the
 input-side layer norm) for all steps, the step's equations on the whole gate block, autograd.
 ``impl="fast"``: ``rnnlab.kernels.layer_function`` is told which options are on
-(``RNNBase.options_on()``); ``weight_drop`` runs on every fast path (CPU BPTT, Triton) since it
-only changes ``w_hh``; for the others the fast paths have no kernel yet and the forward runs the
-fused form with one :class:`OptionFallbackWarning` (CPU and GPU alike; on the opt-in CUDA-graph
-path weight drop too, since it captures one graph per ``W_hh`` storage).
+(``RNNBase.options_on()``). On CPU the compiled time loops (``rnnlab/kernels/csrc/rnn_cpu.cpp``)
+run every option with a hand-written backward (``rnnlab.kernels.COMPILED_OPTIONS``; what each
+saves and its backward: ``docs/PERFORMANCE.md``, "Cell options"). ``weight_drop`` runs on every
+fast path (the Python BPTT loop, Triton) since it only changes ``w_hh``; where the compiled loops
+are unavailable (or ``RNNLAB_COMPILED=0``) and on GPU the other options run the fused form with
+one :class:`OptionFallbackWarning` (on the opt-in CUDA-graph path weight drop too, since it
+captures one graph per ``W_hh`` storage).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -185,9 +189,27 @@ def dropout_mask(p: float, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
+#: Random bits per zoneout keep-mask entry. A mask has an entry per step and unit, (L, N, H),
+#: and torch's CPU generator costs about 2.5 ns per 32-bit draw: ``bernoulli_`` took 4.8 ms for
+#: 200 x 64 x 64 entries, more than half of an RNN layer's forward and backward (8.8 ms). Two
+#: entries per draw take about 2 ms; the keep probability is then ``p`` rounded to a multiple
+#: of 2^-15 (an error of at most 1.6e-5).
+ZONEOUT_MASK_BITS = 15
+
+
 def zoneout_mask(p: float, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A zoneout keep-mask ``d``: 1 (keep the previous value) with probability ``p``, else 0."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(p)
+    """A zoneout keep-mask ``d``: 1 (keep the previous value) with probability ``p``, else 0.
+
+    Each entry compares 15 random bits (half of one 31-bit draw of torch's generator, so
+    ``torch.manual_seed`` makes it reproducible) with ``round(p * 2^15)``: the probability is
+    ``round(p * 2^15) / 2^15`` (see ``ZONEOUT_MASK_BITS``).
+    """
+    n = math.prod(shape)
+    span = 1 << ZONEOUT_MASK_BITS
+    words = torch.empty((n + 1) // 2, dtype=torch.int32, device=like.device).random_()  # uniform in [0, 2^31)
+    words.bitwise_and_(0x7FFF7FFF)  # two uniform 15-bit integers per draw, one in each 16-bit half
+    threshold = min(round(p * span), span - 1)
+    return (words.view(torch.int16)[:n] < threshold).view(shape).to(like.dtype)
 
 
 @dataclass(frozen=True, eq=False)

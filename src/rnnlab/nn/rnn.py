@@ -607,8 +607,9 @@ _SHAPES_DOC = r"""
     per forward call), and for LSTM/GRU ``gate_activation`` / ``activation`` (one of
     ``rnnlab.nn.options.ACTIVATIONS``) and for LSTM ``peephole`` (bool: ``weight_peephole_l{k}``,
     3*H). Dropout-type options act in training only (``.train()``), masks drawn from torch's
-    global generator. ``impl="fast"`` runs those it has no kernel for through the fused form,
-    with one ``OptionFallbackWarning`` per forward.
+    global generator. ``impl="fast"`` runs all of them in the compiled CPU loops; a fast path
+    without a kernel for one (GPU, or no compiler) runs the fused form, with one
+    ``OptionFallbackWarning`` per forward.
 """
 
 

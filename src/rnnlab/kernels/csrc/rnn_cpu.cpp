@@ -33,13 +33,15 @@
 // A partition computes its running rows only; finished rows keep their state (so the state
 // buffers end as h_n and c_n in both directions), padded outputs and gate gradients are zero.
 //
-// Where layer options plug in (issue 13: layer norm, recurrent dropout, zoneout, weight drop,
-// peepholes, other activations): the time loop (for_partitions + the per-step code of each
-// *_forward_impl / *_backward_impl) is shared, and the per-row work is the *_row functions.
-// An option is a field of CellOptions (a flag or a pointer to an extra tensor, e.g. a (N, H)
-// dropout mask or the (3, H) peephole weights), read inside the row function (per element)
-// or around the step GEMM (e.g. a masked copy of h before it); add the argument to the op
-// schema at the bottom and fill CellOptions in the *_impl function. Do not copy a loop.
+// Cell options (issue 13: layer norm, recurrent dropout, zoneout, peepholes, other
+// activations; weight drop is only a different w_hh): the *_opt ops run the same time loops
+// (for_partitions + the per-step code of each *_forward_impl / *_backward_impl) with an active
+// CellOptions. Around the step GEMM: a masked copy of h before it (recurrent dropout), the
+// per-block layer norm of its result after it (and in backward, the layer norm's backward
+// before the dh GEMM); per row the *_row_opt kernels (a few vectorised passes: activations
+// chosen per call, peepholes, the cell's layer norm, zoneout); with layer norm, the input
+// product of the step is normalised in place too (and its backward formed beside dA). The plain ops pass an inactive CellOptions and run the plain *_row kernels, so
+// the plain layers compute exactly what they did before the options existed.
 
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
@@ -56,6 +58,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -611,10 +614,186 @@ class Projection {
 };
 
 // ------------------------------------------------------------------------------------------
-// Cell options (issue 13 adds fields here; see the header comment). Today: none.
+// Cell options (issue 13; the equations: rnnlab/nn/options.py, what is saved and the backward
+// formulas: docs/PERFORMANCE.md "Cell options"). Plain layers never read them: the *_opt ops
+// fill a CellOptions, the plain ops pass an inactive one and run the plain row kernels.
 // ------------------------------------------------------------------------------------------
 
-struct CellOptions {};
+//: The nonlinearities, as rnnlab.kernels.native numbers them (ACTIVATION_CODES).
+enum Act : int64_t { kSigmoid = 0, kHardSigmoid = 1, kTanh = 2, kHardTanh = 3, kRelu = 4 };
+
+// v = act(v) over n elements, one vectorised loop per kind.
+template <typename T>
+inline void activate(int64_t kind, T* __restrict__ v, int64_t n) {
+  switch (kind) {
+    case kSigmoid:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) v[j] = vsigmoid(v[j]);
+      break;
+    case kHardSigmoid:  // torch: min(max(x + 3, 0), 6) / 6
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        T u = v[j] + T(3);
+        u = u < T(0) ? T(0) : u;
+        u = u > T(6) ? T(6) : u;
+        v[j] = u / T(6);
+      }
+      break;
+    case kTanh:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) v[j] = vtanh(v[j]);
+      break;
+    case kHardTanh:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) v[j] = v[j] < T(-1) ? T(-1) : (v[j] > T(1) ? T(1) : v[j]);
+      break;
+    default:  // kRelu
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) v[j] = v[j] > T(0) ? v[j] : T(0);
+  }
+}
+
+// d = act'(x) from the output y = act(x) over n elements (the strict inequalities of torch's
+// own backward for the piecewise-linear ones).
+template <typename T>
+inline void derivative(int64_t kind, const T* __restrict__ y, T* __restrict__ d, int64_t n) {
+  switch (kind) {
+    case kSigmoid:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) d[j] = y[j] * (T(1) - y[j]);
+      break;
+    case kHardSigmoid: {  // torch's backward multiplies by 1/6 rounded to float, also in float64: so do we
+      const T sixth = static_cast<T>(1.0f / 6.0f);
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) d[j] = (y[j] > T(0) && y[j] < T(1)) ? sixth : T(0);
+      break;
+    }
+    case kTanh:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) d[j] = T(1) - y[j] * y[j];
+      break;
+    case kHardTanh:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) d[j] = (y[j] > T(-1) && y[j] < T(1)) ? T(1) : T(0);
+      break;
+    default:  // kRelu
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) d[j] = y[j] > T(0) ? T(1) : T(0);
+  }
+}
+
+//: Epsilon of every layer normalisation (rnnlab.nn.options.LAYER_NORM_EPS).
+constexpr double LAYER_NORM_EPS = 1e-5;
+
+// Layer norm of one block of n values: xh = (v - mean) * rstd (xh may be v), returns rstd.
+template <typename T>
+inline T ln_block(const T* __restrict__ v, T* xh, int64_t n) {
+  T mean = 0;
+#pragma omp simd reduction(+ : mean)
+  for (int64_t j = 0; j < n; ++j) mean += v[j];
+  mean /= T(n);
+  T var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int64_t j = 0; j < n; ++j) var += (v[j] - mean) * (v[j] - mean);
+  const T rstd = T(1) / std::sqrt(var / T(n) + T(LAYER_NORM_EPS));
+  for (int64_t j = 0; j < n; ++j) xh[j] = (v[j] - mean) * rstd;
+  return rstd;
+}
+
+// The layer norm's backward for one block of n values: dv = rstd (q - mean(q) - xh mean(q xh)),
+// q = dy * gain (the gradient of the normalised values).
+template <typename T>
+inline void ln_block_backward(const T* __restrict__ dy, const T* __restrict__ gain, const T* __restrict__ xh, T rstd,
+                              T* __restrict__ dv, int64_t n) {
+  T sq = 0, sqx = 0;
+#pragma omp simd reduction(+ : sq, sqx)
+  for (int64_t j = 0; j < n; ++j) {
+    const T q = dy[j] * gain[j];
+    sq += q;
+    sqx += q * xh[j];
+  }
+  sq /= T(n);
+  sqx /= T(n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dv[j] = rstd * (dy[j] * gain[j] - sq - xh[j] * sqx);
+}
+
+// Rows of an optional per-step tensor (L, N, W): the given one, a constant row (a probability
+// in eval, or zeros when there is none), read as at(t, n).
+template <typename T>
+struct Rows {
+  const T* base = nullptr;
+  int64_t st = 0, sn = 0;
+  const T* at(int64_t t, int64_t n) const { return base + t * st + n * sn; }
+};
+
+template <typename T>
+struct CellOptions {
+  bool active = false;
+  int64_t gate_act = kSigmoid, act = kTanh;
+  const T* rmask = nullptr;  // (N, H) recurrent dropout, or null
+  bool zoneout = false;
+  Rows<T> zh, zc;            // zoneout keep weights d (per unit; 0 = none)
+  bool peephole = false;
+  const T* peep = nullptr;   // (3H) w_ci, w_cf, w_co (zeros without peepholes)
+  const T* ln_ih = nullptr;  // (G*H) gains of the input product (layer norm: both or neither)
+  const T* ln_hh = nullptr;  // (G*H) gains of the recurrent product, or null (no layer norm)
+  const T* ln_c = nullptr;   // (H) LSTM cell-state gain (with layer norm)
+  const T* ln_cb = nullptr;  // (H) its bias (zeros when the layer has none)
+  std::vector<Tensor> owned;  // the constant rows above
+
+  // rmask, zh, zc, peep, ln_ih, ln_hh, ln_c, ln_cb as the *_opt ops receive them; zoneout: an
+  // (L, N, H) keep-mask or a one-element tensor holding p (eval), or none.
+  CellOptions(int64_t gate_act_, int64_t act_, const std::optional<Tensor>& rmask_, const std::optional<Tensor>& zh_,
+              const std::optional<Tensor>& zc_, const std::optional<Tensor>& peep_, const std::optional<Tensor>& ln_ih_,
+              const std::optional<Tensor>& ln_hh_,
+              const std::optional<Tensor>& ln_c_, const std::optional<Tensor>& ln_cb_, int64_t L, int64_t N,
+              int64_t H, int64_t G, const Tensor& like)
+      : active(true), gate_act(gate_act_), act(act_) {
+    TORCH_CHECK(gate_act >= kSigmoid && gate_act <= kRelu && act >= kSigmoid && act <= kRelu,
+                "rnnlab_cpu: activation codes must lie in [0, 4], got ", gate_act, " and ", act);
+    owned.reserve(8);
+    const T* zeros = keep(at::zeros({std::max<int64_t>(3 * H, 1)}, like.options())).template const_data_ptr<T>();
+    rmask = tensor(rmask_, {N, H}, "recurrent_mask", like);
+    zoneout = given(zh_) || given(zc_);
+    zh = rows(zh_, L, N, H, zeros, "zoneout_h", like);
+    zc = rows(zc_, L, N, H, zeros, "zoneout_c", like);
+    peephole = given(peep_);
+    peep = peephole ? tensor(peep_, {3 * H}, "weight_peephole", like) : zeros;
+    ln_ih = tensor(ln_ih_, {G * H}, "ln_weight_ih", like);
+    ln_hh = tensor(ln_hh_, {G * H}, "ln_weight_hh", like);
+    TORCH_CHECK((ln_ih == nullptr) == (ln_hh == nullptr), "rnnlab_cpu: ln_ih and ln_hh come together");
+    ln_c = tensor(ln_c_, {H}, "ln_weight_c", like);
+    ln_cb = given(ln_cb_) ? tensor(ln_cb_, {H}, "ln_bias_c", like) : zeros;
+  }
+  CellOptions() = default;
+
+ private:
+  static bool given(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+  const Tensor& keep(Tensor t) {
+    owned.push_back(std::move(t));
+    return owned.back();
+  }
+  const T* tensor(const std::optional<Tensor>& t, std::vector<int64_t> shape, const char* name, const Tensor& like) {
+    if (!given(t)) {
+      return nullptr;
+    }
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(shape) && t->scalar_type() == like.scalar_type(), "rnnlab_cpu: ", name,
+                " must be ", at::IntArrayRef(shape), " of dtype ", like.scalar_type(), ", got ", t->sizes(), " ",
+                t->scalar_type());
+    return keep(t->contiguous()).template const_data_ptr<T>();
+  }
+  Rows<T> rows(const std::optional<Tensor>& t, int64_t L, int64_t N, int64_t H, const T* zeros, const char* name,
+               const Tensor& like) {
+    if (!given(t)) {
+      return {zeros, 0, 0};
+    }
+    if (t->numel() == 1) {
+      return {keep(at::empty({H}, like.options()).fill_(t->item())).template const_data_ptr<T>(), 0, 0};
+    }
+    return {tensor(t, {L, N, H}, name, like), N * H, H};
+  }
+};
 
 // ------------------------------------------------------------------------------------------
 // Row kernels: one batch row of one step, j over the hidden units (vectorised).
@@ -624,7 +803,7 @@ struct CellOptions {};
 // with the activations; c, h: the state rows, updated; y: the output row; cs: where c_t is saved.
 template <typename T>
 inline void lstm_forward_row(int64_t H, T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
-                             T* __restrict__ h, T* __restrict__ y, T* __restrict__ cs, const CellOptions&) {
+                             T* __restrict__ h, T* __restrict__ y, T* __restrict__ cs, const CellOptions<T>&) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T i = vsigmoid(a[j] + b[j]);
@@ -650,7 +829,7 @@ inline void lstm_forward_row(int64_t H, T* __restrict__ a, const T* __restrict__
 template <typename T>
 inline void lstm_backward_row(int64_t H, const T* __restrict__ g4, const T* __restrict__ c,
                               const T* __restrict__ cp, const T* __restrict__ go, const T* __restrict__ dh,
-                              T* __restrict__ dc, T* __restrict__ d, const CellOptions&) {
+                              T* __restrict__ dc, T* __restrict__ d, const CellOptions<T>&) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T i = g4[j], f = g4[H + j], g = g4[2 * H + j], o = g4[3 * H + j];
@@ -670,7 +849,7 @@ inline void lstm_backward_row(int64_t H, const T* __restrict__ g4, const T* __re
 template <typename T>
 inline void gru_forward_row(int64_t H, T* __restrict__ ax, const T* __restrict__ bx, const T* __restrict__ gh,
                             const T* __restrict__ bh, T* __restrict__ h, T* __restrict__ y, T* __restrict__ hn,
-                            const CellOptions&) {
+                            const CellOptions<T>&) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T r = vsigmoid(ax[j] + bx[j] + gh[j] + bh[j]);
@@ -693,7 +872,7 @@ inline void gru_forward_row(int64_t H, T* __restrict__ ax, const T* __restrict__
 template <typename T>
 inline void gru_backward_row(int64_t H, const T* __restrict__ g3, const T* __restrict__ hn,
                              const T* __restrict__ hp, const T* __restrict__ go, T* __restrict__ dh,
-                             T* __restrict__ d, const CellOptions&) {
+                             T* __restrict__ d, const CellOptions<T>&) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T r = g3[j], z = g3[H + j], n = g3[2 * H + j];
@@ -710,7 +889,7 @@ inline void gru_backward_row(int64_t H, const T* __restrict__ g3, const T* __res
 // RNN forward, in place: a = act(a + b) is the output row; h: the state row.
 template <typename T, bool Relu>
 inline void rnn_forward_row(int64_t H, T* __restrict__ a, const T* __restrict__ b, T* __restrict__ h,
-                            const CellOptions&) {
+                            const CellOptions<T>&) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T v = a[j] + b[j];
@@ -723,13 +902,266 @@ inline void rnn_forward_row(int64_t H, T* __restrict__ a, const T* __restrict__ 
 // RNN backward: d = (go + dh) act'(y), with act' from the output y.
 template <typename T, bool Relu>
 inline void rnn_backward_row(int64_t H, const T* __restrict__ y, const T* __restrict__ go, const T* __restrict__ dh,
-                             T* __restrict__ d, const CellOptions&) {
+                             T* __restrict__ d, const CellOptions<T>&) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T slope = Relu ? (y[j] > T(0) ? T(1) : T(0)) : T(1) - y[j] * y[j];
     d[j] = (go[j] + dh[j]) * slope;
   }
 }
+
+
+// ------------------------------------------------------------------------------------------
+// Row kernels with cell options: the same per-row work in a few vectorised passes (the
+// activations are chosen per call). dk / dck: the zoneout keep weights of h / c for the row
+// (zeros without zoneout: then h_t = h~_t exactly).
+// ------------------------------------------------------------------------------------------
+
+// LSTM forward with options. As lstm_forward_row, plus: cn: c~_t (H, kept with peepholes, else
+// scratch); ph: phi(y_t) (H); chat, rstd_c: the normalised c~_t and its 1/std (cell layer norm).
+template <typename T>
+inline void lstm_forward_row_opt(int64_t H, T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
+                                 T* __restrict__ h, T* __restrict__ y, T* __restrict__ cs, const CellOptions<T>& o,
+                                 const T* __restrict__ dk, const T* __restrict__ dck, T* __restrict__ cn,
+                                 T* __restrict__ ph, T* __restrict__ chat, T* __restrict__ rstd_c) {
+  const T *wci = o.peep, *wcf = o.peep + H, *wco = o.peep + 2 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    a[j] += b[j] + wci[j] * c[j];
+    a[H + j] += b[H + j] + wcf[j] * c[j];
+    a[2 * H + j] += b[2 * H + j];
+  }
+  activate(o.gate_act, a, 2 * H);
+  activate(o.act, a + 2 * H, H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T v = a[H + j] * c[j] + a[j] * a[2 * H + j];
+    cn[j] = v;
+    a[3 * H + j] += b[3 * H + j] + wco[j] * v;
+  }
+  activate(o.gate_act, a + 3 * H, H);
+  if (o.ln_c != nullptr) {  // y = LN(c~) g_c + beta_c
+    *rstd_c = ln_block(cn, chat, H);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) ph[j] = chat[j] * o.ln_c[j] + o.ln_cb[j];
+  } else {
+    std::memcpy(ph, cn, sizeof(T) * H);
+  }
+  activate(o.act, ph, H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T hn = a[3 * H + j] * ph[j];
+    const T hz = dk[j] * h[j] + (T(1) - dk[j]) * hn;
+    const T cz = dck[j] * c[j] + (T(1) - dck[j]) * cn[j];
+    h[j] = hz;
+    y[j] = hz;
+    c[j] = cz;
+    cs[j] = cz;
+  }
+}
+
+// LSTM backward with options. g4: i, f, g, o; cp: c_{t-1}; ph: phi(y_t); chat, rstd_c: the cell
+// layer norm's saved values; dh: in dLoss/dh_t from t+1, out the zoneout carry dh_t d (the
+// step GEMM then adds the recurrent part); dc: in dLoss/dc_t, out dLoss/dc_{t-1}; d: dA (4H);
+// dln: (2H) [dy chat, dy] for the cell gain and bias (cell layer norm); s: scratch (7H).
+template <typename T>
+inline void lstm_backward_row_opt(int64_t H, const T* __restrict__ g4, const T* __restrict__ cp,
+                                  const T* __restrict__ ph, const T* __restrict__ chat, T rstd_c,
+                                  const T* __restrict__ go, T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ d,
+                                  const CellOptions<T>& o, const T* __restrict__ dk, const T* __restrict__ dck,
+                                  T* __restrict__ dln, T* __restrict__ s) {
+  T *sg = s, *sy = s + 4 * H, *dy = s + 5 * H, *dyl = s + 6 * H;  // s'(i, f), phi'(g), s'(o) | phi'(y)
+  derivative(o.gate_act, g4, sg, 2 * H);
+  derivative(o.act, g4 + 2 * H, sg + 2 * H, H);
+  derivative(o.gate_act, g4 + 3 * H, sg + 3 * H, H);
+  derivative(o.act, ph, sy, H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T dhj = go[j] + dh[j];
+    const T dht = dhj * (T(1) - dk[j]);  // dLoss/dh~_t
+    dh[j] = dhj * dk[j];
+    d[3 * H + j] = dht * ph[j] * sg[3 * H + j];
+    dy[j] = dht * g4[3 * H + j] * sy[j];
+  }
+  const T* dcl = dy;  // the gradient reaching c~_t through h~_t
+  if (o.ln_c != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      dln[j] = dy[j] * chat[j];
+      dln[H + j] = dy[j];
+    }
+    ln_block_backward(dy, o.ln_c, chat, rstd_c, dyl, H);
+    dcl = dyl;
+  }
+  const T *wci = o.peep, *wcf = o.peep + H, *wco = o.peep + 2 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = g4[j], f = g4[H + j], g = g4[2 * H + j];
+    const T dcn = dc[j] * (T(1) - dck[j]) + dcl[j] + d[3 * H + j] * wco[j];  // dLoss/dc~_t
+    const T di = dcn * g * sg[j];
+    const T df = dcn * cp[j] * sg[H + j];
+    d[j] = di;
+    d[H + j] = df;
+    d[2 * H + j] = dcn * i * sg[2 * H + j];
+    dc[j] = dcn * f + di * wci[j] + df * wcf[j] + dc[j] * dck[j];
+  }
+}
+
+// GRU forward with options (as gru_forward_row; gh may hold the normalised recurrent product).
+template <typename T>
+inline void gru_forward_row_opt(int64_t H, T* __restrict__ ax, const T* __restrict__ bx, const T* __restrict__ gh,
+                                const T* __restrict__ bh, T* __restrict__ h, T* __restrict__ y, T* __restrict__ hn,
+                                const CellOptions<T>& o, const T* __restrict__ dk) {
+#pragma omp simd
+  for (int64_t j = 0; j < 2 * H; ++j) ax[j] += bx[j] + gh[j] + bh[j];
+  activate(o.gate_act, ax, 2 * H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T hnj = gh[2 * H + j] + bh[2 * H + j];
+    hn[j] = hnj;
+    ax[2 * H + j] += bx[2 * H + j] + ax[j] * hnj;
+  }
+  activate(o.act, ax + 2 * H, H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T n = ax[2 * H + j], z = ax[H + j];
+    const T ht = n + z * (h[j] - n);
+    const T hz = dk[j] * h[j] + (T(1) - dk[j]) * ht;
+    h[j] = hz;
+    y[j] = hz;
+  }
+}
+
+// GRU backward with options (as gru_backward_row; dh out: dh~ z + the zoneout carry dh d).
+template <typename T>
+inline void gru_backward_row_opt(int64_t H, const T* __restrict__ g3, const T* __restrict__ hn,
+                                 const T* __restrict__ hp, const T* __restrict__ go, T* __restrict__ dh,
+                                 T* __restrict__ d, const CellOptions<T>& o, const T* __restrict__ dk,
+                                 T* __restrict__ s) {
+  derivative(o.gate_act, g3, s, 2 * H);
+  derivative(o.act, g3 + 2 * H, s + 2 * H, H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = g3[j], z = g3[H + j], n = g3[2 * H + j];
+    const T dhj = go[j] + dh[j];
+    const T dht = dhj * (T(1) - dk[j]);
+    const T dn = dht * (T(1) - z) * s[2 * H + j];
+    d[j] = dn;
+    d[H + j] = dht * (hp[j] - n) * s[H + j];
+    d[2 * H + j] = dn * hn[j] * s[j];
+    d[3 * H + j] = dn * r;
+    dh[j] = dht * z + dhj * dk[j];
+  }
+}
+
+// RNN forward with options, in place: a (the output row) = h_t; ht: where y~_t = act(a + b) goes.
+template <typename T, bool Relu>
+inline void rnn_forward_row_opt(int64_t H, T* __restrict__ a, const T* __restrict__ b, T* __restrict__ h,
+                                const T* __restrict__ dk, T* __restrict__ ht) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T v = a[j] + b[j];
+    const T yt = Relu ? (v > T(0) ? v : T(0)) : vtanh(v);
+    const T hz = dk[j] * h[j] + (T(1) - dk[j]) * yt;
+    ht[j] = yt;
+    a[j] = hz;
+    h[j] = hz;
+  }
+}
+
+// RNN backward with options: yt: y~_t; dh in dLoss/dh_t from t+1, out the zoneout carry.
+template <typename T, bool Relu>
+inline void rnn_backward_row_opt(int64_t H, const T* __restrict__ yt, const T* __restrict__ go, T* __restrict__ dh,
+                                 T* __restrict__ d, const T* __restrict__ dk) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T slope = Relu ? (yt[j] > T(0) ? T(1) : T(0)) : T(1) - yt[j] * yt[j];
+    const T dhj = go[j] + dh[j];
+    d[j] = dhj * (T(1) - dk[j]) * slope;
+    dh[j] = dhj * dk[j];
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Step pieces shared by the cells with options
+// ------------------------------------------------------------------------------------------
+
+// The state rows entering the step GEMM: h itself, or h * m into `buf` (recurrent dropout).
+template <typename T>
+inline const T* recurrent_input(const CellOptions<T>& o, const T* hp, T* buf, int64_t H, int64_t r0, int64_t r1) {
+  if (o.rmask == nullptr) {
+    return hp + r0 * H;
+  }
+  for (int64_t n = r0; n < r1; ++n) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) buf[n * H + j] = hp[n * H + j] * o.rmask[n * H + j];
+  }
+  return buf + r0 * H;
+}
+
+// Layer norm of m rows of G blocks of H, per block: src (leading dimension lds) the product,
+// xh (m rows of G*H) gets the normalised blocks (xh may be src), rs (m rows of G) 1/std; then
+// dst (leading dimension ldd) += gain * xh, or (add = false) dst = gain * xh.
+template <typename T>
+inline void layer_norm_rows(const T* gain, int64_t m, int64_t G, int64_t H, const T* src, int64_t lds, T* xh, T* rs,
+                            T* dst, int64_t ldd, bool add) {
+  const int64_t GH = G * H;
+  for (int64_t i = 0; i < m; ++i) {
+    T* row = xh + i * GH;
+    for (int64_t k = 0; k < G; ++k) {
+      rs[i * G + k] = ln_block(src + i * lds + k * H, row + k * H, H);
+    }
+    T* di = dst + i * ldd;
+    if (add) {
+#pragma omp simd
+      for (int64_t j = 0; j < GH; ++j) di[j] += gain[j] * row[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < GH; ++j) di[j] = gain[j] * row[j];
+    }
+  }
+}
+
+// The layer norm's backward for one row of G blocks: block b of the output dv (H each) from
+// the gradient dy + off[b] of the normalised-and-scaled block blk[b] (gain, xh, rs of that
+// block, in the forward's order); dg (G*H, forward order) gets dy * xh (the gain's gradient).
+template <typename T>
+inline void layer_norm_row_backward(int64_t G, int64_t H, const T* dy, const int64_t* off, const int64_t* blk,
+                                    const T* gain, const T* xh, const T* rs, T* dv, T* dg) {
+  for (int64_t b = 0; b < G; ++b) {
+    const int64_t f = blk[b];
+    const T* dyb = dy + off[b];
+    const T* xb = xh + f * H;
+    ln_block_backward(dyb, gain + f * H, xb, rs[f], dv + b * H, H);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dg[f * H + j] = dyb[j] * xb[j];
+  }
+}
+
+//: Block layouts for layer_norm_row_backward: the gate order (LSTM, RNN), and the GRU's dA
+//: [dn, dz, dr, dhn] read as the input side's r, z, n and as the recurrent side's z, r, n.
+constexpr int64_t IDENTITY_BLOCKS[4] = {0, 1, 2, 3};
+constexpr int64_t GRU_BLOCKS_ZRN[3] = {1, 0, 2};
+
+// dh_{t-1} += (src W) * m (recurrent dropout) or src W: the recurrent part of the state gradient
+// of rows [r0, r1); src (ld lds) the gradients of the recurrent product, W (K, H).
+template <typename T>
+inline void recurrent_backward(const CellOptions<T>& o, int64_t r0, int64_t r1, int64_t H, int64_t K, const T* src,
+                               int64_t lds, const T* w, T* dhp, T* buf) {
+  if (r1 <= r0) {
+    return;
+  }
+  if (o.rmask == nullptr) {
+    gemm<T>(r1 - r0, H, K, src, lds, w, H, T(1), dhp + r0 * H, H);
+    return;
+  }
+  gemm<T>(r1 - r0, H, K, src, lds, w, H, T(0), buf + r0 * H, H);
+  for (int64_t n = r0; n < r1; ++n) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dhp[n * H + j] += buf[n * H + j] * o.rmask[n * H + j];
+  }
+}
+
 
 // ------------------------------------------------------------------------------------------
 // Helpers for the ops
@@ -767,18 +1199,21 @@ Tensor empty_like_none(const Tensor& like) { return at::empty({0}, like.options(
 // LSTM
 // ------------------------------------------------------------------------------------------
 
-// Returns (out, h_n, c_n, gates, c_all); gates: the activations i, f, g, o of every step
-// (L, N, 4H) and c_all: c_t (L, N, H) when `save`, else empty.
+// Returns (out, h_n, c_n, gates, c_all, extras); gates: the activations i, f, g, o of every step
+// (L, N, 4H) and c_all: c_t (L, N, H) when `save`, else empty. With options and `save`,
+// extras = [phi(y_t) (L, N, H), c~_t (L, N, H) with peepholes, the normalised c~_t (L, N, H)
+// and its 1/std (L, N) with cell layer norm, the normalised recurrent products (L, N, 4H) and
+// their 1/std (L, N, 4), the normalised input products and their 1/std, with layer norm]
+// (empty tensors for what is not on). Padded rows of what the caller reads after
+// the loop (c_all, c~, the normalised products) are zero.
 template <typename T>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(const Tensor& x, const Tensor& h0,
-                                                                     const Tensor& c0, const Tensor& w_ih,
-                                                                     const Tensor& w_hh,
-                                                                     const std::optional<Tensor>& bias,
-                                                                     c10::IntArrayRef batch_sizes, bool reverse,
-                                                                     bool save, int64_t max_parts,
-                                                                     int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_forward_impl(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& bias, c10::IntArrayRef batch_sizes,
+    bool reverse, bool save, int64_t max_parts, int64_t single_max_macs, const CellOptions<T>& o) {
   const int64_t L = x.size(0), N = x.size(1), H = h0.size(1), G4 = 4 * H;
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * G4 * H, single_max_macs);
+  const bool opt = o.active, ln = o.ln_hh != nullptr, lnc = o.ln_c != nullptr;
   Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // state rows; end as h_n
   Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // end as c_n
   Tensor out = at::empty({L, N, H}, x.options());
@@ -787,58 +1222,125 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(const Tenso
   const Tensor b = bias_or_zeros(bias, G4, x);
   // Training keeps the gates (pre-activations, then activations) and c_t of every step.
   Tensor gates = save ? pooled_empty({L, N, G4}, x.options()) : empty_like_none(x);
-  Tensor c_all = pooled_empty({save ? L : 1, N, H}, x.options());  // no grad: c_t lands here, not kept
+  const int64_t LS = save ? L : 1;                                   // steps kept (1: a scratch step)
+  Tensor c_all = pooled_empty({LS, N, H}, x.options());              // no grad: c_t lands here, not kept
+  Tensor ph_all = opt ? pooled_empty({LS, N, H}, x.options()) : empty_like_none(x);
+  Tensor cn_all = opt ? pooled_empty({o.peephole ? LS : 1, N, H}, x.options()) : empty_like_none(x);
+  Tensor chat_all = lnc ? pooled_empty({LS, N, H}, x.options()) : empty_like_none(x);
+  Tensor rstdc_all = lnc ? at::empty({LS, N}, x.options()) : empty_like_none(x);
+  Tensor xh_all = ln ? pooled_empty({LS, N, G4}, x.options()) : empty_like_none(x);
+  Tensor rstdh_all = ln ? at::empty({LS, N, 4}, x.options()) : empty_like_none(x);
+  Tensor xhx_all = ln ? pooled_empty({LS, N, G4}, x.options()) : empty_like_none(x);
+  Tensor rstdx_all = ln ? at::empty({LS, N, 4}, x.options()) : empty_like_none(x);
+  Tensor hm = o.rmask != nullptr ? at::empty({N, H}, x.options()) : empty_like_none(x);
   const Projection<T> proj(loop, x, w_ih_t, G4, save ? gates.data_ptr<T>() : nullptr);
   const T *wh = w_hh_t.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
   T *hp = h.data_ptr<T>(), *cp = c.data_ptr<T>(), *yp = out.data_ptr<T>(), *csp = c_all.data_ptr<T>();
-  const CellOptions opts;
+  T *php = ph_all.data_ptr<T>(), *cnp = cn_all.data_ptr<T>(), *chp = chat_all.data_ptr<T>();
+  T *rcp = rstdc_all.data_ptr<T>(), *xhp = xh_all.data_ptr<T>(), *rhp = rstdh_all.data_ptr<T>();
+  T *hmp = hm.data_ptr<T>(), *xxp = xhx_all.data_ptr<T>(), *rxp = rstdx_all.data_ptr<T>();
   for_partitions(loop, [&](int64_t, Span s) {
     int64_t t0 = -1;
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.forward_step(k);
       const int64_t re = std::min(s.r1, loop.bs[t]);
       const int64_t m = re - s.r0;
+      const int64_t ts = save ? t * N : 0;  // row offset of step t in the kept buffers
       T* y = yp + t * N * H;
       if (m > 0) {
         T* a = proj.step(t, s, m, t0);  // (m, 4H): x_t W_ih^T
-        T* cs = csp + ((save ? t * N : 0) + s.r0) * H;
-        gemm<T>(m, G4, H, hp + s.r0 * H, H, wh, G4, T(1), a, G4);  // += h_{t-1} W_hh^T
+        T* cs = csp + (ts + s.r0) * H;
+        const T* hin = opt ? recurrent_input(o, hp, hmp, H, s.r0, re) : hp + s.r0 * H;
+        if (ln) {  // a = LN(x_t W_ih^T) g_ih + LN(h^ W_hh^T) g_hh, per gate block
+          const int64_t r = ts + s.r0;
+          layer_norm_rows(o.ln_ih, m, 4, H, a, G4, xxp + r * G4, rxp + r * 4, a, G4, false);
+          T* xh = xhp + r * G4;
+          gemm<T>(m, G4, H, hin, H, wh, G4, T(0), xh, G4);
+          layer_norm_rows(o.ln_hh, m, 4, H, xh, G4, xh, rhp + r * 4, a, G4, true);
+        } else {
+          gemm<T>(m, G4, H, hin, H, wh, G4, T(1), a, G4);  // += h_{t-1} W_hh^T
+        }
         for (int64_t i = 0; i < m; ++i) {
           const int64_t n = s.r0 + i;
-          lstm_forward_row<T>(H, a + i * G4, bp, cp + n * H, hp + n * H, y + n * H, cs + i * H, opts);
+          if (opt) {
+            const int64_t slot = ts + n;
+            lstm_forward_row_opt<T>(H, a + i * G4, bp, cp + n * H, hp + n * H, y + n * H, cs + i * H, o,
+                                    o.zh.at(t, n), o.zc.at(t, n), cnp + (o.peephole ? slot : n) * H, php + slot * H,
+                                    lnc ? chp + slot * H : nullptr, lnc ? rcp + slot : nullptr);
+          } else {
+            lstm_forward_row<T>(H, a + i * G4, bp, cp + n * H, hp + n * H, y + n * H, cs + i * H, o);
+          }
         }
       }
       zero_rows(y, H, std::max(s.r0, re), s.r1);
+      if (opt && save) {
+        zero_rows(csp + ts * H, H, std::max(s.r0, re), s.r1);
+        if (o.peephole) {
+          zero_rows(cnp + ts * H, H, std::max(s.r0, re), s.r1);
+        }
+        if (ln) {
+          zero_rows(xhp + ts * G4, G4, std::max(s.r0, re), s.r1);
+          zero_rows(xxp + ts * G4, G4, std::max(s.r0, re), s.r1);
+        }
+      }
     }
   });
+  std::vector<Tensor> extras;
+  if (opt && save) {
+    extras = {ph_all, o.peephole ? cn_all : empty_like_none(x), chat_all, rstdc_all, xh_all, rstdh_all, xhx_all,
+              rstdx_all};
+  }
   if (!save) {
     c_all = empty_like_none(x);
+    gates = empty_like_none(x);
   }
-  return {out, h, c, gates, c_all};
+  return {out, h, c, gates, c_all, extras};
 }
 
-// Returns (dA, dh0, dc0, db): dA the gate gradients (L, N, 4H, zero at padded steps), db = the
-// column sums of dA (the bias gradient).
+// Returns (dA, dh0, dc0, db, extras): dA the gate gradients (L, N, 4H, zero at padded steps),
+// db = the column sums of dA (the bias gradient). saved: the forward's extras (options only).
+// With options, extras = [the gradients of the recurrent products before layer norm (L, N, 4H),
+// the column sums (2H) of [dy chat, dy] (cell gain and bias; cell layer norm), the gradients of
+// the input products before layer norm (L, N, 4H), the gains' gradients ln_ih, ln_hh (4H each)]
+// (empty tensors for what is not on).
 template <typename T>
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(const Tensor& grad_out, const Tensor& grad_hn,
-                                                              const Tensor& grad_cn, const Tensor& c0,
-                                                              const Tensor& w_hh, const Tensor& gates,
-                                                              const Tensor& c_all, c10::IntArrayRef batch_sizes,
-                                                              bool reverse, int64_t max_parts,
-                                                              int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_impl(
+    const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& c0, const Tensor& w_hh,
+    const Tensor& gates, const Tensor& c_all, at::TensorList saved, c10::IntArrayRef batch_sizes, bool reverse,
+    int64_t max_parts, int64_t single_max_macs, const CellOptions<T>& o) {
   const int64_t L = gates.size(0), N = gates.size(1), H = c0.size(1), G4 = 4 * H;
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * G4 * H, single_max_macs);
+  const bool opt = o.active, ln = o.ln_hh != nullptr, lnc = o.ln_c != nullptr;
+  TORCH_CHECK(!opt || saved.size() == 8, "rnnlab_cpu: lstm_backward with options needs the 8 saved tensors");
   Tensor dA = pooled_empty({L, N, G4}, gates.options());
   Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous);  // running dLoss/dh; ends as dLoss/dh0
   Tensor dc = grad_cn.clone(at::MemoryFormat::Contiguous);  // running dLoss/dc; ends as dLoss/dc0
+  Tensor dP = ln ? pooled_empty({L, N, G4}, gates.options()) : empty_like_none(gates);
+  Tensor dPx = ln ? pooled_empty({L, N, G4}, gates.options()) : empty_like_none(gates);
+  Tensor tmp = o.rmask != nullptr ? at::empty({N, H}, gates.options()) : empty_like_none(gates);
   const Tensor go_c = grad_out.contiguous();
   const Tensor w = w_hh.contiguous();
   const T *go = go_c.const_data_ptr<T>(), *g = gates.const_data_ptr<T>(), *cs = c_all.const_data_ptr<T>();
   const T *c0p = c0.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
-  T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
+  const T *php = nullptr, *chp = nullptr, *rcp = nullptr, *xhp = nullptr, *rhp = nullptr, *xxp = nullptr,
+          *rxp = nullptr;
+  if (opt) {
+    php = saved[0].const_data_ptr<T>();
+    chp = lnc ? saved[2].const_data_ptr<T>() : nullptr;
+    rcp = lnc ? saved[3].const_data_ptr<T>() : nullptr;
+    xhp = ln ? saved[4].const_data_ptr<T>() : nullptr;
+    rhp = ln ? saved[5].const_data_ptr<T>() : nullptr;
+    xxp = ln ? saved[6].const_data_ptr<T>() : nullptr;
+    rxp = ln ? saved[7].const_data_ptr<T>() : nullptr;
+  }
+  T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *dpp = dP.data_ptr<T>();
+  T *tmpp = tmp.data_ptr<T>(), *dpxp = dPx.data_ptr<T>();
   ColumnSums<T> sums(loop, G4);
-  const CellOptions opts;
+  ColumnSums<T> cell_sums(loop, lnc ? 2 * H : 0);
+  ColumnSums<T> gain_ih_sums(loop, ln ? G4 : 0), gain_hh_sums(loop, ln ? G4 : 0);
   for_partitions(loop, [&](int64_t part, Span s) {
+    std::vector<T> scratch(opt ? 13 * H : 0);  // 7H for the row kernel, 2H for dln, 4H for a gain row
+    const int64_t off[4] = {0, H, 2 * H, 3 * H};
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.backward_step(k);
       const int64_t tp = loop.prev_step(t);
@@ -847,33 +1349,71 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(const Tensor& grad
       for (int64_t n = s.r0; n < re; ++n) {
         const T* c_prev = loop.ran(tp, n) ? cs + (tp * N + n) * H : c0p + n * H;
         const int64_t row = t * N + n;
-        lstm_backward_row<T>(H, g + row * G4, cs + row * H, c_prev, go + row * H, dhp + n * H, dcp + n * H,
-                             d + n * G4, opts);
+        if (opt) {
+          T* dln = scratch.data() + 7 * H;
+          lstm_backward_row_opt<T>(H, g + row * G4, c_prev, php + row * H, lnc ? chp + row * H : nullptr,
+                                   lnc ? rcp[row] : T(0), go + row * H, dhp + n * H, dcp + n * H, d + n * G4, o,
+                                   o.zh.at(t, n), o.zc.at(t, n), dln, scratch.data());
+          if (lnc) {
+            cell_sums.add(part, dln);
+          }
+        } else {
+          lstm_backward_row<T>(H, g + row * G4, cs + row * H, c_prev, go + row * H, dhp + n * H, dcp + n * H,
+                               d + n * G4, o);
+        }
         sums.add(part, d + n * G4);
       }
-      if (re > s.r0) {
-        gemm<T>(re - s.r0, H, G4, d + s.r0 * G4, G4, wp, H, T(0), dhp + s.r0 * H, H);  // dh_{t-1} = dA_t W_hh
+      if (!opt) {
+        if (re > s.r0) {
+          gemm<T>(re - s.r0, H, G4, d + s.r0 * G4, G4, wp, H, T(0), dhp + s.r0 * H, H);  // dh_{t-1} = dA_t W_hh
+        }
+      } else {
+        const T* src = d + s.r0 * G4;
+        if (ln) {  // through both layer norms: dP_t (the GEMM's input and dW_hh's) and dPx_t (dW_ih's, dX's)
+          T *dp = dpp + t * N * G4, *dpx = dpxp + t * N * G4, *dg = scratch.data() + 9 * H;
+          for (int64_t n = s.r0; n < re; ++n) {
+            const int64_t row = t * N + n;
+            layer_norm_row_backward<T>(4, H, d + n * G4, off, IDENTITY_BLOCKS, o.ln_ih, xxp + row * G4,
+                                       rxp + row * 4, dpx + n * G4, dg);
+            gain_ih_sums.add(part, dg);
+            layer_norm_row_backward<T>(4, H, d + n * G4, off, IDENTITY_BLOCKS, o.ln_hh, xhp + row * G4,
+                                       rhp + row * 4, dp + n * G4, dg);
+            gain_hh_sums.add(part, dg);
+          }
+          zero_rows(dp, G4, std::max(s.r0, re), s.r1);
+          zero_rows(dpx, G4, std::max(s.r0, re), s.r1);
+          src = dp + s.r0 * G4;
+        }
+        recurrent_backward(o, s.r0, re, H, G4, src, G4, wp, dhp, tmpp);  // dh_{t-1} += (dP_t W_hh) m
       }
       zero_rows(d, G4, std::max(s.r0, re), s.r1);
     }
   });
-  return {dA, dh, dc, sums.result(gates.options())};
+  std::vector<Tensor> extras;
+  if (opt) {
+    const Tensor none = empty_like_none(gates);
+    extras = {dP, lnc ? cell_sums.result(gates.options()) : none, dPx,
+              ln ? gain_ih_sums.result(gates.options()) : none, ln ? gain_hh_sums.result(gates.options()) : none};
+  }
+  return {dA, dh, dc, sums.result(gates.options()), extras};
 }
 
 // ------------------------------------------------------------------------------------------
 // GRU
 // ------------------------------------------------------------------------------------------
 
-// Returns (out, h_n, gates, hn_all); gates: r, z, n of every step (L, N, 3H) and hn_all:
-// W_hn h_{t-1} + b_hn (L, N, H) when `save`, else empty.
+// Returns (out, h_n, gates, hn_all, extras); gates: r, z, n of every step (L, N, 3H) and hn_all:
+// W_hn h_{t-1} + b_hn (L, N, H) when `save`, else empty. With options and `save`, extras =
+// [the normalised recurrent products (L, N, 3H, zero at padded rows) and their 1/std (L, N, 3),
+// the same of the input products] with layer norm, else none.
 template <typename T>
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
-                                                            const Tensor& w_hh, const std::optional<Tensor>& b_ih,
-                                                            const std::optional<Tensor>& b_hh,
-                                                            c10::IntArrayRef batch_sizes, bool reverse, bool save,
-                                                            int64_t max_parts, int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> gru_forward_impl(
+    const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+    const std::optional<Tensor>& b_hh, c10::IntArrayRef batch_sizes,
+    bool reverse, bool save, int64_t max_parts, int64_t single_max_macs, const CellOptions<T>& o) {
   const int64_t L = x.size(0), N = x.size(1), H = h0.size(1), G3 = 3 * H;
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * G3 * H, single_max_macs);
+  const bool opt = o.active, ln = o.ln_hh != nullptr;
   Tensor h = h0.clone(at::MemoryFormat::Contiguous);
   Tensor out = at::empty({L, N, H}, x.options());
   const Tensor w_hh_t = w_hh.t().contiguous();  // (H, 3H)
@@ -881,56 +1421,102 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& x, con
   Tensor gh = at::empty({N, G3}, x.options());  // h W_hh^T of the current step
   const Tensor bx = bias_or_zeros(b_ih, G3, x), bh = bias_or_zeros(b_hh, G3, x);
   Tensor gates = save ? pooled_empty({L, N, G3}, x.options()) : empty_like_none(x);
-  Tensor hn_all = pooled_empty({save ? L : 1, N, H}, x.options());
+  const int64_t LS = save ? L : 1;
+  Tensor hn_all = pooled_empty({LS, N, H}, x.options());
+  Tensor xh_all = ln ? pooled_empty({LS, N, G3}, x.options()) : empty_like_none(x);
+  Tensor rstdh_all = ln ? at::empty({LS, N, 3}, x.options()) : empty_like_none(x);
+  Tensor xhx_all = ln ? pooled_empty({LS, N, G3}, x.options()) : empty_like_none(x);
+  Tensor rstdx_all = ln ? at::empty({LS, N, 3}, x.options()) : empty_like_none(x);
+  Tensor hm = o.rmask != nullptr ? at::empty({N, H}, x.options()) : empty_like_none(x);
   const Projection<T> proj(loop, x, w_ih_t, G3, save ? gates.data_ptr<T>() : nullptr);
   const T *wh = w_hh_t.const_data_ptr<T>(), *bxp = bx.const_data_ptr<T>(), *bhp = bh.const_data_ptr<T>();
   T *hp = h.data_ptr<T>(), *yp = out.data_ptr<T>(), *ghp = gh.data_ptr<T>(), *hnp = hn_all.data_ptr<T>();
-  const CellOptions opts;
+  T *xhp = xh_all.data_ptr<T>(), *rhp = rstdh_all.data_ptr<T>(), *hmp = hm.data_ptr<T>();
+  T *xxp = xhx_all.data_ptr<T>(), *rxp = rstdx_all.data_ptr<T>();
   for_partitions(loop, [&](int64_t, Span s) {
     int64_t t0 = -1;
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.forward_step(k);
       const int64_t re = std::min(s.r1, loop.bs[t]);
       const int64_t m = re - s.r0;
+      const int64_t ts = save ? t * N : 0;
       T* y = yp + t * N * H;
       if (m > 0) {
         T* a = proj.step(t, s, m, t0);  // (m, 3H): x_t W_ih^T
-        T* hn = hnp + ((save ? t * N : 0) + s.r0) * H;
+        T* hn = hnp + (ts + s.r0) * H;
         T* g = ghp + s.r0 * G3;
-        gemm<T>(m, G3, H, hp + s.r0 * H, H, wh, G3, T(0), g, G3);  // h_{t-1} W_hh^T
+        const T* hin = opt ? recurrent_input(o, hp, hmp, H, s.r0, re) : hp + s.r0 * H;
+        if (ln) {  // a = LN(x_t W_ih^T) g_ih, g = LN(h^ W_hh^T) g_hh, per gate block
+          const int64_t r = ts + s.r0;
+          layer_norm_rows(o.ln_ih, m, 3, H, a, G3, xxp + r * G3, rxp + r * 3, a, G3, false);
+          T* xh = xhp + r * G3;
+          gemm<T>(m, G3, H, hin, H, wh, G3, T(0), xh, G3);
+          layer_norm_rows(o.ln_hh, m, 3, H, xh, G3, xh, rhp + r * 3, g, G3, false);
+        } else {
+          gemm<T>(m, G3, H, hin, H, wh, G3, T(0), g, G3);  // h_{t-1} W_hh^T
+        }
         for (int64_t i = 0; i < m; ++i) {
           const int64_t n = s.r0 + i;
-          gru_forward_row<T>(H, a + i * G3, bxp, g + i * G3, bhp, hp + n * H, y + n * H, hn + i * H, opts);
+          if (opt) {
+            gru_forward_row_opt<T>(H, a + i * G3, bxp, g + i * G3, bhp, hp + n * H, y + n * H, hn + i * H, o,
+                                   o.zh.at(t, n));
+          } else {
+            gru_forward_row<T>(H, a + i * G3, bxp, g + i * G3, bhp, hp + n * H, y + n * H, hn + i * H, o);
+          }
         }
       }
       zero_rows(y, H, std::max(s.r0, re), s.r1);
+      if (ln && save) {
+        zero_rows(xhp + ts * G3, G3, std::max(s.r0, re), s.r1);
+        zero_rows(xxp + ts * G3, G3, std::max(s.r0, re), s.r1);
+      }
     }
   });
+  std::vector<Tensor> extras;
+  if (opt && save) {
+    extras = {xh_all, rstdh_all, xhx_all, rstdx_all};
+  }
   if (!save) {
     hn_all = empty_like_none(x);
+    gates = empty_like_none(x);
   }
-  return {out, h, gates, hn_all};
+  return {out, h, gates, hn_all, extras};
 }
 
-// Returns (dA, dh0, col_sums): dA (L, N, 4H) = [dn, dz, dr, dhn] (zero at padded steps) and
-// its column sums (4H).
+// Returns (dA, dh0, col_sums, extras): dA (L, N, 4H) = [dn, dz, dr, dhn] (zero at padded steps)
+// and its column sums (4H). With layer norm, extras = [the gradients of the recurrent products
+// before layer norm (L, N, 3H), blocks in the order z, r, n (that of w_zrn); the gradients of the
+// input products before layer norm (L, N, 3H, order r, z, n); the gains' gradients ln_ih, ln_hh].
 template <typename T>
-std::tuple<Tensor, Tensor, Tensor> gru_backward_impl(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0,
-                                                     const Tensor& w_zrn, const Tensor& out, const Tensor& gates,
-                                                     const Tensor& hn_all, c10::IntArrayRef batch_sizes, bool reverse,
-                                                     int64_t max_parts, int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> gru_backward_impl(
+    const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0, const Tensor& w_zrn, const Tensor& out,
+    const Tensor& gates, const Tensor& hn_all, at::TensorList saved, c10::IntArrayRef batch_sizes, bool reverse,
+    int64_t max_parts, int64_t single_max_macs, const CellOptions<T>& o) {
   const int64_t L = gates.size(0), N = gates.size(1), H = h0.size(1), G3 = 3 * H, G4 = 4 * H;
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * G3 * H, single_max_macs);
+  const bool opt = o.active, ln = o.ln_hh != nullptr;
+  TORCH_CHECK(!ln || saved.size() == 4, "rnnlab_cpu: gru_backward with layer norm needs the 4 saved tensors");
   Tensor dA = pooled_empty({L, N, G4}, gates.options());
   Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous);
+  Tensor dP = ln ? pooled_empty({L, N, G3}, gates.options()) : empty_like_none(gates);
+  Tensor dPx = ln ? pooled_empty({L, N, G3}, gates.options()) : empty_like_none(gates);
+  Tensor tmp = o.rmask != nullptr ? at::empty({N, H}, gates.options()) : empty_like_none(gates);
   const Tensor go_c = grad_out.contiguous();
   const Tensor w = w_zrn.contiguous();  // (3H, H) rows z, r, n
   const T *go = go_c.const_data_ptr<T>(), *g = gates.const_data_ptr<T>(), *hn = hn_all.const_data_ptr<T>();
   const T *yp = out.const_data_ptr<T>(), *h0p = h0.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
-  T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>();
+  const T* xhp = ln ? saved[0].const_data_ptr<T>() : nullptr;
+  const T* rhp = ln ? saved[1].const_data_ptr<T>() : nullptr;
+  const T* xxp = ln ? saved[2].const_data_ptr<T>() : nullptr;
+  const T* rxp = ln ? saved[3].const_data_ptr<T>() : nullptr;
+  T* dpxp = dPx.data_ptr<T>();
+  T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dpp = dP.data_ptr<T>(), *tmpp = tmp.data_ptr<T>();
   ColumnSums<T> sums(loop, G4);
-  const CellOptions opts;
+  ColumnSums<T> gain_ih_sums(loop, ln ? G3 : 0), gain_hh_sums(loop, ln ? G3 : 0);
   for_partitions(loop, [&](int64_t part, Span s) {
+    std::vector<T> scratch(opt ? 6 * H : 0);  // 3H for the row kernel, 3H for a gain row
+    const int64_t off_x[3] = {2 * H, H, 0};      // dA [dn, dz, dr, dhn] as r, z, n
+    const int64_t off_h[3] = {H, 2 * H, 3 * H};  // and as z, r, hn
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.backward_step(k);
       const int64_t tp = loop.prev_step(t);
@@ -939,123 +1525,320 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward_impl(const Tensor& grad_out, con
       for (int64_t n = s.r0; n < re; ++n) {
         const T* h_prev = loop.ran(tp, n) ? yp + (tp * N + n) * H : h0p + n * H;
         const int64_t row = t * N + n;
-        gru_backward_row<T>(H, g + row * G3, hn + row * H, h_prev, go + row * H, dhp + n * H, d + n * G4, opts);
+        if (opt) {
+          gru_backward_row_opt<T>(H, g + row * G3, hn + row * H, h_prev, go + row * H, dhp + n * H, d + n * G4, o,
+                                  o.zh.at(t, n), scratch.data());
+        } else {
+          gru_backward_row<T>(H, g + row * G3, hn + row * H, h_prev, go + row * H, dhp + n * H, d + n * G4, o);
+        }
         sums.add(part, d + n * G4);
       }
-      if (re > s.r0) {  // dh_{t-1} = dh_t z + [dz, dr, dhn] W_hh[z, r, n]
-        gemm<T>(re - s.r0, H, G3, d + s.r0 * G4 + H, G4, wp, H, T(1), dhp + s.r0 * H, H);
+      const T* src = d + s.r0 * G4 + H;  // [dz, dr, dhn]
+      int64_t lds = G4;
+      if (ln) {
+        T *dp = dpp + t * N * G3, *dpx = dpxp + t * N * G3, *dg = scratch.data() + 3 * H;
+        for (int64_t n = s.r0; n < re; ++n) {
+          const int64_t row = t * N + n;
+          layer_norm_row_backward<T>(3, H, d + n * G4, off_x, IDENTITY_BLOCKS, o.ln_ih, xxp + row * G3,
+                                     rxp + row * 3, dpx + n * G3, dg);
+          gain_ih_sums.add(part, dg);
+          layer_norm_row_backward<T>(3, H, d + n * G4, off_h, GRU_BLOCKS_ZRN, o.ln_hh, xhp + row * G3,
+                                     rhp + row * 3, dp + n * G3, dg);
+          gain_hh_sums.add(part, dg);
+        }
+        zero_rows(dp, G3, std::max(s.r0, re), s.r1);
+        zero_rows(dpx, G3, std::max(s.r0, re), s.r1);
+        src = dp + s.r0 * G3;
+        lds = G3;
+      }
+      if (opt) {  // dh_{t-1} = dh~_t z + carry + ([dz, dr, dhn] W_hh[z, r, n]) m
+        recurrent_backward(o, s.r0, re, H, G3, src, lds, wp, dhp, tmpp);
+      } else if (re > s.r0) {  // dh_{t-1} = dh_t z + [dz, dr, dhn] W_hh[z, r, n]
+        gemm<T>(re - s.r0, H, G3, src, lds, wp, H, T(1), dhp + s.r0 * H, H);
       }
       zero_rows(d, G4, std::max(s.r0, re), s.r1);
     }
   });
-  return {dA, dh, sums.result(gates.options())};
+  std::vector<Tensor> extras;
+  if (ln) {
+    extras = {dP, dPx, gain_ih_sums.result(gates.options()), gain_hh_sums.result(gates.options())};
+  }
+  return {dA, dh, sums.result(gates.options()), extras};
 }
 
 // ------------------------------------------------------------------------------------------
 // RNN (tanh, relu)
 // ------------------------------------------------------------------------------------------
 
-// Returns (out, h_n). The input projections are computed into `out` and activated in place.
+// Returns (out, h_n, extras). The input projections are computed into `out` and activated in
+// place. With options and `save`, extras = [y~_t = act(A_t) (L, N, H) with a constant zoneout
+// (eval; else out is y~ wherever the backward reads it), the normalised recurrent products (L, N, H, zero at padded rows) and their 1/std
+// (L, N, 1), the same of the input products, with layer norm].
 template <typename T, bool Relu>
-std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                                            const std::optional<Tensor>& bias, c10::IntArrayRef batch_sizes,
-                                            bool reverse, int64_t max_parts, int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_forward_impl(
+    const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias,
+    c10::IntArrayRef batch_sizes, bool reverse, bool save, int64_t max_parts,
+    int64_t single_max_macs, const CellOptions<T>& o) {
   const int64_t L = x.size(0), N = x.size(1), H = h0.size(1);
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * H * H, single_max_macs);
+  const bool opt = o.active, ln = o.ln_hh != nullptr;
   Tensor h = h0.clone(at::MemoryFormat::Contiguous);
   Tensor out = at::empty({L, N, H}, x.options());
   const Tensor w_hh_t = w_hh.t().contiguous();
   const Tensor w_ih_t = w_ih.t().contiguous();
   const Tensor b = bias_or_zeros(bias, H, x);
+  const int64_t LS = save ? L : 1;
+  // y~_t differs from the output h_t only where a unit keeps its value: with 0/1 keep-masks
+  // (training) the backward never reads it there, so only a constant zoneout (eval) keeps it.
+  const bool keep_ht = o.zoneout && o.zh.st == 0;
+  Tensor ht_all = opt ? pooled_empty({keep_ht ? LS : 1, N, H}, x.options()) : empty_like_none(x);
+  Tensor xh_all = ln ? pooled_empty({LS, N, H}, x.options()) : empty_like_none(x);
+  Tensor rstdh_all = ln ? at::empty({LS, N, 1}, x.options()) : empty_like_none(x);
+  Tensor xhx_all = ln ? pooled_empty({LS, N, H}, x.options()) : empty_like_none(x);
+  Tensor rstdx_all = ln ? at::empty({LS, N, 1}, x.options()) : empty_like_none(x);
+  Tensor hm = o.rmask != nullptr ? at::empty({N, H}, x.options()) : empty_like_none(x);
   const Projection<T> proj(loop, x, w_ih_t, H, out.data_ptr<T>());
   const T *wh = w_hh_t.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
-  T *hp = h.data_ptr<T>(), *yp = out.data_ptr<T>();
-  const CellOptions opts;
+  T *hp = h.data_ptr<T>(), *yp = out.data_ptr<T>(), *htp = ht_all.data_ptr<T>(), *xhp = xh_all.data_ptr<T>();
+  T *rhp = rstdh_all.data_ptr<T>(), *hmp = hm.data_ptr<T>(), *xxp = xhx_all.data_ptr<T>();
+  T* rxp = rstdx_all.data_ptr<T>();
   for_partitions(loop, [&](int64_t, Span s) {
     int64_t t0 = -1;
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.forward_step(k);
       const int64_t re = std::min(s.r1, loop.bs[t]);
+      const int64_t m = re - s.r0;
+      const int64_t ts = save ? t * N : 0;
       T* y = yp + t * N * H;
-      if (re > s.r0) {
-        T* a = proj.step(t, s, re - s.r0, t0);  // rows of out[t]: x_t W_ih^T
-        gemm<T>(re - s.r0, H, H, hp + s.r0 * H, H, wh, H, T(1), a, H);
+      if (m > 0) {
+        T* a = proj.step(t, s, m, t0);  // rows of out[t]: x_t W_ih^T
+        const T* hin = opt ? recurrent_input(o, hp, hmp, H, s.r0, re) : hp + s.r0 * H;
+        if (ln) {  // a = LN(x_t W_ih^T) g_ih + LN(h^ W_hh^T) g_hh
+          const int64_t r = ts + s.r0;
+          layer_norm_rows(o.ln_ih, m, 1, H, a, H, xxp + r * H, rxp + r, a, H, false);
+          T* xh = xhp + r * H;
+          gemm<T>(m, H, H, hin, H, wh, H, T(0), xh, H);
+          layer_norm_rows(o.ln_hh, m, 1, H, xh, H, xh, rhp + r, a, H, true);
+        } else {
+          gemm<T>(m, H, H, hin, H, wh, H, T(1), a, H);
+        }
         for (int64_t n = s.r0; n < re; ++n) {
-          rnn_forward_row<T, Relu>(H, y + n * H, bp, hp + n * H, opts);
+          if (opt) {
+            T* ht = htp + ((keep_ht ? ts : 0) + n) * H;
+            rnn_forward_row_opt<T, Relu>(H, y + n * H, bp, hp + n * H, o.zh.at(t, n), ht);
+          } else {
+            rnn_forward_row<T, Relu>(H, y + n * H, bp, hp + n * H, o);
+          }
         }
       }
       zero_rows(y, H, std::max(s.r0, re), s.r1);
+      if (ln && save) {
+        zero_rows(xhp + ts * H, H, std::max(s.r0, re), s.r1);
+        zero_rows(xxp + ts * H, H, std::max(s.r0, re), s.r1);
+      }
     }
   });
-  return {out, h};
+  std::vector<Tensor> extras;
+  if (opt && save) {
+    extras = {keep_ht ? ht_all : empty_like_none(x), xh_all, rstdh_all, xhx_all, rstdx_all};
+  }
+  return {out, h, extras};
 }
 
-// Returns (dA, dh0, db): dA (L, N, H) zero at padded steps, db its column sums.
+// Returns (dA, dh0, db, extras): dA (L, N, H) zero at padded steps, db its column sums; with
+// layer norm extras = [the gradients of the recurrent and of the input products before layer
+// norm (L, N, H each), the gains' gradients ln_ih, ln_hh (H each)].
 template <typename T, bool Relu>
-std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const Tensor& grad_out, const Tensor& grad_hn,
-                                                     const Tensor& w_hh, const Tensor& out,
-                                                     c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts,
-                                                     int64_t single_max_macs) {
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> rnn_backward_impl(
+    const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh, const Tensor& out, at::TensorList saved,
+    c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts, int64_t single_max_macs, const CellOptions<T>& o) {
   const int64_t L = out.size(0), N = out.size(1), H = out.size(2);
   const Loop loop(L, N, reverse, batch_sizes, max_parts, N * H * H, single_max_macs);
+  const bool opt = o.active, ln = o.ln_hh != nullptr;
+  TORCH_CHECK(!opt || saved.size() == 5, "rnnlab_cpu: rnn_backward with options needs the 5 saved tensors");
   Tensor dA = pooled_empty({L, N, H}, out.options());
   Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous);
+  Tensor dP = ln ? pooled_empty({L, N, H}, out.options()) : empty_like_none(out);
+  Tensor dPx = ln ? pooled_empty({L, N, H}, out.options()) : empty_like_none(out);
+  Tensor tmp = o.rmask != nullptr ? at::empty({N, H}, out.options()) : empty_like_none(out);
   const Tensor go_c = grad_out.contiguous();
   const Tensor w = w_hh.contiguous();
   const T *go = go_c.const_data_ptr<T>(), *yp = out.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
-  T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>();
+  const T* ytp = (opt && saved[0].numel() > 0) ? saved[0].const_data_ptr<T>() : yp;  // y~_t
+  const T* xhp = ln ? saved[1].const_data_ptr<T>() : nullptr;
+  const T* rhp = ln ? saved[2].const_data_ptr<T>() : nullptr;
+  const T* xxp = ln ? saved[3].const_data_ptr<T>() : nullptr;
+  const T* rxp = ln ? saved[4].const_data_ptr<T>() : nullptr;
+  T* dpxp = dPx.data_ptr<T>();
+  T *dap = dA.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dpp = dP.data_ptr<T>(), *tmpp = tmp.data_ptr<T>();
   ColumnSums<T> sums(loop, H);
-  const CellOptions opts;
+  ColumnSums<T> gain_ih_sums(loop, ln ? H : 0), gain_hh_sums(loop, ln ? H : 0);
   for_partitions(loop, [&](int64_t part, Span s) {
+    std::vector<T> dg(ln ? H : 0);
+    const int64_t off[1] = {0};
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = loop.backward_step(k);
       const int64_t re = std::min(s.r1, loop.bs[t]);
       T* d = dap + t * N * H;
       for (int64_t n = s.r0; n < re; ++n) {
         const int64_t row = t * N + n;
-        rnn_backward_row<T, Relu>(H, yp + row * H, go + row * H, dhp + n * H, d + n * H, opts);
+        if (opt) {
+          rnn_backward_row_opt<T, Relu>(H, ytp + row * H, go + row * H, dhp + n * H, d + n * H, o.zh.at(t, n));
+        } else {
+          rnn_backward_row<T, Relu>(H, yp + row * H, go + row * H, dhp + n * H, d + n * H, o);
+        }
         sums.add(part, d + n * H);
       }
-      if (re > s.r0) {
-        gemm<T>(re - s.r0, H, H, d + s.r0 * H, H, wp, H, T(0), dhp + s.r0 * H, H);
+      if (!opt) {
+        if (re > s.r0) {
+          gemm<T>(re - s.r0, H, H, d + s.r0 * H, H, wp, H, T(0), dhp + s.r0 * H, H);
+        }
+      } else {
+        const T* src = d + s.r0 * H;
+        if (ln) {
+          T *dp = dpp + t * N * H, *dpx = dpxp + t * N * H;
+          for (int64_t n = s.r0; n < re; ++n) {
+            const int64_t row = t * N + n;
+            layer_norm_row_backward<T>(1, H, d + n * H, off, IDENTITY_BLOCKS, o.ln_ih, xxp + row * H, rxp + row,
+                                       dpx + n * H, dg.data());
+            gain_ih_sums.add(part, dg.data());
+            layer_norm_row_backward<T>(1, H, d + n * H, off, IDENTITY_BLOCKS, o.ln_hh, xhp + row * H, rhp + row,
+                                       dp + n * H, dg.data());
+            gain_hh_sums.add(part, dg.data());
+          }
+          zero_rows(dp, H, std::max(s.r0, re), s.r1);
+          zero_rows(dpx, H, std::max(s.r0, re), s.r1);
+          src = dp + s.r0 * H;
+        }
+        recurrent_backward(o, s.r0, re, H, H, src, H, wp, dhp, tmpp);
       }
       zero_rows(d, H, std::max(s.r0, re), s.r1);
     }
   });
-  return {dA, dh, sums.result(out.options())};
+  std::vector<Tensor> extras;
+  if (ln) {
+    extras = {dP, dPx, gain_ih_sums.result(out.options()), gain_hh_sums.result(out.options())};
+  }
+  return {dA, dh, sums.result(out.options()), extras};
 }
 
 // ------------------------------------------------------------------------------------------
 // The ops (dtype dispatch and checks)
 // ------------------------------------------------------------------------------------------
 
+// The cell options of an *_opt op call, as the impls read them.
+struct OptionArgs {
+  int64_t gate_act, act;
+  const std::optional<Tensor>&rmask, &zh, &zc, &peep, &ln_ih, &ln_hh, &ln_c, &ln_cb;
+
+  template <typename T>
+  CellOptions<T> make(int64_t L, int64_t N, int64_t H, int64_t G, const Tensor& like) const {
+    return CellOptions<T>(gate_act, act, rmask, zh, zc, peep, ln_ih, ln_hh, ln_c, ln_cb, L, N, H, G, like);
+  }
+};
+
+using LstmForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>>;
+
+LstmForward lstm_forward_any(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                             const Tensor& w_hh, const std::optional<Tensor>& bias,
+                             c10::IntArrayRef batch_sizes, bool reverse, bool save, int64_t max_parts,
+                             int64_t single_max_macs, const OptionArgs* opt) {
+  check_inputs(x, h0, w_ih, w_hh, 4);
+  TORCH_CHECK(c0.sizes() == h0.sizes() && c0.scalar_type() == x.scalar_type(), "rnnlab_cpu: c0 must be like h0");
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous();
+  const int64_t L = x.size(0), N = x.size(1), H = h0.size(1);
+  if (x.scalar_type() == at::kDouble) {
+    const auto o = opt ? opt->make<double>(L, N, H, 4, x) : CellOptions<double>();
+    return lstm_forward_impl<double>(xc, h0, c0, wi, w_hh, bias, batch_sizes, reverse, save, max_parts,
+                                     single_max_macs, o);
+  }
+  const auto o = opt ? opt->make<float>(L, N, H, 4, x) : CellOptions<float>();
+  return lstm_forward_impl<float>(xc, h0, c0, wi, w_hh, bias, batch_sizes, reverse, save, max_parts,
+                                  single_max_macs, o);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_ih, const Tensor& w_hh,
                                                                 const std::optional<Tensor>& bias,
                                                                 c10::IntArrayRef batch_sizes, bool reverse, bool save,
                                                                 int64_t max_parts, int64_t single_max_macs) {
-  check_inputs(x, h0, w_ih, w_hh, 4);
-  TORCH_CHECK(c0.sizes() == h0.sizes() && c0.scalar_type() == x.scalar_type(), "rnnlab_cpu: c0 must be like h0");
-  const Tensor xc = x.contiguous(), wi = w_ih.contiguous();
-  if (x.scalar_type() == at::kDouble) {
-    return lstm_forward_impl<double>(xc, h0, c0, wi, w_hh, bias, batch_sizes, reverse, save, max_parts,
-                                     single_max_macs);
-  }
-  return lstm_forward_impl<float>(xc, h0, c0, wi, w_hh, bias, batch_sizes, reverse, save, max_parts,
-                                  single_max_macs);
+  auto r = lstm_forward_any(x, h0, c0, w_ih, w_hh, bias, batch_sizes, reverse, save, max_parts, single_max_macs,
+                            nullptr);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                                 const Tensor& c0, const Tensor& w_hh, const Tensor& gates,
-                                                 const Tensor& c_all, c10::IntArrayRef batch_sizes, bool reverse,
-                                                 int64_t max_parts, int64_t single_max_macs) {
+LstmForward lstm_forward_opt(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                             const Tensor& w_hh, const std::optional<Tensor>& bias, c10::IntArrayRef batch_sizes,
+                             bool reverse, bool save, int64_t max_parts, int64_t single_max_macs, int64_t gate_act,
+                             int64_t act, const std::optional<Tensor>& rmask, const std::optional<Tensor>& zh,
+                             const std::optional<Tensor>& zc, const std::optional<Tensor>& peep,
+                             const std::optional<Tensor>& ln_ih, const std::optional<Tensor>& ln_hh,
+                             const std::optional<Tensor>& ln_c, const std::optional<Tensor>& ln_cb) {
+  const OptionArgs opt{gate_act, act, rmask, zh, zc, peep, ln_ih, ln_hh, ln_c, ln_cb};
+  return lstm_forward_any(x, h0, c0, w_ih, w_hh, bias, batch_sizes, reverse, save, max_parts, single_max_macs, &opt);
+}
+
+using LstmBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>>;
+
+LstmBackward lstm_backward_any(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& c0,
+                               const Tensor& w_hh, const Tensor& gates, const Tensor& c_all, at::TensorList saved,
+                               c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts, int64_t single_max_macs,
+                               const OptionArgs* opt) {
   TORCH_CHECK(gates.is_contiguous() && c_all.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
-  if (gates.scalar_type() == at::kDouble) {
-    return lstm_backward_impl<double>(grad_out, grad_hn, grad_cn, c0.contiguous(), w_hh, gates, c_all, batch_sizes,
-                                      reverse, max_parts, single_max_macs);
+  for (const Tensor& t : saved) {
+    TORCH_CHECK(!t.defined() || t.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
   }
-  return lstm_backward_impl<float>(grad_out, grad_hn, grad_cn, c0.contiguous(), w_hh, gates, c_all, batch_sizes,
-                                   reverse, max_parts, single_max_macs);
+  const int64_t L = gates.size(0), N = gates.size(1), H = c0.size(1);
+  if (gates.scalar_type() == at::kDouble) {
+    const auto o = opt ? opt->make<double>(L, N, H, 4, gates) : CellOptions<double>();
+    return lstm_backward_impl<double>(grad_out, grad_hn, grad_cn, c0.contiguous(), w_hh, gates, c_all, saved,
+                                      batch_sizes, reverse, max_parts, single_max_macs, o);
+  }
+  const auto o = opt ? opt->make<float>(L, N, H, 4, gates) : CellOptions<float>();
+  return lstm_backward_impl<float>(grad_out, grad_hn, grad_cn, c0.contiguous(), w_hh, gates, c_all, saved,
+                                   batch_sizes, reverse, max_parts, single_max_macs, o);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
+                                                         const Tensor& grad_cn, const Tensor& c0, const Tensor& w_hh,
+                                                         const Tensor& gates, const Tensor& c_all,
+                                                         c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts,
+                                                         int64_t single_max_macs) {
+  auto r = lstm_backward_any(grad_out, grad_hn, grad_cn, c0, w_hh, gates, c_all, {}, batch_sizes, reverse, max_parts,
+                             single_max_macs, nullptr);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
+
+LstmBackward lstm_backward_opt(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& c0,
+                               const Tensor& w_hh, const Tensor& gates, const Tensor& c_all, at::TensorList saved,
+                               c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts, int64_t single_max_macs,
+                               int64_t gate_act, int64_t act, const std::optional<Tensor>& rmask,
+                               const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
+                               const std::optional<Tensor>& peep, const std::optional<Tensor>& ln_ih,
+                               const std::optional<Tensor>& ln_hh, const std::optional<Tensor>& ln_c,
+                               const std::optional<Tensor>& ln_cb) {
+  const OptionArgs opt{gate_act, act, rmask, zh, zc, peep, ln_ih, ln_hh, ln_c, ln_cb};
+  return lstm_backward_any(grad_out, grad_hn, grad_cn, c0, w_hh, gates, c_all, saved, batch_sizes, reverse, max_parts,
+                           single_max_macs, &opt);
+}
+
+using GruForward = std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>>;
+
+GruForward gru_forward_any(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                           const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                           c10::IntArrayRef batch_sizes, bool reverse, bool save, int64_t max_parts,
+                           int64_t single_max_macs, const OptionArgs* opt) {
+  check_inputs(x, h0, w_ih, w_hh, 3);
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous();
+  const int64_t L = x.size(0), N = x.size(1), H = h0.size(1);
+  if (x.scalar_type() == at::kDouble) {
+    const auto o = opt ? opt->make<double>(L, N, H, 3, x) : CellOptions<double>();
+    return gru_forward_impl<double>(xc, h0, wi, w_hh, b_ih, b_hh, batch_sizes, reverse, save, max_parts,
+                                    single_max_macs, o);
+  }
+  const auto o = opt ? opt->make<float>(L, N, H, 3, x) : CellOptions<float>();
+  return gru_forward_impl<float>(xc, h0, wi, w_hh, b_ih, b_hh, batch_sizes, reverse, save, max_parts,
+                                 single_max_macs, o);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
@@ -1063,61 +1846,154 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x, const Te
                                                        const std::optional<Tensor>& b_hh,
                                                        c10::IntArrayRef batch_sizes, bool reverse, bool save,
                                                        int64_t max_parts, int64_t single_max_macs) {
-  check_inputs(x, h0, w_ih, w_hh, 3);
-  const Tensor xc = x.contiguous(), wi = w_ih.contiguous();
-  if (x.scalar_type() == at::kDouble) {
-    return gru_forward_impl<double>(xc, h0, wi, w_hh, b_ih, b_hh, batch_sizes, reverse, save, max_parts,
-                                    single_max_macs);
+  auto r = gru_forward_any(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, save, max_parts, single_max_macs,
+                           nullptr);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
+
+GruForward gru_forward_opt(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                           const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                           c10::IntArrayRef batch_sizes, bool reverse, bool save, int64_t max_parts,
+                           int64_t single_max_macs, int64_t gate_act, int64_t act, const std::optional<Tensor>& rmask,
+                           const std::optional<Tensor>& zh, const std::optional<Tensor>& ln_ih,
+                           const std::optional<Tensor>& ln_hh) {
+  const std::optional<Tensor> none;
+  const OptionArgs opt{gate_act, act, rmask, zh, none, none, ln_ih, ln_hh, none, none};
+  return gru_forward_any(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, save, max_parts, single_max_macs, &opt);
+}
+
+using GruBackward = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>;
+
+GruBackward gru_backward_any(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0, const Tensor& w_zrn,
+                             const Tensor& out, const Tensor& gates, const Tensor& hn_all, at::TensorList saved,
+                             c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts, int64_t single_max_macs,
+                             const OptionArgs* opt) {
+  TORCH_CHECK(gates.is_contiguous() && hn_all.is_contiguous() && out.is_contiguous(),
+              "rnnlab_cpu: saved tensors must be contiguous");
+  for (const Tensor& t : saved) {
+    TORCH_CHECK(!t.defined() || t.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
   }
-  return gru_forward_impl<float>(xc, h0, wi, w_hh, b_ih, b_hh, batch_sizes, reverse, save, max_parts,
-                                 single_max_macs);
+  const int64_t L = gates.size(0), N = gates.size(1), H = h0.size(1);
+  if (gates.scalar_type() == at::kDouble) {
+    const auto o = opt ? opt->make<double>(L, N, H, 3, gates) : CellOptions<double>();
+    return gru_backward_impl<double>(grad_out, grad_hn, h0.contiguous(), w_zrn, out, gates, hn_all, saved,
+                                     batch_sizes, reverse, max_parts, single_max_macs, o);
+  }
+  const auto o = opt ? opt->make<float>(L, N, H, 3, gates) : CellOptions<float>();
+  return gru_backward_impl<float>(grad_out, grad_hn, h0.contiguous(), w_zrn, out, gates, hn_all, saved, batch_sizes,
+                                  reverse, max_parts, single_max_macs, o);
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0,
-                                        const Tensor& w_zrn, const Tensor& out, const Tensor& gates,
-                                        const Tensor& hn_all, c10::IntArrayRef batch_sizes, bool reverse,
-                                        int64_t max_parts, int64_t single_max_macs) {
-  TORCH_CHECK(gates.is_contiguous() && hn_all.is_contiguous() && out.is_contiguous(),
-              "rnnlab_cpu: saved tensors must be contiguous");
-  if (gates.scalar_type() == at::kDouble) {
-    return gru_backward_impl<double>(grad_out, grad_hn, h0.contiguous(), w_zrn, out, gates, hn_all, batch_sizes,
-                                     reverse, max_parts, single_max_macs);
+                                                const Tensor& w_zrn, const Tensor& out, const Tensor& gates,
+                                                const Tensor& hn_all, c10::IntArrayRef batch_sizes, bool reverse,
+                                                int64_t max_parts, int64_t single_max_macs) {
+  auto r = gru_backward_any(grad_out, grad_hn, h0, w_zrn, out, gates, hn_all, {}, batch_sizes, reverse, max_parts,
+                            single_max_macs, nullptr);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+GruBackward gru_backward_opt(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& h0, const Tensor& w_zrn,
+                             const Tensor& out, const Tensor& gates, const Tensor& hn_all, at::TensorList saved,
+                             c10::IntArrayRef batch_sizes, bool reverse, int64_t max_parts, int64_t single_max_macs,
+                             int64_t gate_act, int64_t act, const std::optional<Tensor>& rmask,
+                             const std::optional<Tensor>& zh, const std::optional<Tensor>& ln_ih,
+                             const std::optional<Tensor>& ln_hh) {
+  const std::optional<Tensor> none;
+  const OptionArgs opt{gate_act, act, rmask, zh, none, none, ln_ih, ln_hh, none, none};
+  return gru_backward_any(grad_out, grad_hn, h0, w_zrn, out, gates, hn_all, saved, batch_sizes, reverse, max_parts,
+                          single_max_macs, &opt);
+}
+
+using RnnForward = std::tuple<Tensor, Tensor, std::vector<Tensor>>;
+
+template <typename T>
+RnnForward rnn_forward_t(bool relu, const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                         const std::optional<Tensor>& bias, c10::IntArrayRef batch_sizes, bool reverse, bool save,
+                         int64_t max_parts, int64_t single_max_macs, const OptionArgs* opt) {
+  const auto o = opt ? opt->make<T>(x.size(0), x.size(1), h0.size(1), 1, x) : CellOptions<T>();
+  return relu ? rnn_forward_impl<T, true>(x, h0, w_ih, w_hh, bias, batch_sizes, reverse, save, max_parts,
+                                          single_max_macs, o)
+              : rnn_forward_impl<T, false>(x, h0, w_ih, w_hh, bias, batch_sizes, reverse, save, max_parts,
+                                           single_max_macs, o);
+}
+
+RnnForward rnn_forward_any(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                           const std::optional<Tensor>& bias, bool relu, c10::IntArrayRef batch_sizes, bool reverse,
+                           bool save, int64_t max_parts, int64_t single_max_macs, const OptionArgs* opt) {
+  check_inputs(x, h0, w_ih, w_hh, 1);
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous();
+  if (x.scalar_type() == at::kDouble) {
+    return rnn_forward_t<double>(relu, xc, h0, wi, w_hh, bias, batch_sizes, reverse, save, max_parts,
+                                 single_max_macs, opt);
   }
-  return gru_backward_impl<float>(grad_out, grad_hn, h0.contiguous(), w_zrn, out, gates, hn_all, batch_sizes,
-                                  reverse, max_parts, single_max_macs);
+  return rnn_forward_t<float>(relu, xc, h0, wi, w_hh, bias, batch_sizes, reverse, save, max_parts, single_max_macs,
+                              opt);
 }
 
 std::tuple<Tensor, Tensor> rnn_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                        const std::optional<Tensor>& bias, bool relu, c10::IntArrayRef batch_sizes,
                                        bool reverse, int64_t max_parts, int64_t single_max_macs) {
-  check_inputs(x, h0, w_ih, w_hh, 1);
-  const Tensor xc = x.contiguous(), wi = w_ih.contiguous();
-  if (x.scalar_type() == at::kDouble) {
-    return relu ? rnn_forward_impl<double, true>(xc, h0, wi, w_hh, bias, batch_sizes, reverse, max_parts,
-                                                 single_max_macs)
-                : rnn_forward_impl<double, false>(xc, h0, wi, w_hh, bias, batch_sizes, reverse, max_parts,
-                                                  single_max_macs);
+  auto r = rnn_forward_any(x, h0, w_ih, w_hh, bias, relu, batch_sizes, reverse, true, max_parts, single_max_macs,
+                           nullptr);
+  return {std::get<0>(r), std::get<1>(r)};
+}
+
+RnnForward rnn_forward_opt(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                           const std::optional<Tensor>& bias, bool relu, c10::IntArrayRef batch_sizes, bool reverse,
+                           bool save, int64_t max_parts, int64_t single_max_macs, const std::optional<Tensor>& rmask,
+                           const std::optional<Tensor>& zh, const std::optional<Tensor>& ln_ih,
+                           const std::optional<Tensor>& ln_hh) {
+  const std::optional<Tensor> none;
+  const OptionArgs opt{kSigmoid, kTanh, rmask, zh, none, none, ln_ih, ln_hh, none, none};
+  return rnn_forward_any(x, h0, w_ih, w_hh, bias, relu, batch_sizes, reverse, save, max_parts, single_max_macs, &opt);
+}
+
+using RnnBackward = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>;
+
+template <typename T>
+RnnBackward rnn_backward_t(bool relu, const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh,
+                           const Tensor& out, at::TensorList saved, c10::IntArrayRef batch_sizes, bool reverse,
+                           int64_t max_parts, int64_t single_max_macs, const OptionArgs* opt) {
+  const auto o = opt ? opt->make<T>(out.size(0), out.size(1), out.size(2), 1, out) : CellOptions<T>();
+  return relu ? rnn_backward_impl<T, true>(grad_out, grad_hn, w_hh, out, saved, batch_sizes, reverse, max_parts,
+                                           single_max_macs, o)
+              : rnn_backward_impl<T, false>(grad_out, grad_hn, w_hh, out, saved, batch_sizes, reverse, max_parts,
+                                            single_max_macs, o);
+}
+
+RnnBackward rnn_backward_any(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh, const Tensor& out,
+                             at::TensorList saved, bool relu, c10::IntArrayRef batch_sizes, bool reverse,
+                             int64_t max_parts, int64_t single_max_macs, const OptionArgs* opt) {
+  TORCH_CHECK(out.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
+  for (const Tensor& t : saved) {
+    TORCH_CHECK(!t.defined() || t.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
   }
-  return relu ? rnn_forward_impl<float, true>(xc, h0, wi, w_hh, bias, batch_sizes, reverse, max_parts,
-                                              single_max_macs)
-              : rnn_forward_impl<float, false>(xc, h0, wi, w_hh, bias, batch_sizes, reverse, max_parts,
-                                               single_max_macs);
+  if (out.scalar_type() == at::kDouble) {
+    return rnn_backward_t<double>(relu, grad_out, grad_hn, w_hh, out, saved, batch_sizes, reverse, max_parts,
+                                  single_max_macs, opt);
+  }
+  return rnn_backward_t<float>(relu, grad_out, grad_hn, w_hh, out, saved, batch_sizes, reverse, max_parts,
+                               single_max_macs, opt);
 }
 
 std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh,
-                                        const Tensor& out, bool relu, c10::IntArrayRef batch_sizes, bool reverse,
-                                        int64_t max_parts, int64_t single_max_macs) {
-  TORCH_CHECK(out.is_contiguous(), "rnnlab_cpu: saved tensors must be contiguous");
-  if (out.scalar_type() == at::kDouble) {
-    return relu ? rnn_backward_impl<double, true>(grad_out, grad_hn, w_hh, out, batch_sizes, reverse, max_parts,
-                                                  single_max_macs)
-                : rnn_backward_impl<double, false>(grad_out, grad_hn, w_hh, out, batch_sizes, reverse, max_parts,
-                                                   single_max_macs);
-  }
-  return relu ? rnn_backward_impl<float, true>(grad_out, grad_hn, w_hh, out, batch_sizes, reverse, max_parts,
-                                               single_max_macs)
-              : rnn_backward_impl<float, false>(grad_out, grad_hn, w_hh, out, batch_sizes, reverse, max_parts,
-                                                single_max_macs);
+                                                const Tensor& out, bool relu, c10::IntArrayRef batch_sizes,
+                                                bool reverse, int64_t max_parts, int64_t single_max_macs) {
+  auto r = rnn_backward_any(grad_out, grad_hn, w_hh, out, {}, relu, batch_sizes, reverse, max_parts, single_max_macs,
+                            nullptr);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+RnnBackward rnn_backward_opt(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& w_hh, const Tensor& out,
+                             at::TensorList saved, bool relu, c10::IntArrayRef batch_sizes, bool reverse,
+                             int64_t max_parts, int64_t single_max_macs, const std::optional<Tensor>& rmask,
+                             const std::optional<Tensor>& zh, const std::optional<Tensor>& ln_ih,
+                             const std::optional<Tensor>& ln_hh) {
+  const std::optional<Tensor> none;
+  const OptionArgs opt{kSigmoid, kTanh, rmask, zh, none, none, ln_ih, ln_hh, none, none};
+  return rnn_backward_any(grad_out, grad_hn, w_hh, out, saved, relu, batch_sizes, reverse, max_parts, single_max_macs,
+                          &opt);
 }
 
 // How this build runs: the GEMM routes and whether the loop can use threads.
@@ -1166,5 +2042,39 @@ TORCH_LIBRARY(rnnlab_cpu, m) {
       "rnn_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor out, bool relu, int[] batch_sizes, "
       "bool reverse, int max_parts, int single_max_macs) -> (Tensor, Tensor, Tensor)",
       &rnnlab::rnn_backward);
+  // With cell options (issue 13): see the *_impl functions for the extra inputs and outputs.
+  m.def(
+      "lstm_forward_opt(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
+      "bool reverse, bool save, int max_parts, int single_max_macs, int gate_act, int act, Tensor? rmask, "
+      "Tensor? zh, Tensor? zc, Tensor? peep, Tensor? ln_ih, Tensor? ln_hh, Tensor? ln_c, Tensor? ln_cb) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])",
+      &rnnlab::lstm_forward_opt);
+  m.def(
+      "lstm_backward_opt(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor c0, Tensor w_hh, Tensor gates, "
+      "Tensor c_all, Tensor[] saved, int[] batch_sizes, bool reverse, int max_parts, int single_max_macs, "
+      "int gate_act, int act, Tensor? rmask, Tensor? zh, Tensor? zc, Tensor? peep, Tensor? ln_ih, Tensor? ln_hh, "
+      "Tensor? ln_c, Tensor? ln_cb) -> (Tensor, Tensor, Tensor, Tensor, Tensor[])",
+      &rnnlab::lstm_backward_opt);
+  m.def(
+      "gru_forward_opt(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int[] batch_sizes, "
+      "bool reverse, bool save, int max_parts, int single_max_macs, int gate_act, int act, Tensor? rmask, "
+      "Tensor? zh, Tensor? ln_ih, Tensor? ln_hh) -> (Tensor, Tensor, Tensor, Tensor, Tensor[])",
+      &rnnlab::gru_forward_opt);
+  m.def(
+      "gru_backward_opt(Tensor grad_out, Tensor grad_hn, Tensor h0, Tensor w_zrn, Tensor out, Tensor gates, "
+      "Tensor hn_all, Tensor[] saved, int[] batch_sizes, bool reverse, int max_parts, int single_max_macs, "
+      "int gate_act, int act, Tensor? rmask, Tensor? zh, Tensor? ln_ih, Tensor? ln_hh) -> "
+      "(Tensor, Tensor, Tensor, Tensor[])",
+      &rnnlab::gru_backward_opt);
+  m.def(
+      "rnn_forward_opt(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? bias, bool relu, int[] batch_sizes, "
+      "bool reverse, bool save, int max_parts, int single_max_macs, Tensor? rmask, Tensor? zh, Tensor? ln_ih, "
+      "Tensor? ln_hh) -> (Tensor, Tensor, Tensor[])",
+      &rnnlab::rnn_forward_opt);
+  m.def(
+      "rnn_backward_opt(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor out, Tensor[] saved, bool relu, "
+      "int[] batch_sizes, bool reverse, int max_parts, int single_max_macs, Tensor? rmask, Tensor? zh, "
+      "Tensor? ln_ih, Tensor? ln_hh) -> (Tensor, Tensor, Tensor, Tensor[])",
+      &rnnlab::rnn_backward_opt);
   m.def("build_info() -> str", &rnnlab::build_info);
 }
