@@ -429,3 +429,24 @@ def test_gpu_layer_functions_refuse_active_options(monkeypatch) -> None:
         cuda_graphs.graphed_layer(*args, CellOptions(ln_weight_ih=torch.ones(12), ln_weight_hh=torch.ones(12)))
     out, h, _ = cuda_graphs.graphed_layer(*args, None)  # off CUDA: the fused form
     assert torch.equal(h, functional.fused_layer(*args)[1])
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
+def test_zoneout_masks_keep_with_probability_p(p: float) -> None:
+    """The zoneout keep-masks (two 15-bit entries per 31-bit draw): 0/1 values of the input's
+    dtype, any shape (odd sizes too), the same for the same seed, and a keep rate of p within
+    4 standard deviations over 1,000,001 entries, in both halves of each draw."""
+    from rnnlab.nn.options import ZONEOUT_MASK_BITS, zoneout_mask
+
+    like = torch.empty(1, dtype=torch.float64)
+    torch.manual_seed(5)
+    mask = zoneout_mask(p, (1001, 999, 1), like)
+    torch.manual_seed(5)
+    assert torch.equal(mask, zoneout_mask(p, (1001, 999, 1), like))
+    assert mask.shape == (1001, 999, 1) and mask.dtype == torch.float64
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    q = round(p * 2**ZONEOUT_MASK_BITS) / 2**ZONEOUT_MASK_BITS
+    flat = mask.flatten()
+    for part in (flat, flat[0::2], flat[1::2]):
+        sd = (q * (1 - q) / part.numel()) ** 0.5
+        assert abs(part.mean().item() - q) < 4 * sd, (p, part.mean().item())
