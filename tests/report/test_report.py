@@ -321,3 +321,17 @@ def test_original_columns_only_for_runs_on_imdb(tmp_path, config):
     make_run(tmp_path / "imdb", "lstm", 0, [0.80, 0.82, 0.84, 0.85, 0.86], config={"data": "x/aclImdb_v1.tar.gz"})
     md = write_report([tmp_path / "imdb"], tmp_path / "out2").markdown
     assert "| original final (best) | Δ final (pt) |" in md and "| 0.8546 (0.8546) | +0.54 |" in md
+
+
+def test_fifteen_experiments_get_fifteen_colours_and_an_outside_legend(tmp_path):
+    """Up to 20 experiments never share a colour (the variants preset has 15), and a legend of
+    more than 8 entries sits right of the axes, off the curves."""
+    from matplotlib.colors import to_hex
+
+    for k in range(15):
+        make_run(tmp_path, f"exp{k:02d}", 0, [0.80 + 0.001 * k, 0.82])
+    fig = plot_accuracy(summarize([read_run(p) for p in discover_runs([tmp_path])]))
+    ax = fig.axes[0]
+    colours = [to_hex(line.get_color()) for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(colours) == 15 and len(set(colours)) == 15
+    assert ax.get_legend().get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1

@@ -29,7 +29,22 @@ _COLORS = [
     "tab:gray",
     "tab:olive",
     "tab:cyan",
+    # then ten more, so that a suite of up to 20 experiments (the variants preset has 15) never
+    # gives two experiments the same colour
+    "black",
+    "gold",
+    "navy",
+    "lime",
+    "teal",
+    "maroon",
+    "darkviolet",
+    "chocolate",
+    "slategray",
+    "magenta",
 ]
+
+#: Legends with more entries than this go to the right of the axes, off the curves.
+_LEGEND_INSIDE_MAX = 8
 
 
 def _color(i: int) -> str:
@@ -73,7 +88,10 @@ def _draw_curves(ax, summaries: list[ExperimentSummary], key: str, *, linestyle:
 
 def _legend(ax) -> None:
     """A legend when something is drawn, else a note that there is nothing to show."""
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) > _LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    elif handles:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no complete runs", transform=ax.transAxes, ha="center", va="center", color="gray")
